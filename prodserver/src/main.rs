@@ -1,0 +1,2 @@
+//! prodserver
+fn main() {}
