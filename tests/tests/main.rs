@@ -1,1 +1,3 @@
+//! Multi-node and multi-process integration tests (one test binary, per the ripgrep style).
 
+mod durability;

@@ -1,0 +1,679 @@
+//! The user database: every UserInfo and ContactList this server holds, in memory for reads and
+//! in append-only datafiles for durability.
+//!
+//! Rules enforced here, for every path a record can arrive by (client, peer, sync, disk):
+//! * the signature is verified before anything is stored — on load too, since the spec's threat
+//!   model includes an admin editing the files;
+//! * a UserID's key is immutable: a record signed by any other key is refused;
+//! * only a strictly newer event count replaces a stored record;
+//! * an update is acknowledged only after it is on disk (`fdatasync`, group commit).
+//!
+//! Locking: one `RwLock` over the maps, never held across an `.await` or a signature check.
+//! Appends are queued to the writer thread while the write lock is held, so the file order of
+//! two updates to one record matches the order they were accepted in.
+
+mod datafile;
+mod writer;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gossip_common::message::EcEntry;
+use gossip_common::{
+    ContactList, ErrorCode, EventCount, PublicKey, Record, RecordError, Signature, Signed, UserId,
+    UserInfo, Versioned,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use writer::{Command, FileKind, Writer};
+
+const USERS_FILE: &str = "users.udb";
+const LISTS_FILE: &str = "contacts.cl";
+const TXLOG_FILE: &str = "transactions.log";
+const USERS_HEADER: &str = "#gossip-udb v1";
+const LISTS_HEADER: &str = "#gossip-cl v1";
+
+/// Compact a datafile once it is this many times larger than its live entries…
+const COMPACT_RATIO: u64 = 3;
+/// …and at least this large (small files are not worth the rewrite).
+const COMPACT_MIN_BYTES: u64 = 8 << 20;
+
+/// Why an update was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Bad signature, wrong key, malformed record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The stored copy is as new or newer.
+    #[error("stale event count {got:?}: stored copy is {current:?}")]
+    Stale {
+        /// Event count stored.
+        current: EventCount,
+        /// Event count offered.
+        got: EventCount,
+    },
+    /// No UserInfo is stored for this UserID (so nothing to update or verify against).
+    #[error("unknown user {0}")]
+    UnknownUser(UserId),
+    /// A registration for a UserID that is already bound.
+    #[error("user {0} already exists")]
+    Exists(UserId),
+    /// The datafile could not be written; the update did not happen.
+    #[error("datafile I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl StoreError {
+    /// The protocol error code reporting this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Record(RecordError::BadSignature) => ErrorCode::BadSignature,
+            StoreError::Record(RecordError::KeyMismatch { .. }) => ErrorCode::KeyMismatch,
+            StoreError::Record(RecordError::TooLarge(_)) => ErrorCode::TooLarge,
+            StoreError::Record(_) => ErrorCode::Malformed,
+            StoreError::Stale { .. } => ErrorCode::StaleEventCount,
+            StoreError::UnknownUser(_) => ErrorCode::UnknownUser,
+            StoreError::Exists(_) => ErrorCode::UidTaken,
+            StoreError::Io(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// How a UserInfo arrived, which decides whether the UserID may be new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Update by a logged-in client: the user must exist.
+    Update,
+    /// Registration: the user must not exist yet; its key becomes bound.
+    Create,
+    /// From another server (propagation or sync): either.
+    Replicate,
+}
+
+/// A stored change.
+#[derive(Debug, Clone)]
+pub struct Applied<T: Record> {
+    /// The record now stored.
+    pub record: Signed<T>,
+    /// The copy it replaced, if any.
+    pub previous: Option<Signed<T>>,
+}
+
+/// What opening the store found on disk.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// UserInfo records loaded.
+    pub users: usize,
+    /// ContactList records loaded.
+    pub lists: usize,
+    /// Bytes of torn last entries cut off (crash during a write).
+    pub torn_bytes: u64,
+    /// Entries skipped for a bad checksum.
+    pub corrupt_lines: usize,
+    /// Entries dropped because their signature did not verify (tampered files).
+    pub bad_signatures: usize,
+    /// Contact lists dropped because their owner's UserInfo is missing.
+    pub orphan_lists: usize,
+}
+
+struct Stored<T> {
+    record: Signed<T>,
+    line_len: u64,
+}
+
+#[derive(Default)]
+struct FileBytes {
+    total: u64,
+    live: u64,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<UserId, Stored<UserInfo>>,
+    lists: HashMap<UserId, Stored<ContactList>>,
+    users_bytes: FileBytes,
+    lists_bytes: FileBytes,
+}
+
+/// The user database. Cheap to share (`Arc<Store>`).
+pub struct Store {
+    state: RwLock<State>,
+    writer: Writer,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    compacting: AtomicBool,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the datafiles in `dir`, recovering from any crash and verifying every
+    /// record's signature.
+    pub fn open(dir: &Path) -> io::Result<(Arc<Store>, LoadReport)> {
+        std::fs::create_dir_all(dir)?;
+        let users_path = dir.join(USERS_FILE);
+        let lists_path = dir.join(LISTS_FILE);
+        let mut report = LoadReport::default();
+        let mut state = State::default();
+
+        let (users, rep) = load::<UserInfo>(&users_path, USERS_HEADER)?;
+        report.torn_bytes += rep.torn_tail_bytes;
+        report.corrupt_lines += rep.corrupt;
+        state.users_bytes.total = rep.len;
+        let (users, bad) = verify_all(users, |r| Some(r.public_key));
+        report.bad_signatures += bad;
+        for (uid, stored) in users {
+            state.users_bytes.live += stored.line_len;
+            state.users.insert(uid, stored);
+        }
+
+        let (lists, rep) = load::<ContactList>(&lists_path, LISTS_HEADER)?;
+        report.torn_bytes += rep.torn_tail_bytes;
+        report.corrupt_lines += rep.corrupt;
+        state.lists_bytes.total = rep.len;
+        let before = lists.len();
+        let lists: Vec<_> = lists
+            .into_iter()
+            .filter(|(uid, _)| state.users.contains_key(uid))
+            .collect();
+        report.orphan_lists = before - lists.len();
+        let users_ref = &state.users;
+        let (lists, bad) =
+            verify_all(lists, |r| users_ref.get(&r.owner).map(|u| u.record.public_key));
+        report.bad_signatures += bad;
+        for (uid, stored) in lists {
+            state.lists_bytes.live += stored.line_len;
+            state.lists.insert(uid, stored);
+        }
+        report.users = state.users.len();
+        report.lists = state.lists.len();
+
+        let (writer, thread) = Writer::start(writer::Paths {
+            users: users_path,
+            lists: lists_path,
+            txlog: dir.join(TXLOG_FILE),
+            users_header: USERS_HEADER,
+            lists_header: LISTS_HEADER,
+        })?;
+        let store = Arc::new(Store {
+            state: RwLock::new(state),
+            writer,
+            thread: Mutex::new(Some(thread)),
+            compacting: AtomicBool::new(false),
+            dir: dir.to_owned(),
+        });
+        Ok((store, report))
+    }
+
+    /// The directory holding the datafiles.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores a UserInfo if it is validly signed and newer; durable when this returns `Ok`.
+    pub async fn apply_user_info(
+        &self,
+        record: Signed<UserInfo>,
+        mode: Mode,
+        origin: &str,
+    ) -> Result<Applied<UserInfo>, StoreError> {
+        let uid = record.user_id;
+        // Cheap checks under a read lock, the expensive signature check under none.
+        {
+            let state = self.state.read();
+            match (state.users.get(&uid), mode) {
+                (Some(_), Mode::Create) => return Err(StoreError::Exists(uid)),
+                (None, Mode::Update) => return Err(StoreError::UnknownUser(uid)),
+                (Some(stored), _) => check_newer_and_key(&stored.record, &record)?,
+                (None, _) => {}
+            }
+        }
+        record.verify_self()?;
+        let line = datafile::encode_line(uid, record.event_count, &record);
+        let (done, previous) = {
+            let mut state = self.state.write();
+            // Re-check: another update may have won the race while we verified.
+            let previous = state.users.get(&uid).map(|s| (s.record.clone(), s.line_len));
+            match (&previous, mode) {
+                (Some(_), Mode::Create) => return Err(StoreError::Exists(uid)),
+                (None, Mode::Update) => return Err(StoreError::UnknownUser(uid)),
+                (Some((stored, _)), _) => check_newer_and_key(stored, &record)?,
+                (None, _) => {}
+            }
+            let line_len = line.len() as u64;
+            let bytes = &mut state.users_bytes;
+            bytes.total += line_len;
+            bytes.live = bytes.live + line_len - previous.as_ref().map_or(0, |p| p.1);
+            state.users.insert(
+                uid,
+                Stored {
+                    record: record.clone(),
+                    line_len,
+                },
+            );
+            let done = self.append(FileKind::Users, line, origin, "UserInfo", uid, record.event_count);
+            (done, previous.map(|p| p.0))
+        };
+        self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.users)
+            .await?;
+        self.maybe_compact(FileKind::Users).await;
+        Ok(Applied { record, previous })
+    }
+
+    /// Stores a ContactList if its owner's key signed it and it is newer.
+    pub async fn apply_contact_list(
+        &self,
+        record: Signed<ContactList>,
+        origin: &str,
+    ) -> Result<Applied<ContactList>, StoreError> {
+        let uid = record.owner;
+        let key = self
+            .public_key(uid)
+            .ok_or(StoreError::UnknownUser(uid))?;
+        if let Some(stored) = self.contact_list(uid) {
+            check_newer(stored.event_count, record.event_count)?;
+        }
+        record.verify(&key)?;
+        let line = datafile::encode_line(uid, record.event_count, &record);
+        let (done, previous) = {
+            let mut state = self.state.write();
+            let previous = state.lists.get(&uid).map(|s| (s.record.clone(), s.line_len));
+            if let Some((stored, _)) = &previous {
+                check_newer(stored.event_count, record.event_count)?;
+            }
+            let line_len = line.len() as u64;
+            let bytes = &mut state.lists_bytes;
+            bytes.total += line_len;
+            bytes.live = bytes.live + line_len - previous.as_ref().map_or(0, |p| p.1);
+            state.lists.insert(
+                uid,
+                Stored {
+                    record: record.clone(),
+                    line_len,
+                },
+            );
+            let done = self.append(FileKind::Lists, line, origin, "ContactList", uid, record.event_count);
+            (done, previous.map(|p| p.0))
+        };
+        self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.lists)
+            .await?;
+        self.maybe_compact(FileKind::Lists).await;
+        Ok(Applied { record, previous })
+    }
+
+    fn append(
+        &self,
+        kind: FileKind,
+        line: Vec<u8>,
+        origin: &str,
+        what: &str,
+        uid: UserId,
+        ec: EventCount,
+    ) -> oneshot::Receiver<io::Result<()>> {
+        let (done, rx) = oneshot::channel();
+        let txlog = format!(
+            "{} {origin} store {what} uid={uid} ec={}/{}\n",
+            now_rfc3339(),
+            ec.count,
+            u8::from(ec.rollover)
+        );
+        self.writer.send(Command::Append {
+            kind,
+            line,
+            txlog,
+            done,
+        });
+        rx
+    }
+
+    /// Waits for the writer; if the write failed, puts the previous copy back (if ours is still
+    /// the stored one) so memory never claims what the disk does not hold.
+    async fn await_durable<T: Record>(
+        &self,
+        done: oneshot::Receiver<io::Result<()>>,
+        uid: UserId,
+        ours: &Signed<T>,
+        previous: Option<Signed<T>>,
+        map: impl FnOnce(&mut State) -> &mut HashMap<UserId, Stored<T>>,
+    ) -> Result<(), StoreError> {
+        let result = match done.await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("datafile writer stopped")),
+        };
+        if let Err(e) = result {
+            tracing::error!(%uid, error = %e, "datafile write failed; update not stored");
+            let mut state = self.state.write();
+            let map = map(&mut state);
+            // Only undo if nothing newer was stored meanwhile.
+            if map.get(&uid).is_some_and(|s| &s.record == ours) {
+                match previous {
+                    Some(record) => {
+                        map.insert(uid, Stored { record, line_len: 0 });
+                    }
+                    None => {
+                        map.remove(&uid);
+                    }
+                }
+            }
+            return Err(StoreError::Io(e));
+        }
+        Ok(())
+    }
+
+    /// The stored UserInfo of `uid`.
+    pub fn user(&self, uid: UserId) -> Option<Signed<UserInfo>> {
+        self.state.read().users.get(&uid).map(|s| s.record.clone())
+    }
+
+    /// The key bound to `uid`.
+    pub fn public_key(&self, uid: UserId) -> Option<PublicKey> {
+        self.state
+            .read()
+            .users
+            .get(&uid)
+            .map(|s| s.record.public_key)
+    }
+
+    /// The stored ContactList of `uid`.
+    pub fn contact_list(&self, uid: UserId) -> Option<Signed<ContactList>> {
+        self.state.read().lists.get(&uid).map(|s| s.record.clone())
+    }
+
+    /// Whether `uid` is bound to a key here.
+    pub fn contains_user(&self, uid: UserId) -> bool {
+        self.state.read().users.contains_key(&uid)
+    }
+
+    /// Number of UserInfo records.
+    pub fn user_count(&self) -> usize {
+        self.state.read().users.len()
+    }
+
+    /// Number of ContactList records.
+    pub fn list_count(&self) -> usize {
+        self.state.read().lists.len()
+    }
+
+    /// Every UserInfo event count, sorted by UserID (for `eventCounts`).
+    pub fn user_event_counts(&self) -> Vec<EcEntry> {
+        sorted_counts(&self.state.read().users)
+    }
+
+    /// Every ContactList event count, sorted by UserID.
+    pub fn list_event_counts(&self) -> Vec<EcEntry> {
+        sorted_counts(&self.state.read().lists)
+    }
+
+    /// Every stored UserInfo (snapshot; clones are reference-counted).
+    pub fn all_users(&self) -> Vec<Signed<UserInfo>> {
+        self.state
+            .read()
+            .users
+            .values()
+            .map(|s| s.record.clone())
+            .collect()
+    }
+
+    /// A digest of the whole database (UserIDs, event counts, signatures), equal on two servers
+    /// exactly when they hold the same records. For tests and `prodserver status`.
+    pub fn digest(&self) -> String {
+        let state = self.state.read();
+        let mut h = crc32fast::Hasher::new();
+        for (tag, entries) in [
+            (b'u', collect_sigs(&state.users)),
+            (b'c', collect_sigs(&state.lists)),
+        ] {
+            for (uid, ec, sig) in entries {
+                h.update(&[tag]);
+                h.update(&uid.0.to_be_bytes());
+                h.update(&ec.count.to_be_bytes());
+                h.update(&[u8::from(ec.rollover)]);
+                h.update(&sig.to_bytes());
+            }
+        }
+        format!(
+            "{:08x}-{}-{}",
+            h.finalize(),
+            state.users.len(),
+            state.lists.len()
+        )
+    }
+
+    /// Records an admin action (or other non-record change) in the transaction log.
+    pub fn audit(&self, origin: &str, what: &str) {
+        self.writer.send(Command::Log {
+            txlog: format!("{} {origin} {what}\n", now_rfc3339()),
+        });
+    }
+
+    /// Waits until everything accepted so far is on disk.
+    pub async fn flush(&self) -> io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.writer.send(Command::Flush { done });
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("datafile writer stopped")))
+    }
+
+    /// Rewrites both datafiles with only their live entries.
+    pub async fn compact(&self) -> io::Result<()> {
+        for kind in [FileKind::Users, FileKind::Lists] {
+            self.compact_file(kind).await?;
+        }
+        Ok(())
+    }
+
+    async fn compact_file(&self, kind: FileKind) -> io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        {
+            // Holding the read lock while queueing keeps appends (which need the write lock)
+            // from slipping between the snapshot and the compaction command.
+            let state = self.state.read();
+            let lines: Vec<Vec<u8>> = match kind {
+                FileKind::Users => encode_all(&state.users),
+                FileKind::Lists => encode_all(&state.lists),
+            };
+            self.writer.send(Command::Compact { kind, lines, done });
+        }
+        let len = rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("datafile writer stopped")))?;
+        let mut state = self.state.write();
+        let bytes = match kind {
+            FileKind::Users => &mut state.users_bytes,
+            FileKind::Lists => &mut state.lists_bytes,
+        };
+        bytes.total = len.max(bytes.live);
+        tracing::info!(?kind, bytes = len, "datafile compacted");
+        Ok(())
+    }
+
+    async fn maybe_compact(&self, kind: FileKind) {
+        let needed = {
+            let state = self.state.read();
+            let b = match kind {
+                FileKind::Users => &state.users_bytes,
+                FileKind::Lists => &state.lists_bytes,
+            };
+            b.total > COMPACT_MIN_BYTES && b.total > COMPACT_RATIO * b.live
+        };
+        if needed && !self.compacting.swap(true, Ordering::AcqRel) {
+            // The update that crossed the threshold pays for the rewrite; it holds no lock
+            // while waiting, so everyone else carries on.
+            if let Err(e) = self.compact_file(kind).await {
+                tracing::warn!(error = %e, "compaction failed; datafile left as it was");
+            }
+            self.compacting.store(false, Ordering::Release);
+        }
+    }
+
+    /// Flushes and stops the writer thread. Call once, at shutdown, after every other user of
+    /// the store has finished.
+    pub async fn close(self: Arc<Self>) -> io::Result<()> {
+        self.flush().await?;
+        let thread = self.thread.lock().take();
+        drop(self);
+        if let Some(t) = thread {
+            // The thread exits when the last `Store` (and its writer handle) is gone; if some
+            // other clone is still alive, the flush above already made everything durable.
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_newer(stored: EventCount, got: EventCount) -> Result<(), StoreError> {
+    if got.is_newer_than(stored) {
+        Ok(())
+    } else {
+        Err(StoreError::Stale {
+            current: stored,
+            got,
+        })
+    }
+}
+
+fn check_newer_and_key(stored: &Signed<UserInfo>, got: &Signed<UserInfo>) -> Result<(), StoreError> {
+    if stored.public_key != got.public_key {
+        return Err(RecordError::KeyMismatch { uid: got.user_id }.into());
+    }
+    check_newer(stored.event_count, got.event_count)
+}
+
+fn sorted_counts<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<EcEntry> {
+    let mut v: Vec<EcEntry> = map
+        .iter()
+        .map(|(uid, s)| EcEntry::new(*uid, s.record.event_count()))
+        .collect();
+    v.sort_unstable_by_key(|e| e.uid);
+    v
+}
+
+fn collect_sigs<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<(UserId, EventCount, Signature)> {
+    let mut v: Vec<_> = map
+        .iter()
+        .map(|(uid, s)| (*uid, s.record.event_count(), *s.record.signature()))
+        .collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v
+}
+
+fn encode_all<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<Vec<u8>> {
+    map.iter()
+        .map(|(uid, s)| datafile::encode_line(*uid, s.record.event_count(), &s.record))
+        .collect()
+}
+
+/// Reads a datafile, keeping the newest parseable entry per UserID.
+fn load<T: Versioned>(
+    path: &Path,
+    header: &str,
+) -> io::Result<(Vec<(UserId, Stored<T>)>, datafile::RecoveryReport)> {
+    let mut newest: HashMap<UserId, Stored<T>> = HashMap::new();
+    let mut unparseable = 0usize;
+    let report = datafile::recover(path, header, |line, len| {
+        let record = match Signed::<T>::from_parts(line.raw, line.signature) {
+            Ok(r) if r.owner() == line.uid && r.event_count() == line.event_count => r,
+            _ => {
+                unparseable += 1;
+                return;
+            }
+        };
+        let replace = newest
+            .get(&line.uid)
+            .is_none_or(|s| line.event_count.is_newer_than(s.record.event_count()));
+        if replace {
+            newest.insert(
+                line.uid,
+                Stored {
+                    record,
+                    line_len: len as u64,
+                },
+            );
+        }
+    })?;
+    if unparseable > 0 {
+        tracing::warn!(path = %path.display(), unparseable, "datafile entries with a valid checksum but an unusable record were skipped");
+    }
+    Ok((newest.into_iter().collect(), report))
+}
+
+/// Verifies loaded records with batch verification, in parallel on every core; returns the
+/// good ones and how many were dropped.
+fn verify_all<T: Versioned>(
+    items: Vec<(UserId, Stored<T>)>,
+    key_of: impl Fn(&T) -> Option<PublicKey> + Sync,
+) -> (Vec<(UserId, Stored<T>)>, usize) {
+    const CHUNK: usize = 256;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = items.len().div_ceil(threads).max(CHUNK);
+    let mut items = items;
+    let mut parts: Vec<Vec<(UserId, Stored<T>)>> = Vec::new();
+    while items.len() > per_thread {
+        let rest = items.split_off(per_thread);
+        parts.push(std::mem::replace(&mut items, rest));
+    }
+    parts.push(items);
+    let key_of = &key_of;
+    let results: Vec<(Vec<(UserId, Stored<T>)>, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                s.spawn(move || {
+                    let mut good = Vec::with_capacity(part.len());
+                    let mut bad = 0;
+                    let mut part = part.into_iter().peekable();
+                    while part.peek().is_some() {
+                        let chunk: Vec<_> = part.by_ref().take(CHUNK).collect();
+                        let keys: Vec<Option<PublicKey>> =
+                            chunk.iter().map(|(_, s)| key_of(s.record.value())).collect();
+                        let batch_ok = keys.iter().all(Option::is_some) && {
+                            let items: Vec<_> = chunk
+                                .iter()
+                                .zip(&keys)
+                                .map(|((_, s), k)| {
+                                    (
+                                        k.as_ref().expect("checked"),
+                                        s.record.raw().as_bytes(),
+                                        s.record.signature(),
+                                    )
+                                })
+                                .collect();
+                            PublicKey::verify_batch(&items).is_ok()
+                        };
+                        for ((uid, stored), key) in chunk.into_iter().zip(keys) {
+                            let ok = batch_ok
+                                || key.is_some_and(|k| stored.record.verify(&k).is_ok());
+                            if ok {
+                                good.push((uid, stored));
+                            } else {
+                                tracing::warn!(%uid, "stored record fails signature check; dropped (sync will fetch a good copy)");
+                                bad += 1;
+                            }
+                        }
+                    }
+                    (good, bad)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("verifier thread panicked"))
+            .collect()
+    });
+    let bad = results.iter().map(|r| r.1).sum();
+    (results.into_iter().flat_map(|r| r.0).collect(), bad)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into())
+}
+
+#[cfg(test)]
+mod tests;
