@@ -1,6 +1,282 @@
 //! gossipd: the Gossip server.
 //!
-//! The library holds the whole server so tests can run nodes in-process; `main.rs` only parses
-//! flags, sets up logging and signals.
+//! The library is the whole server, so tests can run nodes in-process on real loopback sockets;
+//! `main.rs` only parses flags, sets up logging and waits for signals. [`start`] binds the
+//! node's three ports and spawns its services; [`RunningNode::stop`] shuts everything down and
+//! flushes the datafiles.
 
+pub mod config;
+pub mod metrics;
+mod net;
+pub mod presence;
+pub mod registration;
+mod session;
 pub mod store;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gossip_common::message::UserInfoMsg;
+use gossip_common::{ErrorCode, Message, Signed, UserId, UserInfo};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, FileConfig};
+pub use net::BindError;
+
+use presence::{Presence, SessionId};
+use registration::UidLocks;
+use store::Store;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A port could not be bound (and fallback was off or exhausted).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The datafiles could not be opened.
+    #[error("cannot open datafiles in {dir}: {source}")]
+    Store {
+        /// Data directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of one running server.
+pub struct Node {
+    /// Validated configuration.
+    pub config: Config,
+    /// The user database.
+    pub store: Arc<Store>,
+    /// Logged-in sessions and who watches whom.
+    pub presence: Presence,
+    /// Counters.
+    pub metrics: metrics::Metrics,
+    /// Registration locks.
+    pub locks: UidLocks,
+    base_port: u16,
+    started: Instant,
+}
+
+impl Node {
+    /// Canonical identity `name:base_port`, as the spec defines it.
+    pub fn identity(&self) -> String {
+        format!("{}:{}", self.config.name, self.base_port)
+    }
+
+    /// The base port actually bound (may differ from the configured one after fallback).
+    pub fn base_port(&self) -> u16 {
+        self.base_port
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Picks and locks a UserID for a registration from `ip`: the spec's id for this second,
+    /// or the next second whose id is neither stored nor locked.
+    ///
+    /// This is the seam for the network-wide lock: federation takes the same lock on every
+    /// reachable server here before the id is granted.
+    pub async fn reserve_uid(&self, ip: IpAddr, holder: &str) -> Option<UserId> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut uid = UserId::allocate(now, ip);
+        for _ in 0..10_000 {
+            if !self.store.contains_user(uid)
+                && self
+                    .locks
+                    .try_lock(uid, holder, self.config.uid_lock)
+                    .is_ok()
+            {
+                return Some(uid);
+            }
+            uid = uid.next_second();
+        }
+        None
+    }
+
+    /// Releases a registration lock.
+    pub fn release_uid(&self, uid: UserId, holder: &str) {
+        self.locks.unlock(uid, holder);
+    }
+
+    /// A stored UserInfo changed: push it to every session watching that user (and the user's
+    /// other sessions, so all their clients agree).
+    pub fn user_changed(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>) {
+        let frame = Bytes::from(
+            Message::new(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                UserInfoMsg {
+                    record: record.clone(),
+                },
+            )
+            .to_xml(),
+        );
+        let n = self.presence.publish(record.user_id, &frame);
+        self.presence
+            .send_to_user(record.user_id, from_session, &frame);
+        tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
+    }
+}
+
+/// A node started by [`start`].
+pub struct RunningNode {
+    /// Its shared state.
+    pub node: Arc<Node>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl RunningNode {
+    /// The base port bound.
+    pub fn base_port(&self) -> u16 {
+        self.node.base_port
+    }
+
+    /// The client address to connect to.
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.node.config.bind, self.node.base_port)
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the node has been asked to stop, then for every task, then flushes and
+    /// closes the datafiles.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+        let store = Arc::clone(&self.node.store);
+        store.flush().await?;
+        tracing::info!("stopped; datafiles flushed");
+        Ok(())
+    }
+
+    /// Stops the node and waits for it (graceful shutdown).
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Binds the node's ports, opens its datafiles and starts its services.
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let (store, report) = Store::open(&config.data_dir).map_err(|source| StartError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        users = report.users,
+        contact_lists = report.lists,
+        torn_bytes = report.torn_bytes,
+        corrupt_lines = report.corrupt_lines,
+        bad_signatures = report.bad_signatures,
+        "datafiles loaded"
+    );
+    let listeners = net::bind(config.bind, config.base_port, config.strict_ports).await?;
+    let node = Arc::new(Node {
+        base_port: listeners.base_port,
+        config,
+        store,
+        presence: Presence::default(),
+        metrics: metrics::Metrics::default(),
+        locks: UidLocks::default(),
+        started: Instant::now(),
+    });
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        identity = %node.identity(),
+        client_port = node.base_port,
+        server_port = node.base_port + 1,
+        rtt_port = node.base_port + 2,
+        "listening"
+    );
+
+    // Clients on P.
+    let limit = Arc::new(Semaphore::new(node.config.max_clients));
+    {
+        let (node, shutdown, t) = (Arc::clone(&node), shutdown.clone(), tracker.clone());
+        tracker.spawn(net::accept_loop(
+            listeners.client,
+            shutdown.clone(),
+            "client",
+            move |stream, peer| {
+                node.metrics.connections.inc();
+                match Arc::clone(&limit).try_acquire_owned() {
+                    Ok(permit) => {
+                        let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
+                        t.spawn(async move {
+                            session::serve(node, stream, peer, shutdown).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        node.metrics.refused_full.inc();
+                        tracing::warn!(%peer, "client limit reached; connection refused");
+                        t.spawn(session::refuse(
+                            stream,
+                            ErrorCode::ServerFull,
+                            "server is at its client limit; try another server".into(),
+                        ));
+                    }
+                }
+                std::future::ready(())
+            },
+        ));
+    }
+    // Server links on P+1: federation is not built yet; say so instead of hanging the peer.
+    {
+        let t = tracker.clone();
+        tracker.spawn(net::accept_loop(
+            listeners.server,
+            shutdown.clone(),
+            "server",
+            move |stream, peer| {
+                tracing::info!(%peer, "server link refused: this build does not federate yet");
+                t.spawn(session::refuse(
+                    stream,
+                    ErrorCode::NotAllowed,
+                    "this server does not accept server links yet".into(),
+                ));
+                std::future::ready(())
+            },
+        ));
+    }
+    // RTT echo on P+2, UDP and TCP.
+    tracker.spawn(net::udp_echo(
+        Arc::new(listeners.echo_udp),
+        shutdown.clone(),
+    ));
+    {
+        let t = tracker.clone();
+        tracker.spawn(net::accept_loop(
+            listeners.echo_tcp,
+            shutdown.clone(),
+            "echo",
+            move |stream, _| {
+                t.spawn(net::tcp_echo(stream));
+                std::future::ready(())
+            },
+        ));
+    }
+    Ok(RunningNode {
+        node,
+        shutdown,
+        tracker,
+    })
+}

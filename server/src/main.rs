@@ -1,1 +1,112 @@
-fn main() {}
+//! `gossipd`: runs one Gossip server node.
+//!
+//! Only flag parsing, logging and signal handling live here; the server is `gossip_server`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use gossip_server::{Config, FileConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Gossip server: federated presence and messaging.
+///
+/// Listens for clients on the base port P, for other servers on P+1 and for RTT probes (UDP and
+/// TCP echo) on P+2. If those ports are taken it moves to another base port (P+3, …) and says
+/// so, unless --strict-ports is given. Settings come from --config FILE (TOML), overridden by
+/// flags. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=gossip_server=debug) for more detail.
+#[derive(Debug, Parser)]
+#[command(name = "gossipd", version)]
+struct Args {
+    /// TOML config file; every option below can also be set there (flags win).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This server's host name, as clients and other servers reach it [default: host name].
+    #[arg(long, value_name = "HOST")]
+    name: Option<String>,
+    /// Base port P (clients on P, servers on P+1, RTT on P+2) [default: 1024].
+    #[arg(long, short = 'p', value_name = "P")]
+    base_port: Option<u16>,
+    /// Exit with an error instead of moving to another base port when P..P+2 are taken.
+    #[arg(long)]
+    strict_ports: bool,
+    /// Address to bind [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    bind: Option<String>,
+    /// Directory for datafiles and the transaction log [default: ./gossip-data].
+    #[arg(long, short = 'd', value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest accepted message frame in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Most simultaneous client connections [default: 18000].
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
+    /// Seconds of client silence before the server pings it [default: 10].
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<f64>,
+    /// Seconds of client silence before it counts as gone and its last will fires [default: 30].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let flags = FileConfig {
+            name: self.name,
+            base_port: self.base_port,
+            strict_ports: self.strict_ports.then_some(true),
+            bind: self.bind,
+            data_dir: self.data_dir,
+            max_frame: self.max_frame,
+            max_clients: self.max_clients,
+            keepalive_s: self.keepalive,
+            idle_timeout_s: self.idle_timeout,
+            ..FileConfig::default()
+        };
+        Ok(Config::from_file_config(file.merge(flags))?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Args::parse().into_config()?;
+    let node = gossip_server::start(config)
+        .await
+        .context("gossipd could not start")?;
+    // One stable line on stdout for scripts and tests: the base port actually bound.
+    println!(
+        "gossipd listening: identity {} base port {}",
+        node.node.identity(),
+        node.base_port()
+    );
+    let shutdown = node.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        shutdown.cancel();
+    });
+    node.wait()
+        .await
+        .context("flushing datafiles at shutdown")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

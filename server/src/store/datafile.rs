@@ -234,7 +234,11 @@ mod tests {
         let k = Keypair::generate();
         let mut bytes = b"#test v1\n".to_vec();
         for i in 0..10 {
-            bytes.extend(encode_line(UserId(i), EventCount::new(1, false), &record(&k, i, 1)));
+            bytes.extend(encode_line(
+                UserId(i),
+                EventCount::new(1, false),
+                &record(&k, i, 1),
+            ));
         }
         let complete = bytes.len();
         let last = encode_line(UserId(99), EventCount::new(1, false), &record(&k, 99, 1));

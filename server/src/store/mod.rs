@@ -181,8 +181,9 @@ impl Store {
             .collect();
         report.orphan_lists = before - lists.len();
         let users_ref = &state.users;
-        let (lists, bad) =
-            verify_all(lists, |r| users_ref.get(&r.owner).map(|u| u.record.public_key));
+        let (lists, bad) = verify_all(lists, |r| {
+            users_ref.get(&r.owner).map(|u| u.record.public_key)
+        });
         report.bad_signatures += bad;
         for (uid, stored) in lists {
             state.lists_bytes.live += stored.line_len;
@@ -236,7 +237,10 @@ impl Store {
         let (done, previous) = {
             let mut state = self.state.write();
             // Re-check: another update may have won the race while we verified.
-            let previous = state.users.get(&uid).map(|s| (s.record.clone(), s.line_len));
+            let previous = state
+                .users
+                .get(&uid)
+                .map(|s| (s.record.clone(), s.line_len));
             match (&previous, mode) {
                 (Some(_), Mode::Create) => return Err(StoreError::Exists(uid)),
                 (None, Mode::Update) => return Err(StoreError::UnknownUser(uid)),
@@ -254,7 +258,14 @@ impl Store {
                     line_len,
                 },
             );
-            let done = self.append(FileKind::Users, line, origin, "UserInfo", uid, record.event_count);
+            let done = self.append(
+                FileKind::Users,
+                line,
+                origin,
+                "UserInfo",
+                uid,
+                record.event_count,
+            );
             (done, previous.map(|p| p.0))
         };
         self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.users)
@@ -270,9 +281,7 @@ impl Store {
         origin: &str,
     ) -> Result<Applied<ContactList>, StoreError> {
         let uid = record.owner;
-        let key = self
-            .public_key(uid)
-            .ok_or(StoreError::UnknownUser(uid))?;
+        let key = self.public_key(uid).ok_or(StoreError::UnknownUser(uid))?;
         if let Some(stored) = self.contact_list(uid) {
             check_newer(stored.event_count, record.event_count)?;
         }
@@ -280,7 +289,10 @@ impl Store {
         let line = datafile::encode_line(uid, record.event_count, &record);
         let (done, previous) = {
             let mut state = self.state.write();
-            let previous = state.lists.get(&uid).map(|s| (s.record.clone(), s.line_len));
+            let previous = state
+                .lists
+                .get(&uid)
+                .map(|s| (s.record.clone(), s.line_len));
             if let Some((stored, _)) = &previous {
                 check_newer(stored.event_count, record.event_count)?;
             }
@@ -295,7 +307,14 @@ impl Store {
                     line_len,
                 },
             );
-            let done = self.append(FileKind::Lists, line, origin, "ContactList", uid, record.event_count);
+            let done = self.append(
+                FileKind::Lists,
+                line,
+                origin,
+                "ContactList",
+                uid,
+                record.event_count,
+            );
             (done, previous.map(|p| p.0))
         };
         self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.lists)
@@ -351,7 +370,13 @@ impl Store {
             if map.get(&uid).is_some_and(|s| &s.record == ours) {
                 match previous {
                     Some(record) => {
-                        map.insert(uid, Stored { record, line_len: 0 });
+                        map.insert(
+                            uid,
+                            Stored {
+                                record,
+                                line_len: 0,
+                            },
+                        );
                     }
                     None => {
                         map.remove(&uid);
@@ -537,7 +562,10 @@ fn check_newer(stored: EventCount, got: EventCount) -> Result<(), StoreError> {
     }
 }
 
-fn check_newer_and_key(stored: &Signed<UserInfo>, got: &Signed<UserInfo>) -> Result<(), StoreError> {
+fn check_newer_and_key(
+    stored: &Signed<UserInfo>,
+    got: &Signed<UserInfo>,
+) -> Result<(), StoreError> {
     if stored.public_key != got.public_key {
         return Err(RecordError::KeyMismatch { uid: got.user_id }.into());
     }
@@ -553,7 +581,9 @@ fn sorted_counts<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<EcEntry>
     v
 }
 
-fn collect_sigs<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<(UserId, EventCount, Signature)> {
+fn collect_sigs<T: Versioned>(
+    map: &HashMap<UserId, Stored<T>>,
+) -> Vec<(UserId, EventCount, Signature)> {
     let mut v: Vec<_> = map
         .iter()
         .map(|(uid, s)| (*uid, s.record.event_count(), *s.record.signature()))

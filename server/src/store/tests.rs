@@ -26,34 +26,60 @@ async fn rules_for_user_info() {
     let mallory = Keypair::generate();
 
     // Update before registration: unknown user.
-    let e = store.apply_user_info(info(&alice, 1, 1, "online"), Mode::Update, "t").await;
+    let e = store
+        .apply_user_info(info(&alice, 1, 1, "online"), Mode::Update, "t")
+        .await;
     assert!(matches!(e, Err(StoreError::UnknownUser(UserId(1)))));
 
-    store.apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t").await.unwrap();
-    let e = store.apply_user_info(info(&alice, 1, 5, "online"), Mode::Create, "t").await;
+    store
+        .apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t")
+        .await
+        .unwrap();
+    let e = store
+        .apply_user_info(info(&alice, 1, 5, "online"), Mode::Create, "t")
+        .await;
     assert!(matches!(e, Err(StoreError::Exists(_))));
 
-    let applied = store.apply_user_info(info(&alice, 1, 1, "online"), Mode::Update, "t").await.unwrap();
-    assert_eq!(applied.previous.unwrap().event_count, EventCount::new(0, false));
+    let applied = store
+        .apply_user_info(info(&alice, 1, 1, "online"), Mode::Update, "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.previous.unwrap().event_count,
+        EventCount::new(0, false)
+    );
 
     // Equal and older event counts are stale, and the error names the stored count.
     for count in [1, 0] {
-        match store.apply_user_info(info(&alice, 1, count, "away"), Mode::Update, "t").await {
-            Err(StoreError::Stale { current, .. }) => assert_eq!(current, EventCount::new(1, false)),
+        match store
+            .apply_user_info(info(&alice, 1, count, "away"), Mode::Update, "t")
+            .await
+        {
+            Err(StoreError::Stale { current, .. }) => {
+                assert_eq!(current, EventCount::new(1, false))
+            }
             other => panic!("expected stale, got {other:?}"),
         }
     }
 
     // Someone else's key, even with a newer count: key change refused.
-    let e = store.apply_user_info(info(&mallory, 1, 9, "online"), Mode::Replicate, "t").await;
-    assert!(matches!(e, Err(StoreError::Record(RecordError::KeyMismatch { .. }))), "{e:?}");
+    let e = store
+        .apply_user_info(info(&mallory, 1, 9, "online"), Mode::Replicate, "t")
+        .await;
+    assert!(
+        matches!(e, Err(StoreError::Record(RecordError::KeyMismatch { .. }))),
+        "{e:?}"
+    );
 
     // A record claiming alice's key but signed by mallory: bad signature.
     let mut forged = UserInfo::new(UserId(1), alice.public());
     forged.event_count = EventCount::new(9, false);
     let forged = Signed::sign(forged, &mallory).unwrap();
     let e = store.apply_user_info(forged, Mode::Update, "t").await;
-    assert!(matches!(e, Err(StoreError::Record(RecordError::BadSignature))), "{e:?}");
+    assert!(
+        matches!(e, Err(StoreError::Record(RecordError::BadSignature))),
+        "{e:?}"
+    );
 
     assert_eq!(store.user(UserId(1)).unwrap().status, "online");
 }
@@ -64,15 +90,33 @@ async fn rules_for_contact_lists() {
     let (store, _) = Store::open(dir.path()).unwrap();
     let alice = Keypair::generate();
     let mallory = Keypair::generate();
-    let e = store.apply_contact_list(list(&alice, 1, 1, &[2]), "t").await;
+    let e = store
+        .apply_contact_list(list(&alice, 1, 1, &[2]), "t")
+        .await;
     assert!(matches!(e, Err(StoreError::UnknownUser(_))));
-    store.apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t").await.unwrap();
-    store.apply_contact_list(list(&alice, 1, 1, &[2, 3]), "t").await.unwrap();
-    let e = store.apply_contact_list(list(&mallory, 1, 2, &[4]), "t").await;
-    assert!(matches!(e, Err(StoreError::Record(RecordError::BadSignature))));
-    let e = store.apply_contact_list(list(&alice, 1, 1, &[4]), "t").await;
+    store
+        .apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t")
+        .await
+        .unwrap();
+    store
+        .apply_contact_list(list(&alice, 1, 1, &[2, 3]), "t")
+        .await
+        .unwrap();
+    let e = store
+        .apply_contact_list(list(&mallory, 1, 2, &[4]), "t")
+        .await;
+    assert!(matches!(
+        e,
+        Err(StoreError::Record(RecordError::BadSignature))
+    ));
+    let e = store
+        .apply_contact_list(list(&alice, 1, 1, &[4]), "t")
+        .await;
     assert!(matches!(e, Err(StoreError::Stale { .. })));
-    assert_eq!(store.contact_list(UserId(1)).unwrap().contacts, vec![UserId(2), UserId(3)]);
+    assert_eq!(
+        store.contact_list(UserId(1)).unwrap().contacts,
+        vec![UserId(2), UserId(3)]
+    );
 }
 
 #[tokio::test]
@@ -82,17 +126,29 @@ async fn everything_acknowledged_survives_reopen_and_compaction() {
     let digest = {
         let (store, _) = Store::open(dir.path()).unwrap();
         for (i, k) in keys.iter().enumerate() {
-            store.apply_user_info(info(k, i as u64, 0, "offline"), Mode::Create, "t").await.unwrap();
+            store
+                .apply_user_info(info(k, i as u64, 0, "offline"), Mode::Create, "t")
+                .await
+                .unwrap();
             for c in 1..5 {
-                store.apply_user_info(info(k, i as u64, c, "online"), Mode::Update, "t").await.unwrap();
+                store
+                    .apply_user_info(info(k, i as u64, c, "online"), Mode::Update, "t")
+                    .await
+                    .unwrap();
             }
-            store.apply_contact_list(list(k, i as u64, 1, &[1, 2]), "t").await.unwrap();
+            store
+                .apply_contact_list(list(k, i as u64, 1, &[1, 2]), "t")
+                .await
+                .unwrap();
         }
         let d = store.digest();
         store.compact().await.unwrap();
         assert_eq!(store.digest(), d);
         // One more update after compaction goes to the new file.
-        store.apply_user_info(info(&keys[0], 0, 9, "away"), Mode::Update, "t").await.unwrap();
+        store
+            .apply_user_info(info(&keys[0], 0, 9, "away"), Mode::Update, "t")
+            .await
+            .unwrap();
         let d = store.digest();
         store.close().await.unwrap();
         d
@@ -104,7 +160,10 @@ async fn everything_acknowledged_survives_reopen_and_compaction() {
     assert_eq!(store.digest(), digest);
     assert_eq!(store.user(UserId(0)).unwrap().status, "away");
     let log = std::fs::read_to_string(dir.path().join(TXLOG_FILE)).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("store UserInfo")).count(), 20 * 5 + 1);
+    assert_eq!(
+        log.lines().filter(|l| l.contains("store UserInfo")).count(),
+        20 * 5 + 1
+    );
 }
 
 #[tokio::test]
@@ -114,8 +173,14 @@ async fn tampered_datafile_entry_is_dropped_on_load() {
     let bob = Keypair::generate();
     {
         let (store, _) = Store::open(dir.path()).unwrap();
-        store.apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t").await.unwrap();
-        store.apply_user_info(info(&bob, 2, 0, "offline"), Mode::Create, "t").await.unwrap();
+        store
+            .apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t")
+            .await
+            .unwrap();
+        store
+            .apply_user_info(info(&bob, 2, 0, "offline"), Mode::Create, "t")
+            .await
+            .unwrap();
         store.close().await.unwrap();
     }
     // The admin edits bob's record and fixes up the checksum: the signature still catches it.

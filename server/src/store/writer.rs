@@ -44,7 +44,9 @@ pub(crate) enum Command {
     /// Audit entry only (admin actions), no datafile change.
     Log { txlog: String },
     /// Acknowledged once everything queued before it is durable.
-    Flush { done: oneshot::Sender<io::Result<()>> },
+    Flush {
+        done: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 pub(crate) struct Paths {
@@ -140,7 +142,8 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
                             header,
                             lines.iter().map(Vec::as_slice),
                         )?;
-                        *target = io::BufWriter::with_capacity(1 << 16, datafile::open_append(path)?);
+                        *target =
+                            io::BufWriter::with_capacity(1 << 16, datafile::open_append(path)?);
                         Ok(len)
                     });
                     let _ = done.send(result);
@@ -149,12 +152,12 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
         }
         let synced = sync_all(&mut users, &mut lists, dirty_users, dirty_lists);
         let _ = txlog.flush();
-        let outcome = |failed: Option<io::ErrorKind>, synced: &io::Result<()>| match (failed, synced)
-        {
-            (Some(kind), _) => Err(io::Error::new(kind, "datafile write failed")),
-            (None, Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
-            (None, Ok(())) => Ok(()),
-        };
+        let outcome =
+            |failed: Option<io::ErrorKind>, synced: &io::Result<()>| match (failed, synced) {
+                (Some(kind), _) => Err(io::Error::new(kind, "datafile write failed")),
+                (None, Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+                (None, Ok(())) => Ok(()),
+            };
         for done in acks.into_iter().chain(flushes) {
             let _ = done.send(outcome(failed, &synced));
         }

@@ -1,0 +1,217 @@
+//! Configuration: a TOML file overridden by command-line flags, validated once into [`Config`].
+//!
+//! Every field of [`FileConfig`] can be set in the file; `gossipd --help` lists the flags. The
+//! field docs here are the reference (docs/operations.md repeats them with examples).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// An invalid setting or unreadable config file; the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(ConfigError(format!($($fmt)+)));
+        }
+    };
+}
+
+/// Settings as read from a TOML file; every field optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This server's host name, as other servers and clients reach it. Default: the machine's
+    /// host name.
+    pub name: Option<String>,
+    /// Base port P: clients connect on P, servers on P+1, RTT probes go to P+2. Default 1024.
+    pub base_port: Option<u16>,
+    /// Refuse to start instead of moving to another base port when P..P+2 are taken.
+    pub strict_ports: Option<bool>,
+    /// Address to bind (default 0.0.0.0, all IPv4 interfaces).
+    pub bind: Option<String>,
+    /// Directory for the datafiles and transaction log. Default `./gossip-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Largest accepted frame in bytes. Default 65536.
+    pub max_frame: Option<usize>,
+    /// Most simultaneous client connections; more are refused with `server-full`. Default 18000
+    /// (below the usual 20000 open-file limit, leaving room for datafiles and server links).
+    pub max_clients: Option<usize>,
+    /// Messages queued to one connection before it counts as a slow consumer and is dropped.
+    /// Default 256.
+    pub outbound_queue: Option<usize>,
+    /// Seconds of silence from a client before the server sends a `ping`. Default 10.
+    pub keepalive_s: Option<f64>,
+    /// Seconds of silence after which a client is considered gone (half-open TCP) and its last
+    /// will is published. Default 30.
+    pub idle_timeout_s: Option<f64>,
+    /// Seconds a UserID reserved for a registration stays locked. Default 900 (15 minutes).
+    pub uid_lock_s: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
+    }
+
+    /// Fields set in `over` replace those in `self` (flags win over the file).
+    pub fn merge(self, over: FileConfig) -> FileConfig {
+        FileConfig {
+            name: over.name.or(self.name),
+            base_port: over.base_port.or(self.base_port),
+            strict_ports: over.strict_ports.or(self.strict_ports),
+            bind: over.bind.or(self.bind),
+            data_dir: over.data_dir.or(self.data_dir),
+            max_frame: over.max_frame.or(self.max_frame),
+            max_clients: over.max_clients.or(self.max_clients),
+            outbound_queue: over.outbound_queue.or(self.outbound_queue),
+            keepalive_s: over.keepalive_s.or(self.keepalive_s),
+            idle_timeout_s: over.idle_timeout_s.or(self.idle_timeout_s),
+            uid_lock_s: over.uid_lock_s.or(self.uid_lock_s),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Host name in this server's canonical identity.
+    pub name: String,
+    /// Requested base port.
+    pub base_port: u16,
+    /// Exit rather than move to another base port.
+    pub strict_ports: bool,
+    /// Bind address.
+    pub bind: std::net::IpAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Frame size limit.
+    pub max_frame: usize,
+    /// Client connection limit.
+    pub max_clients: usize,
+    /// Per-connection outbound queue length.
+    pub outbound_queue: usize,
+    /// Silence before a keepalive ping.
+    pub keepalive: Duration,
+    /// Silence before a client is declared gone.
+    pub idle_timeout: Duration,
+    /// Registration UserID lock lifetime.
+    pub uid_lock: Duration,
+}
+
+impl Config {
+    /// Applies defaults and checks values.
+    pub fn from_file_config(f: FileConfig) -> Result<Config, ConfigError> {
+        let name = match f.name {
+            Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
+            Some(_) => return Err(ConfigError("name must not be empty".into())),
+            None => default_host_name(),
+        };
+        let base_port = f.base_port.unwrap_or(1024);
+        ensure!(
+            base_port <= u16::MAX - 2,
+            "base port {base_port} leaves no room for P+1 and P+2"
+        );
+        let bind = f
+            .bind
+            .as_deref()
+            .unwrap_or("0.0.0.0")
+            .parse()
+            .map_err(|e| ConfigError(format!("bind address: {e}")))?;
+        let secs = |v: Option<f64>, default: f64, what: &str| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            ensure!(
+                v > 0.0 && v.is_finite(),
+                "{what} must be a positive number of seconds"
+            );
+            Ok(Duration::from_secs_f64(v))
+        };
+        let keepalive = secs(f.keepalive_s, 10.0, "keepalive_s")?;
+        let idle_timeout = secs(f.idle_timeout_s, 30.0, "idle_timeout_s")?;
+        ensure!(
+            keepalive < idle_timeout,
+            "keepalive_s must be shorter than idle_timeout_s"
+        );
+        let max_frame = f
+            .max_frame
+            .unwrap_or(gossip_common::codec::DEFAULT_MAX_FRAME);
+        ensure!(max_frame >= 1024, "max_frame must be at least 1024 bytes");
+        Ok(Config {
+            name,
+            base_port,
+            strict_ports: f.strict_ports.unwrap_or(false),
+            bind,
+            data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gossip-data")),
+            max_frame,
+            max_clients: f.max_clients.unwrap_or(18_000).max(1),
+            outbound_queue: f.outbound_queue.unwrap_or(256).max(4),
+            keepalive,
+            idle_timeout,
+            uid_lock: Duration::from_secs(f.uid_lock_s.unwrap_or(900)),
+        })
+    }
+
+    /// A config for tests: loopback, given data dir and base port, short timers.
+    pub fn for_tests(data_dir: &Path, base_port: u16) -> Config {
+        let mut c = Config::from_file_config(FileConfig {
+            name: Some("127.0.0.1".into()),
+            base_port: Some(base_port),
+            bind: Some("127.0.0.1".into()),
+            data_dir: Some(data_dir.to_owned()),
+            ..FileConfig::default()
+        })
+        .expect("valid test config");
+        c.keepalive = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(2);
+        c
+    }
+}
+
+fn default_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file() {
+        let file: FileConfig = toml::from_str("base_port = 2000\nname = \"a.example\"").unwrap();
+        let flags = FileConfig {
+            base_port: Some(3000),
+            ..FileConfig::default()
+        };
+        let c = Config::from_file_config(file.merge(flags)).unwrap();
+        assert_eq!(c.base_port, 3000);
+        assert_eq!(c.name, "a.example");
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("no_such_option = 1").is_err());
+        let f = FileConfig {
+            keepalive_s: Some(40.0),
+            ..FileConfig::default()
+        };
+        assert!(Config::from_file_config(f).is_err());
+        let f = FileConfig {
+            base_port: Some(65535),
+            ..FileConfig::default()
+        };
+        assert!(Config::from_file_config(f).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! Presence fan-out: which logged-in sessions watch which users, and delivery of changes.
+//!
+//! A session *watches* every user on its owner's contact list. When a stored UserInfo changes,
+//! the change is encoded once and the same bytes are queued to every watching session. Queues
+//! are bounded; a session whose queue is full is a slow consumer and is disconnected rather than
+//! allowed to grow memory or delay everyone else (publishing never waits).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use gossip_common::UserId;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one client connection.
+pub type SessionId = u64;
+
+/// What the fan-out needs to reach a session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The logged-in user.
+    pub uid: UserId,
+    /// Bounded queue of encoded frames to the connection's writer.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Cancelled to disconnect the session (slow consumer, admin kick).
+    pub kill: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<SessionId, (SessionHandle, Vec<UserId>)>,
+    /// Watched user → sessions watching them.
+    watchers: HashMap<UserId, HashSet<SessionId>>,
+    /// User → their own sessions (a user may log in from several clients).
+    by_user: HashMap<UserId, HashSet<SessionId>>,
+}
+
+/// The registry of logged-in sessions.
+#[derive(Default)]
+pub struct Presence {
+    inner: RwLock<Inner>,
+    next_id: AtomicU64,
+    dropped_slow: AtomicU64,
+    pushes: AtomicU64,
+}
+
+impl Presence {
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> SessionId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a logged-in session watching `contacts`.
+    pub fn register(&self, sid: SessionId, handle: SessionHandle, contacts: Vec<UserId>) {
+        let mut inner = self.inner.write();
+        for c in &contacts {
+            inner.watchers.entry(*c).or_default().insert(sid);
+        }
+        inner.by_user.entry(handle.uid).or_default().insert(sid);
+        inner.sessions.insert(sid, (handle, contacts));
+    }
+
+    /// Forgets a session (connection closed).
+    pub fn unregister(&self, sid: SessionId) {
+        let mut inner = self.inner.write();
+        if let Some((handle, contacts)) = inner.sessions.remove(&sid) {
+            for c in contacts {
+                remove_from(&mut inner.watchers, c, sid);
+            }
+            remove_from(&mut inner.by_user, handle.uid, sid);
+        }
+    }
+
+    /// The owner of `uid` changed their contact list: every session of theirs now watches
+    /// `contacts`.
+    pub fn set_contacts(&self, uid: UserId, contacts: &[UserId]) {
+        let mut inner = self.inner.write();
+        let sids: Vec<SessionId> = inner
+            .by_user
+            .get(&uid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for sid in sids {
+            let old = match inner.sessions.get_mut(&sid) {
+                Some((_, list)) => std::mem::replace(list, contacts.to_vec()),
+                None => continue,
+            };
+            for c in old {
+                remove_from(&mut inner.watchers, c, sid);
+            }
+            for c in contacts {
+                inner.watchers.entry(*c).or_default().insert(sid);
+            }
+        }
+    }
+
+    /// Queues `frame` (an encoded UserInfo push about `about`) to every session watching
+    /// `about`. Never blocks; slow consumers are disconnected. Returns how many were queued.
+    pub fn publish(&self, about: UserId, frame: &Bytes) -> usize {
+        let inner = self.inner.read();
+        let Some(watchers) = inner.watchers.get(&about) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for sid in watchers {
+            if let Some((handle, _)) = inner.sessions.get(sid) {
+                if self.try_queue(handle, frame.clone()) {
+                    sent += 1;
+                }
+            }
+        }
+        self.pushes.fetch_add(sent as u64, Ordering::Relaxed);
+        sent
+    }
+
+    /// Queues `frame` to every session of user `uid` except `except`.
+    pub fn send_to_user(&self, uid: UserId, except: Option<SessionId>, frame: &Bytes) {
+        let inner = self.inner.read();
+        for sid in inner.by_user.get(&uid).into_iter().flatten() {
+            if Some(*sid) != except {
+                if let Some((handle, _)) = inner.sessions.get(sid) {
+                    self.try_queue(handle, frame.clone());
+                }
+            }
+        }
+    }
+
+    fn try_queue(&self, handle: &SessionHandle, frame: Bytes) -> bool {
+        match handle.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(uid = %handle.uid, "slow consumer: outbound queue full, disconnecting");
+                handle.kill.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Whether `uid` has at least one session here.
+    pub fn is_logged_in(&self, uid: UserId) -> bool {
+        self.inner.read().by_user.contains_key(&uid)
+    }
+
+    /// Number of logged-in sessions.
+    pub fn session_count(&self) -> usize {
+        self.inner.read().sessions.len()
+    }
+
+    /// Pushes queued so far.
+    pub fn pushes(&self) -> u64 {
+        self.pushes.load(Ordering::Relaxed)
+    }
+
+    /// Sessions dropped as slow consumers so far.
+    pub fn slow_consumers_dropped(&self) -> u64 {
+        self.dropped_slow.load(Ordering::Relaxed)
+    }
+}
+
+fn remove_from(map: &mut HashMap<UserId, HashSet<SessionId>>, key: UserId, sid: SessionId) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(&sid);
+        if set.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(uid: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            SessionHandle {
+                uid: UserId(uid),
+                tx,
+                kill: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn fan_out_follows_contact_lists() {
+        let p = Presence::default();
+        let (a, mut rx_a) = handle(1, 8);
+        let (b, mut rx_b) = handle(2, 8);
+        p.register(10, a, vec![UserId(3)]);
+        p.register(11, b, vec![UserId(4)]);
+        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"x")), 1);
+        assert_eq!(rx_a.try_recv().unwrap(), Bytes::from_static(b"x"));
+        assert!(rx_b.try_recv().is_err());
+        p.set_contacts(UserId(2), &[UserId(3)]);
+        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"y")), 2);
+        assert_eq!(p.publish(UserId(4), &Bytes::from_static(b"z")), 0);
+        p.unregister(10);
+        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"w")), 1);
+        assert_eq!(rx_b.try_recv().unwrap(), Bytes::from_static(b"y"));
+    }
+
+    #[test]
+    fn slow_consumer_is_cut_off() {
+        let p = Presence::default();
+        let (a, _rx) = handle(1, 2);
+        let kill = a.kill.clone();
+        p.register(1, a, vec![UserId(9)]);
+        for _ in 0..3 {
+            p.publish(UserId(9), &Bytes::from_static(b"x"));
+        }
+        assert!(kill.is_cancelled());
+        assert_eq!(p.slow_consumers_dropped(), 1);
+    }
+}

@@ -1,0 +1,576 @@
+//! One client connection: login handshake, registration, updates, requests and pushes.
+//!
+//! Layers: the codec turns bytes into frames, `Message::decode` turns frames into typed
+//! messages, and [`Session::handle`] acts on them. Replies and pushes share one bounded queue to
+//! a writer task, so a reply is never overtaken by a later push and a client that stops reading
+//! is cut off instead of growing memory.
+//!
+//! Errors inside one message (malformed, bad signature, stale event count…) are answered with an
+//! `error` and the session goes on; framing and I/O errors end the session. Whichever way a
+//! session ends, its last will (if any, and if still newer than what is stored) is published.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gossip_common::message as m;
+use gossip_common::{
+    login_challenge_bytes, Body, Domain, ErrorCode, Message, PublicKey, Signed, UserId, UserInfo,
+    XmlFrameCodec,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::presence::{SessionHandle, SessionId};
+use crate::store::{Mode, StoreError};
+use crate::Node;
+
+enum Auth {
+    Anonymous,
+    /// `authenticate` answered with this nonce; single use.
+    Challenged {
+        uid: UserId,
+        nonce: String,
+    },
+    /// `register` granted this UserID to this key.
+    Registering {
+        uid: UserId,
+        key: PublicKey,
+    },
+    LoggedIn {
+        uid: UserId,
+    },
+}
+
+struct Session {
+    node: Arc<Node>,
+    sid: SessionId,
+    peer: SocketAddr,
+    local_ip: Ipv6Addr,
+    tx: mpsc::Sender<Bytes>,
+    kill: CancellationToken,
+    auth: Auth,
+    last_will: Option<Signed<UserInfo>>,
+}
+
+/// Serves one client connection until it closes, fails, idles out or the server shuts down.
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let sid = node.presence.new_session_id();
+    let span = tracing::info_span!("client", %peer, sid);
+    async move {
+        tracing::debug!("connected");
+        let local_ip = stream
+            .local_addr()
+            .map(|a| gossip_common::user_id::to_ipv6(a.ip()))
+            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(node.config.outbound_queue);
+        let kill = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(wr, rx, kill.clone()));
+        let mut session = Session {
+            node: Arc::clone(&node),
+            sid,
+            peer,
+            local_ip,
+            tx,
+            kill: kill.clone(),
+            auth: Auth::Anonymous,
+            last_will: None,
+        };
+        let reason = session.read_loop(rd, &shutdown).await;
+        tracing::debug!(%reason, "session ending");
+        session.finish().await;
+        if reason == "server shutting down" {
+            session
+                .send(m::Disconnect {
+                    reason: Some(reason.into()),
+                })
+                .await;
+        }
+        drop(session);
+        // Let the writer drain what is queued (bounded by the idle timeout), then stop it.
+        let _ = tokio::time::timeout(node.config.idle_timeout, writer).await;
+        kill.cancel();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Drains the outbound queue into the socket, batching whatever is ready into one write.
+async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, kill: CancellationToken) {
+    let mut wr = tokio::io::BufWriter::with_capacity(8 * 1024, wr);
+    loop {
+        let frame = tokio::select! {
+            _ = kill.cancelled() => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+        };
+        let mut result = write_frame(&mut wr, &frame).await;
+        while result.is_ok() {
+            match rx.try_recv() {
+                Ok(more) => result = write_frame(&mut wr, &more).await,
+                Err(_) => break,
+            }
+        }
+        if result.is_err() || wr.flush().await.is_err() {
+            kill.cancel();
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_frame(
+    wr: &mut tokio::io::BufWriter<OwnedWriteHalf>,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    wr.write_all(frame).await?;
+    wr.write_all(b"\n").await
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        rd: tokio::net::tcp::OwnedReadHalf,
+        shutdown: &CancellationToken,
+    ) -> &'static str {
+        let cfg = &self.node.config;
+        let (keepalive, idle) = (cfg.keepalive, cfg.idle_timeout);
+        let mut frames = FramedRead::with_capacity(rd, XmlFrameCodec::new(cfg.max_frame), 1024);
+        let mut last_rx = Instant::now();
+        let mut pinged = false;
+        loop {
+            let ping_at = last_rx + keepalive;
+            tokio::select! {
+                _ = shutdown.cancelled() => return "server shutting down",
+                _ = self.kill.cancelled() => return "disconnected (slow consumer or write error)",
+                _ = tokio::time::sleep_until(ping_at), if !pinged => {
+                    pinged = true;
+                    self.send(m::Ping {}).await;
+                }
+                _ = tokio::time::sleep_until(last_rx + idle) => {
+                    tracing::info!(idle = ?idle, "client silent too long; treating it as gone");
+                    return "idle timeout";
+                }
+                item = frames.next() => {
+                    last_rx = Instant::now();
+                    pinged = false;
+                    match item {
+                        None => return "connection closed by client",
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "fatal protocol error");
+                            self.error(None, e.code(), e.to_string(), None).await;
+                            return "fatal protocol error";
+                        }
+                        Some(Ok(Err(e))) => {
+                            tracing::info!(error = %e, "frame refused");
+                            self.error(None, e.code(), e.to_string(), None).await;
+                        }
+                        Some(Ok(Ok(frame))) => match Message::decode(&frame) {
+                            Ok(msg) => {
+                                tracing::trace!(msgtype = msg.msgtype(), "received");
+                                if self.handle(msg).await.is_break() {
+                                    return "client disconnected";
+                                }
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "message refused");
+                                self.error(None, e.code(), e.to_string(), None).await;
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    fn encode(&self, body: impl Into<Body>, re: Option<u64>) -> Bytes {
+        Bytes::from(Message::new(self.local_ip, body).in_reply_to(re).to_xml())
+    }
+
+    async fn send(&self, body: impl Into<Body>) {
+        self.reply(None, body).await;
+    }
+
+    async fn reply(&self, re: Option<u64>, body: impl Into<Body>) {
+        // Waiting here applies back-pressure to this client's own requests only.
+        let _ = self.tx.send(self.encode(body, re)).await;
+    }
+
+    async fn error(
+        &self,
+        re: Option<u64>,
+        code: ErrorCode,
+        text: String,
+        current: Option<gossip_common::EventCount>,
+    ) {
+        self.reply(
+            re,
+            m::Error {
+                code,
+                text,
+                current: current.map(Into::into),
+            },
+        )
+        .await;
+    }
+
+    async fn store_error(&self, re: Option<u64>, e: StoreError) {
+        let current = match &e {
+            StoreError::Stale { current, .. } => Some(*current),
+            _ => None,
+        };
+        tracing::info!(error = %e, "update refused");
+        self.error(re, e.code(), e.to_string(), current).await;
+    }
+
+    fn logged_in(&self) -> Option<UserId> {
+        match self.auth {
+            Auth::LoggedIn { uid } => Some(uid),
+            _ => None,
+        }
+    }
+
+    fn origin(&self) -> String {
+        match self.logged_in() {
+            Some(uid) => format!("client:{uid}/s{}", self.sid),
+            None => format!("client:s{}", self.sid),
+        }
+    }
+
+    async fn handle(&mut self, msg: Message) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let re = msg.header.id;
+        match msg.body {
+            Body::Ping(_) => self.reply(re, m::Pong {}).await,
+            Body::Pong(_) => {}
+            Body::Disconnect(_) => return Break(()),
+            Body::Authenticate(a) => self.authenticate(re, a.uid).await,
+            Body::ChallengeResponse(r) => self.challenge_response(re, r).await,
+            Body::Register(r) => self.register(re, r.publickey).await,
+            Body::NewUser(n) => self.new_user(re, n.record).await,
+            other => {
+                let Some(uid) = self.logged_in() else {
+                    let text = format!("<{}> needs a logged-in session", other.msgtype());
+                    self.error(re, ErrorCode::NotAuthenticated, text, None)
+                        .await;
+                    return Continue(());
+                };
+                self.handle_logged_in(re, uid, other).await;
+            }
+        }
+        Continue(())
+    }
+
+    async fn handle_logged_in(&mut self, re: Option<u64>, uid: UserId, body: Body) {
+        match body {
+            Body::UserInfo(u) => self.update_user_info(re, uid, u.record).await,
+            Body::ChangeCl(c) => self.change_contact_list(re, uid, c.record).await,
+            Body::LastWill(w) => self.set_last_will(re, uid, w.record).await,
+            Body::ReqUserInfo(r) => {
+                for u in r.uids {
+                    if let Some(record) = self.node.store.user(u) {
+                        self.reply(re, m::UserInfoMsg { record }).await;
+                    }
+                }
+                self.reply(re, m::Ok { current: None }).await;
+            }
+            Body::ReqContactList(_) => {
+                self.send_contact_list(re, uid).await;
+                self.reply(re, m::Ok { current: None }).await;
+            }
+            other => {
+                let text = format!("<{}> is not a client-to-server message", other.msgtype());
+                self.error(re, ErrorCode::NotAllowed, text, None).await;
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, re: Option<u64>, uid: UserId) {
+        if !self.node.store.contains_user(uid) {
+            self.auth = Auth::Anonymous;
+            let text = format!("no user {uid} on this server");
+            return self.error(re, ErrorCode::UnknownUser, text, None).await;
+        }
+        let nonce = hex::encode(rand::random::<[u8; 32]>());
+        self.auth = Auth::Challenged {
+            uid,
+            nonce: nonce.clone(),
+        };
+        let server = self.node.identity();
+        self.reply(re, m::Challenge { nonce, server }).await;
+    }
+
+    async fn challenge_response(&mut self, re: Option<u64>, r: m::ChallengeResponse) {
+        // Taking the challenge out makes the nonce single-use: a replayed response finds none.
+        let Auth::Challenged { uid, nonce } = std::mem::replace(&mut self.auth, Auth::Anonymous)
+        else {
+            let text = "no login challenge outstanding (replayed or out-of-order response)";
+            return self
+                .error(re, ErrorCode::AuthFailed, text.into(), None)
+                .await;
+        };
+        let key = self.node.store.public_key(uid);
+        let signed = login_challenge_bytes(&nonce, &self.node.identity(), uid);
+        let ok = r.uid == uid
+            && key.is_some_and(|k| k.verify(Domain::Login, &signed, &r.signature).is_ok());
+        if !ok {
+            self.node.metrics.auth_failures.inc();
+            tracing::info!(%uid, "login refused: bad challenge response");
+            let text = format!("challenge response for {uid} does not verify");
+            return self.error(re, ErrorCode::AuthFailed, text, None).await;
+        }
+        self.login(re, uid).await;
+    }
+
+    /// Marks the session logged in and sends the spec's handshake: own UserInfo, then the
+    /// contact list with every known contact's UserInfo, then `ok`.
+    async fn login(&mut self, re: Option<u64>, uid: UserId) {
+        self.auth = Auth::LoggedIn { uid };
+        self.node.metrics.logins.inc();
+        tracing::info!(%uid, "logged in");
+        let contacts = self
+            .node
+            .store
+            .contact_list(uid)
+            .map(|cl| cl.contacts.clone())
+            .unwrap_or_default();
+        // Register before sending the snapshot so no change slips between the two.
+        self.node.presence.register(
+            self.sid,
+            SessionHandle {
+                uid,
+                tx: self.tx.clone(),
+                kill: self.kill.clone(),
+            },
+            contacts,
+        );
+        if let Some(record) = self.node.store.user(uid) {
+            self.reply(re, m::UserInfoMsg { record }).await;
+        }
+        self.send_contact_list(re, uid).await;
+        self.reply(re, m::Ok { current: None }).await;
+    }
+
+    /// Sends `contactlist`, split over several messages if the records would not fit one frame.
+    async fn send_contact_list(&self, re: Option<u64>, uid: UserId) {
+        let own = self.node.store.contact_list(uid);
+        let records: Vec<Signed<UserInfo>> = own
+            .as_ref()
+            .map(|cl| {
+                cl.contacts
+                    .iter()
+                    .filter_map(|c| self.node.store.user(*c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Escaping grows a record by at most ~1.7x; keep well inside the frame limit.
+        let budget = self.node.config.max_frame / 2;
+        let mut msg = m::ContactListMsg {
+            own,
+            contacts: Vec::new(),
+        };
+        let mut size = msg.own.as_ref().map_or(0, |o| o.raw().len() * 2);
+        for r in records {
+            let cost = r.raw().len() * 2 + 160;
+            if size + cost > budget && !msg.contacts.is_empty() {
+                self.reply(re, std::mem::take(&mut msg)).await;
+                size = 0;
+            }
+            size += cost;
+            msg.contacts.push(r);
+        }
+        self.reply(re, msg).await;
+    }
+
+    async fn register(&mut self, re: Option<u64>, key: PublicKey) {
+        if self.logged_in().is_some() {
+            let text = "already logged in".to_owned();
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        let holder = format!("{}/s{}", self.node.identity(), self.sid);
+        // The address as the server sees it, never the `ipaddr` the client claims.
+        match self.node.reserve_uid(self.peer.ip(), &holder).await {
+            Some(uid) => {
+                tracing::info!(%uid, "UserID reserved for registration");
+                self.auth = Auth::Registering { uid, key };
+                let expires_s = self.node.config.uid_lock.as_secs();
+                self.reply(re, m::UserIdGrant { uid, expires_s }).await;
+            }
+            None => {
+                let text = "no free UserID could be reserved; try again".to_owned();
+                self.error(re, ErrorCode::UidTaken, text, None).await;
+            }
+        }
+    }
+
+    async fn new_user(&mut self, re: Option<u64>, record: Signed<UserInfo>) {
+        let Auth::Registering { uid, key } = self.auth else {
+            let text = "send <register> first to get a UserID".to_owned();
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        };
+        if record.user_id != uid || record.public_key != key {
+            let text =
+                format!("newuser must carry the granted UserID {uid} and the registered key");
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        let holder = format!("{}/s{}", self.node.identity(), self.sid);
+        let result = self
+            .node
+            .store
+            .apply_user_info(record, Mode::Create, &self.origin())
+            .await;
+        self.node.release_uid(uid, &holder);
+        match result {
+            Ok(applied) => {
+                self.node.metrics.registrations.inc();
+                tracing::info!(%uid, "registered");
+                self.node.user_changed(&applied.record, Some(self.sid));
+                self.login(re, uid).await;
+            }
+            Err(e) => self.store_error(re, e).await,
+        }
+    }
+
+    async fn update_user_info(&mut self, re: Option<u64>, uid: UserId, record: Signed<UserInfo>) {
+        if record.user_id != uid {
+            let text = format!(
+                "you are logged in as {uid} and cannot update {}",
+                record.user_id
+            );
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        match self
+            .node
+            .store
+            .apply_user_info(record, Mode::Update, &self.origin())
+            .await
+        {
+            Ok(applied) => {
+                let current = applied.record.event_count;
+                self.node.user_changed(&applied.record, Some(self.sid));
+                self.reply(
+                    re,
+                    m::Ok {
+                        current: Some(current.into()),
+                    },
+                )
+                .await;
+            }
+            Err(e) => self.store_error(re, e).await,
+        }
+    }
+
+    async fn change_contact_list(
+        &mut self,
+        re: Option<u64>,
+        uid: UserId,
+        record: Signed<gossip_common::ContactList>,
+    ) {
+        if record.owner != uid {
+            let text = format!(
+                "you are logged in as {uid} and cannot change {}'s list",
+                record.owner
+            );
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        match self
+            .node
+            .store
+            .apply_contact_list(record, &self.origin())
+            .await
+        {
+            Ok(applied) => {
+                let new = &applied.record.contacts;
+                self.node.presence.set_contacts(uid, new);
+                // Tell the owner's sessions about contacts they did not have before.
+                let old: std::collections::HashSet<UserId> = applied
+                    .previous
+                    .map(|p| p.contacts.iter().copied().collect())
+                    .unwrap_or_default();
+                for c in new.iter().filter(|c| !old.contains(c)) {
+                    if let Some(record) = self.node.store.user(*c) {
+                        let frame = self.encode(m::UserInfoMsg { record }, None);
+                        self.node.presence.send_to_user(uid, None, &frame);
+                    }
+                }
+                let current = applied.record.event_count;
+                self.reply(
+                    re,
+                    m::Ok {
+                        current: Some(current.into()),
+                    },
+                )
+                .await;
+            }
+            Err(e) => self.store_error(re, e).await,
+        }
+    }
+
+    async fn set_last_will(&mut self, re: Option<u64>, uid: UserId, record: Signed<UserInfo>) {
+        let key = self.node.store.public_key(uid);
+        let valid =
+            record.user_id == uid && key == Some(record.public_key) && record.verify_self().is_ok();
+        if !valid {
+            let text = "last will must be your own UserInfo, signed with your key".to_owned();
+            return self.error(re, ErrorCode::BadSignature, text, None).await;
+        }
+        self.last_will = Some(record);
+        self.reply(re, m::Ok { current: None }).await;
+    }
+
+    /// Cleans up after the connection: leaves the presence registry and publishes the last will
+    /// if it is still newer than the stored record (a clean logout that already published an
+    /// offline status makes it stale, and it is dropped).
+    async fn finish(&mut self) {
+        let Some(uid) = self.logged_in() else { return };
+        self.node.presence.unregister(self.sid);
+        if let Some(will) = self.last_will.take() {
+            match self
+                .node
+                .store
+                .apply_user_info(will, Mode::Update, &format!("lastwill:{uid}/s{}", self.sid))
+                .await
+            {
+                Ok(applied) => {
+                    tracing::info!(%uid, status = %applied.record.status, "last will published");
+                    self.node.metrics.last_wills.inc();
+                    self.node.user_changed(&applied.record, None);
+                }
+                Err(StoreError::Stale { .. }) => {
+                    tracing::debug!(%uid, "last will superseded by a newer record; dropped");
+                }
+                Err(e) => tracing::warn!(%uid, error = %e, "last will refused"),
+            }
+        }
+        tracing::info!(%uid, "logged out");
+    }
+}
+
+/// Refuses a connection when the server is full: one `error`, then close.
+pub(crate) async fn refuse(mut stream: TcpStream, code: ErrorCode, text: String) {
+    let msg = Message::new(
+        Ipv6Addr::UNSPECIFIED,
+        m::Error {
+            code,
+            text,
+            current: None,
+        },
+    );
+    let mut bytes = msg.to_xml().into_bytes();
+    bytes.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&bytes)).await;
+    let _ = stream.shutdown().await;
+}
