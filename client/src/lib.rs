@@ -1,1 +1,737 @@
-//! placeholder
+//! Async client library for Gossip, used by the `gossip` CLI, the integration tests and the
+//! benchmark.
+//!
+//! A [`GossipClient`] owns one server connection. A reader task routes every incoming message:
+//! replies (they carry `re`, the id of our request) go to the request waiting for them;
+//! everything else — presence pushes, server notices, chat messages — goes to the [`Events`]
+//! stream. That is the spec's "message buffer", as an async stream: unsolicited messages may
+//! arrive between a request and its answer and nothing is lost or misrouted.
+//!
+//! The client keeps its own signed records: every update increments the event count, is signed
+//! locally, and is followed by a fresh *last will* (the same record, offline, next event count)
+//! that the server publishes if this connection dies.
+
+mod direct;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gossip_common::message::{self as m};
+use gossip_common::record::STATUS_OFFLINE;
+use gossip_common::{
+    login_challenge_bytes, Body, ChatMessage, ContactList, Domain, ErrorCode, EventCount, Keypair,
+    Message, ProtocolError, Signed, UserId, UserInfo, XmlFrameCodec,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+pub use direct::DirectListener;
+
+// `std::sync::Mutex` is enough: it is only ever held for a few map operations, never across an
+// `.await`.
+use std::sync::Mutex;
+
+/// Errors from client operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not connect, or the connection failed.
+    #[error("connection to {addr} failed: {source}")]
+    Connect {
+        /// Server address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection closed while a request was waiting.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server refused the request.
+    #[error("server refused: {code:?}: {text}")]
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// Server's explanation.
+        text: String,
+        /// For stale event counts: what the server holds.
+        current: Option<EventCount>,
+    },
+    /// The server sent something this client did not expect.
+    #[error("unexpected reply <{0}>")]
+    Unexpected(&'static str),
+    /// A request got no answer in time.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    /// The operation needs a login first.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// Building or checking a record failed.
+    #[error(transparent)]
+    Record(#[from] gossip_common::RecordError),
+    /// Direct client-to-client delivery failed.
+    #[error("cannot reach {uid} directly: {reason}")]
+    Unreachable {
+        /// Recipient.
+        uid: UserId,
+        /// Why.
+        reason: String,
+    },
+    /// Protocol error.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Something that happened without being asked for.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A contact's UserInfo changed (status, message, address…).
+    Presence(Signed<UserInfo>),
+    /// A direct chat message whose signature verified against the sender's key.
+    Message(Signed<ChatMessage>),
+    /// A contact could not be reached directly; the client now shows them offline
+    /// (the spec's client-side detection of users who dropped without logging out).
+    Unreachable(UserId),
+    /// A notice from the server.
+    ServerMessage(String),
+    /// An `error` not tied to a request.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Explanation.
+        text: String,
+    },
+    /// The connection ended.
+    Disconnected(String),
+}
+
+/// The stream of [`Event`]s of one client.
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the client and its connection are gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+
+/// What the client knows about its own user and contacts.
+#[derive(Default)]
+struct State {
+    me: Option<Signed<UserInfo>>,
+    list: Option<Signed<ContactList>>,
+    contacts: HashMap<UserId, Signed<UserInfo>>,
+    /// Contacts found unreachable since their last record (spec: client-side detection).
+    unreachable: std::collections::HashSet<UserId>,
+}
+
+/// One connection to a Gossip server.
+pub struct GossipClient {
+    key: Keypair,
+    server: String,
+    out: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: AtomicU64,
+    state: Arc<Mutex<State>>,
+    events_tx: mpsc::Sender<Event>,
+    /// Where this client accepts direct messages, advertised in its UserInfo.
+    direct_addr: Mutex<Option<SocketAddr>>,
+    request_timeout: Duration,
+}
+
+/// Messages that end a request; anything else carrying `re` is part of a longer answer.
+fn is_final(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Ok(_) | Body::Error(_) | Body::Challenge(_) | Body::UserIdGrant(_) | Body::Pong(_)
+    )
+}
+
+impl GossipClient {
+    /// Connects to `addr` (`host:port`, the server's base port) with the user's key.
+    pub async fn connect(addr: &str, key: Keypair) -> Result<(GossipClient, Events), ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (out, mut out_rx) = mpsc::channel::<Message>(64);
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let pending: Pending = Arc::default();
+        let state: Arc<Mutex<State>> = Arc::default();
+
+        // Writer task.
+        tokio::spawn(async move {
+            let mut sink = FramedWrite::new(wr, XmlFrameCodec::default());
+            while let Some(msg) = out_rx.recv().await {
+                if sink.send(&msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Reader task: routes replies and events.
+        {
+            // A weak sender, so dropping the client closes the connection (which makes the
+            // server publish the last will) even while this task still runs.
+            let (pending, state, events, out) = (
+                Arc::clone(&pending),
+                Arc::clone(&state),
+                events_tx.clone(),
+                out.downgrade(),
+            );
+            tokio::spawn(async move {
+                let mut frames = FramedRead::new(rd, XmlFrameCodec::default());
+                let reason = loop {
+                    let frame = match frames.next().await {
+                        None => break "connection closed by server".to_owned(),
+                        Some(Err(e)) => break format!("protocol error: {e}"),
+                        Some(Ok(Err(e))) => {
+                            tracing::warn!(error = %e, "frame from server refused");
+                            continue;
+                        }
+                        Some(Ok(Ok(frame))) => frame,
+                    };
+                    let msg = match Message::decode(&frame) {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "message from server refused");
+                            continue;
+                        }
+                    };
+                    route(msg, &pending, &state, &events, &out).await;
+                };
+                pending.lock().expect("lock").clear();
+                let _ = events.send(Event::Disconnected(reason)).await;
+            });
+        }
+        let client = GossipClient {
+            key,
+            server: addr.to_owned(),
+            out,
+            pending,
+            next_id: AtomicU64::new(1),
+            state,
+            events_tx,
+            direct_addr: Mutex::new(None),
+            request_timeout: Duration::from_secs(30),
+        };
+        Ok((client, Events { rx: events_rx }))
+    }
+
+    /// The server address this client is connected to.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// This client's key.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// The logged-in user's id.
+    pub fn uid(&self) -> Option<UserId> {
+        self.state
+            .lock()
+            .expect("lock")
+            .me
+            .as_ref()
+            .map(|m| m.user_id)
+    }
+
+    /// The logged-in user's current record.
+    pub fn me(&self) -> Option<Signed<UserInfo>> {
+        self.state.lock().expect("lock").me.clone()
+    }
+
+    /// The contact list's UserIDs, in order.
+    pub fn contact_ids(&self) -> Vec<UserId> {
+        self.state
+            .lock()
+            .expect("lock")
+            .list
+            .as_ref()
+            .map(|l| l.contacts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The latest known record of each contact (those the server knows about).
+    pub fn contacts(&self) -> Vec<Signed<UserInfo>> {
+        let state = self.state.lock().expect("lock");
+        let ids = state
+            .list
+            .as_ref()
+            .map(|l| l.contacts.clone())
+            .unwrap_or_default();
+        ids.iter()
+            .filter_map(|u| state.contacts.get(u).cloned())
+            .collect()
+    }
+
+    /// Whether a contact currently presents as online (their record says so and they were not
+    /// found unreachable since).
+    pub fn is_contact_online(&self, uid: UserId) -> bool {
+        let state = self.state.lock().expect("lock");
+        !state.unreachable.contains(&uid) && state.contacts.get(&uid).is_some_and(|u| u.is_online())
+    }
+
+    /// Sends a request and collects every message answering it, up to the final one.
+    async fn request(&self, body: impl Into<Body>) -> Result<Vec<Message>, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.pending.lock().expect("lock").insert(id, tx);
+        let msg = Message::new(Ipv6Addr::UNSPECIFIED, body).with_id(id);
+        if self.out.send(msg).await.is_err() {
+            self.pending.lock().expect("lock").remove(&id);
+            return Err(ClientError::Closed);
+        }
+        let collect = async {
+            let mut answers = Vec::new();
+            while let Some(msg) = rx.recv().await {
+                let done = is_final(&msg.body);
+                answers.push(msg);
+                if done {
+                    return Ok(answers);
+                }
+            }
+            Err(ClientError::Closed)
+        };
+        let result = tokio::time::timeout(self.request_timeout, collect).await;
+        self.pending.lock().expect("lock").remove(&id);
+        let answers = result.map_err(|_| ClientError::Timeout(self.request_timeout))??;
+        if let Some(Message {
+            body: Body::Error(e),
+            ..
+        }) = answers.last()
+        {
+            return Err(ClientError::Refused {
+                code: e.code,
+                text: e.text.clone(),
+                current: e.current.map(Into::into),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Registers a new user with this client's key: gets a UserID from the server, signs the
+    /// first UserInfo (`fill` sets nick, name…) and sends it. Logged in on success.
+    pub async fn register(&self, fill: impl FnOnce(&mut UserInfo)) -> Result<UserId, ClientError> {
+        let answers = self
+            .request(m::Register {
+                publickey: self.key.public(),
+            })
+            .await?;
+        let Some(Body::UserIdGrant(grant)) = answers.last().map(|m| &m.body) else {
+            return Err(ClientError::Unexpected("register"));
+        };
+        let mut info = UserInfo::new(grant.uid, self.key.public());
+        fill(&mut info);
+        info.user_id = grant.uid;
+        info.public_key = self.key.public();
+        info.event_count = EventCount::ZERO;
+        let record = Signed::sign(info, &self.key)?;
+        let answers = self.request(m::NewUser { record }).await?;
+        self.absorb_login(answers);
+        Ok(grant.uid)
+    }
+
+    /// Logs in as `uid` by answering the server's challenge with this client's key. On success
+    /// the client holds its own record, contact list and the contacts' records.
+    pub async fn login(&self, uid: UserId) -> Result<(), ClientError> {
+        let answers = self.request(m::Authenticate { uid }).await?;
+        let Some(Body::Challenge(ch)) = answers.last().map(|m| &m.body) else {
+            return Err(ClientError::Unexpected("authenticate"));
+        };
+        let signature = self.key.sign(
+            Domain::Login,
+            &login_challenge_bytes(&ch.nonce, &ch.server, uid),
+        );
+        let answers = self
+            .request(m::ChallengeResponse { uid, signature })
+            .await?;
+        self.absorb_login(answers);
+        if self.uid() != Some(uid) {
+            return Err(ClientError::Unexpected("challengeResponse"));
+        }
+        Ok(())
+    }
+
+    fn absorb_login(&self, answers: Vec<Message>) {
+        let mut state = self.state.lock().expect("lock");
+        for msg in answers {
+            match msg.body {
+                Body::UserInfo(u) => state.me = Some(u.record),
+                Body::ContactList(cl) => {
+                    if cl.own.is_some() {
+                        state.list = cl.own;
+                    }
+                    for c in cl.contacts {
+                        state.contacts.insert(c.user_id, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Changes the own UserInfo: `change` edits a copy, which gets the next event count, is
+    /// signed and stored on the server. If another client of the same user got there first
+    /// (stale event count), retries once above the server's count.
+    pub async fn update_info(
+        &self,
+        change: impl Fn(&mut UserInfo),
+    ) -> Result<Signed<UserInfo>, ClientError> {
+        let me = self.me().ok_or(ClientError::NotLoggedIn)?;
+        let mut next_ec = me.event_count.next();
+        for attempt in 0..2 {
+            let mut info = me.value().clone();
+            change(&mut info);
+            info.event_count = next_ec;
+            let record = Signed::sign(info, &self.key)?;
+            match self
+                .request(m::UserInfoMsg {
+                    record: record.clone(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    self.state.lock().expect("lock").me = Some(record.clone());
+                    return Ok(record);
+                }
+                Err(ClientError::Refused {
+                    code: ErrorCode::StaleEventCount,
+                    current: Some(current),
+                    ..
+                }) if attempt == 0 => next_ec = current.next(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Unexpected("UserInfo"))
+    }
+
+    /// Sets status and status message.
+    pub async fn set_status(&self, status: &str, message: Option<&str>) -> Result<(), ClientError> {
+        self.update_info(|u| {
+            u.status = status.to_owned();
+            if let Some(msg) = message {
+                u.status_message = msg.to_owned();
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Goes online: status `online` (or `status`), advertising `direct` as the address for
+    /// direct messages, and hands the server a last will (offline, next event count) to publish
+    /// if this connection dies.
+    pub async fn go_online(
+        &self,
+        status: &str,
+        direct: Option<SocketAddr>,
+    ) -> Result<(), ClientError> {
+        *self.direct_addr.lock().expect("lock") = direct;
+        let record = self
+            .update_info(|u| {
+                u.status = status.to_owned();
+                u.ip_addr = direct.map(|a| gossip_common::user_id::to_ipv6(a.ip()));
+                u.port = direct.map(|a| a.port());
+            })
+            .await?;
+        self.send_last_will(&record).await
+    }
+
+    async fn send_last_will(&self, current: &Signed<UserInfo>) -> Result<(), ClientError> {
+        let record = Signed::sign(offline_version(current), &self.key)?;
+        self.request(m::LastWill { record }).await?;
+        Ok(())
+    }
+
+    /// Clean logout: publishes the offline record itself (which makes the last will stale) and
+    /// closes the connection.
+    pub async fn logout(self) -> Result<(), ClientError> {
+        if let Some(me) = self.me() {
+            if me.is_online() {
+                let offline = offline_version(&me);
+                self.update_info(|u| {
+                    *u = offline.clone();
+                })
+                .await?;
+            }
+        }
+        let _ = self
+            .out
+            .send(Message::new(
+                Ipv6Addr::UNSPECIFIED,
+                m::Disconnect {
+                    reason: Some("logout".into()),
+                },
+            ))
+            .await;
+        Ok(())
+    }
+
+    /// Replaces the contact list.
+    pub async fn set_contacts(&self, contacts: Vec<UserId>) -> Result<(), ClientError> {
+        let uid = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        let mut next = self
+            .state
+            .lock()
+            .expect("lock")
+            .list
+            .as_ref()
+            .map_or(EventCount::ZERO, |l| l.event_count)
+            .next();
+        for attempt in 0..2 {
+            let record = Signed::sign(ContactList::new(uid, next, contacts.clone()), &self.key)?;
+            match self
+                .request(m::ChangeCl {
+                    record: record.clone(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    self.state.lock().expect("lock").list = Some(record);
+                    return Ok(());
+                }
+                Err(ClientError::Refused {
+                    code: ErrorCode::StaleEventCount,
+                    current: Some(current),
+                    ..
+                }) if attempt == 0 => next = current.next(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Unexpected("ChangeCL"))
+    }
+
+    /// Adds contacts (keeping the existing ones).
+    pub async fn add_contacts(&self, add: &[UserId]) -> Result<(), ClientError> {
+        let mut list = self.contact_ids();
+        list.extend_from_slice(add);
+        self.set_contacts(list).await
+    }
+
+    /// Removes contacts.
+    pub async fn remove_contacts(&self, remove: &[UserId]) -> Result<(), ClientError> {
+        let list = self
+            .contact_ids()
+            .into_iter()
+            .filter(|u| !remove.contains(u))
+            .collect();
+        self.set_contacts(list).await
+    }
+
+    /// Fetches users' records from the server.
+    pub async fn fetch_users(&self, uids: &[UserId]) -> Result<Vec<Signed<UserInfo>>, ClientError> {
+        let answers = self
+            .request(m::ReqUserInfo {
+                uids: uids.to_vec(),
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m.body {
+                Body::UserInfo(u) => u.record.verify_self().is_ok().then_some(u.record),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Round trip to the server (keepalive or latency probe).
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = std::time::Instant::now();
+        self.request(m::Ping {}).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Sends a signed chat message directly to a contact, at the address in their UserInfo.
+    /// If they cannot be reached they are marked offline locally and an
+    /// [`Event::Unreachable`] is emitted.
+    pub async fn send_message(&self, to: UserId, text: &str) -> Result<(), ClientError> {
+        let from = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        let target = {
+            let state = self.state.lock().expect("lock");
+            state.contacts.get(&to).cloned()
+        };
+        let target = match target {
+            Some(t) => t,
+            None => self
+                .fetch_users(&[to])
+                .await?
+                .pop()
+                .ok_or(ClientError::Unreachable {
+                    uid: to,
+                    reason: "unknown user".into(),
+                })?,
+        };
+        let (Some(ip), Some(port)) = (target.ip_addr, target.port) else {
+            return Err(ClientError::Unreachable {
+                uid: to,
+                reason: "no direct address (offline)".into(),
+            });
+        };
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let record = Signed::sign(
+            ChatMessage {
+                from,
+                to,
+                sent_ms,
+                text: text.to_owned(),
+            },
+            &self.key,
+        )?;
+        let addr = SocketAddr::new(gossip_common::user_id::to_canonical(ip), port);
+        if let Err(reason) = direct::deliver(addr, record).await {
+            self.state.lock().expect("lock").unreachable.insert(to);
+            let _ = self.events_tx.send(Event::Unreachable(to)).await;
+            return Err(ClientError::Unreachable { uid: to, reason });
+        }
+        Ok(())
+    }
+
+    /// Starts accepting direct messages on `bind` (port 0 picks one). Incoming messages are
+    /// verified against the sender's key and appear as [`Event::Message`].
+    pub async fn listen_direct(&self, bind: SocketAddr) -> Result<DirectListener, ClientError> {
+        let uid = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        direct::listen(bind, uid, self.state_handle(), self.events_tx.clone())
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: bind.to_string(),
+                source,
+            })
+    }
+
+    fn state_handle(&self) -> Arc<dyn direct::KeyLookup> {
+        Arc::new(StateKeys(Arc::clone(&self.state)))
+    }
+}
+
+struct StateKeys(Arc<Mutex<State>>);
+
+impl direct::KeyLookup for StateKeys {
+    fn key_of(&self, uid: UserId) -> Option<gossip_common::PublicKey> {
+        self.0
+            .lock()
+            .expect("lock")
+            .contacts
+            .get(&uid)
+            .map(|u| u.public_key)
+    }
+}
+
+/// The offline twin of a record: same fields, status offline, no address, next event count.
+fn offline_version(current: &UserInfo) -> UserInfo {
+    let mut info = current.clone();
+    info.status = STATUS_OFFLINE.to_owned();
+    info.ip_addr = None;
+    info.port = None;
+    info.event_count = current.event_count.next();
+    info
+}
+
+async fn route(
+    msg: Message,
+    pending: &Pending,
+    state: &Mutex<State>,
+    events: &mpsc::Sender<Event>,
+    out: &mpsc::WeakSender<Message>,
+) {
+    if let Some(re) = msg.header.re {
+        let waiter = pending.lock().expect("lock").get(&re).cloned();
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(msg);
+            return;
+        }
+    }
+    match msg.body {
+        Body::Ping(_) => {
+            let pong = Message::new(Ipv6Addr::UNSPECIFIED, m::Pong {}).in_reply_to(msg.header.id);
+            if let Some(out) = out.upgrade() {
+                let _ = out.send(pong).await;
+            }
+        }
+        Body::UserInfo(u) => {
+            // Never trust the server's word: the record must verify against the key we hold
+            // for that user (or, for a first sight, its own key).
+            let record = u.record;
+            let ok = {
+                let mut st = state.lock().expect("lock");
+                let known_key = st.contacts.get(&record.user_id).map(|c| c.public_key);
+                let me = st
+                    .me
+                    .as_ref()
+                    .map(|m| (m.user_id, m.public_key, m.event_count));
+                let key_ok = known_key.is_none_or(|k| k == record.public_key)
+                    && record.verify_self().is_ok();
+                if key_ok {
+                    if let Some((my_uid, my_key, my_ec)) = me {
+                        if my_uid == record.user_id {
+                            if my_key == record.public_key
+                                && record.event_count.is_newer_than(my_ec)
+                            {
+                                st.me = Some(record.clone());
+                            }
+                            return;
+                        }
+                    }
+                    let newer = st
+                        .contacts
+                        .get(&record.user_id)
+                        .is_none_or(|c| record.event_count.is_newer_than(c.event_count));
+                    if newer {
+                        st.unreachable.remove(&record.user_id);
+                        st.contacts.insert(record.user_id, record.clone());
+                    }
+                    newer
+                } else {
+                    tracing::warn!(uid = %record.user_id, "pushed record fails verification; ignored");
+                    false
+                }
+            };
+            if ok {
+                let _ = events.send(Event::Presence(record)).await;
+            }
+        }
+        Body::ServerMsg(s) => {
+            let _ = events.send(Event::ServerMessage(s.text)).await;
+        }
+        Body::Error(e) => {
+            let _ = events
+                .send(Event::Error {
+                    code: e.code,
+                    text: e.text,
+                })
+                .await;
+        }
+        Body::Disconnect(d) => {
+            let _ = events
+                .send(Event::Disconnected(d.reason.unwrap_or_default()))
+                .await;
+        }
+        other => tracing::debug!(msgtype = other.msgtype(), "unsolicited message ignored"),
+    }
+}

@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 
 /// How much of an oversized frame is skipped before the peer is judged hostile.
 const MAX_DISCARD_FACTOR: usize = 64;
+/// Deepest nesting the framer follows; protocol messages are at most 3 deep.
+const MAX_DEPTH: usize = 32;
+/// Longest element name the framer accepts.
+const MAX_NAME: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -35,10 +39,15 @@ enum State {
     Text,
     /// Just saw `<`.
     Lt,
-    /// Inside `<name …`; tracks quoting and whether the last significant byte was `/`.
-    StartTag { quote: Option<u8>, slash: bool },
-    /// Inside `</name …`.
-    EndTag,
+    /// Inside `<name …`; tracks whether the name is still being read, quoting, and whether
+    /// the last significant byte was `/`.
+    StartTag {
+        in_name: bool,
+        quote: Option<u8>,
+        slash: bool,
+    },
+    /// Inside `</name …`; `in_name` while the name is still being read.
+    EndTag { in_name: bool },
     /// Inside `<? … ?>`; `q` = previous byte was `?`.
     Pi { q: bool },
     /// Just saw `<!`; the next bytes decide comment, CDATA or refusal.
@@ -68,7 +77,11 @@ enum Scan {
 pub struct XmlFrameCodec {
     max_frame: usize,
     pos: usize,
-    depth: u32,
+    /// Names of the open elements: an end tag must close the innermost one, or the frame
+    /// boundary is unknowable and the stream cannot be framed any further.
+    open: Vec<Vec<u8>>,
+    /// Name of the tag being read.
+    name: Vec<u8>,
     in_root: bool,
     state: State,
     /// Bytes of the current oversized frame already dropped, when skipping one.
@@ -87,7 +100,8 @@ impl XmlFrameCodec {
         XmlFrameCodec {
             max_frame: max_frame.max(64),
             pos: 0,
-            depth: 0,
+            open: Vec::new(),
+            name: Vec::new(),
             in_root: false,
             state: State::Text,
             discarded: None,
@@ -101,7 +115,7 @@ impl XmlFrameCodec {
 
     fn reset(&mut self) {
         self.pos = 0;
-        self.depth = 0;
+        self.open.clear();
         self.in_root = false;
         self.state = State::Text;
     }
@@ -110,12 +124,21 @@ impl XmlFrameCodec {
         ProtocolError::Framing(what.to_owned())
     }
 
+    fn push_name(&mut self, b: u8) -> Result<(), ProtocolError> {
+        if self.name.len() >= MAX_NAME {
+            return Err(Self::framing("element name too long"));
+        }
+        self.name.push(b);
+        Ok(())
+    }
+
     fn scan(&mut self, buf: &[u8]) -> Result<Scan, ProtocolError> {
         while self.pos < buf.len() {
+            let depth = self.open.len();
             let b = buf[self.pos];
             match self.state {
                 State::Text => {
-                    if self.depth > 0 {
+                    if depth > 0 {
                         // Fast path through character data.
                         match buf[self.pos..].iter().position(|&c| c == b'<') {
                             Some(off) => {
@@ -133,8 +156,9 @@ impl XmlFrameCodec {
                     }
                 }
                 State::Lt => {
+                    self.name.clear();
                     self.state = match b {
-                        b'/' => State::EndTag,
+                        b'/' => State::EndTag { in_name: true },
                         b'?' => State::Pi { q: false },
                         b'!' => State::Bang,
                         b'>' | b'<' | b'=' | b'"' | b'\'' => {
@@ -144,20 +168,35 @@ impl XmlFrameCodec {
                             return Err(Self::framing("whitespace after '<'"))
                         }
                         _ => {
-                            if self.depth == 0 {
+                            if depth == 0 {
                                 self.in_root = true;
                             }
+                            self.push_name(b)?;
                             State::StartTag {
+                                in_name: true,
                                 quote: None,
                                 slash: false,
                             }
                         }
                     };
                 }
-                State::StartTag { quote, slash } => match quote {
+                State::StartTag {
+                    in_name: true,
+                    quote,
+                    slash,
+                } if !b.is_ascii_whitespace() && !matches!(b, b'/' | b'>') => {
+                    self.push_name(b)?;
+                    self.state = State::StartTag {
+                        in_name: true,
+                        quote,
+                        slash,
+                    };
+                }
+                State::StartTag { quote, slash, .. } => match quote {
                     Some(q) => {
                         if b == q {
                             self.state = State::StartTag {
+                                in_name: false,
                                 quote: None,
                                 slash: false,
                             };
@@ -166,6 +205,7 @@ impl XmlFrameCodec {
                     None => match b {
                         b'"' | b'\'' => {
                             self.state = State::StartTag {
+                                in_name: false,
                                 quote: Some(b),
                                 slash: false,
                             }
@@ -173,8 +213,11 @@ impl XmlFrameCodec {
                         b'>' => {
                             self.state = State::Text;
                             if !slash {
-                                self.depth += 1;
-                            } else if self.depth == 0 {
+                                if depth >= MAX_DEPTH {
+                                    return Err(Self::framing("elements nested too deeply"));
+                                }
+                                self.open.push(std::mem::take(&mut self.name));
+                            } else if depth == 0 {
                                 self.pos += 1;
                                 return Ok(Scan::Complete {
                                     end: self.pos,
@@ -185,20 +228,28 @@ impl XmlFrameCodec {
                         b'<' => return Err(Self::framing("'<' inside a tag")),
                         _ => {
                             self.state = State::StartTag {
+                                in_name: false,
                                 quote: None,
                                 slash: b == b'/',
                             }
                         }
                     },
                 },
-                State::EndTag => match b {
+                State::EndTag { in_name } => match b {
                     b'>' => {
-                        if self.depth == 0 {
-                            return Err(Self::framing("end tag without a start tag"));
+                        match self.open.pop() {
+                            None => return Err(Self::framing("end tag without a start tag")),
+                            Some(open) if open != self.name => {
+                                return Err(ProtocolError::Framing(format!(
+                                    "end tag </{}> does not close <{}>",
+                                    String::from_utf8_lossy(&self.name),
+                                    String::from_utf8_lossy(&open)
+                                )))
+                            }
+                            Some(_) => {}
                         }
-                        self.depth -= 1;
                         self.state = State::Text;
-                        if self.depth == 0 {
+                        if self.open.is_empty() {
                             self.pos += 1;
                             return Ok(Scan::Complete {
                                 end: self.pos,
@@ -207,12 +258,14 @@ impl XmlFrameCodec {
                         }
                     }
                     b'<' => return Err(Self::framing("'<' inside an end tag")),
-                    _ => {}
+                    c if c.is_ascii_whitespace() => self.state = State::EndTag { in_name: false },
+                    c if in_name => self.push_name(c)?,
+                    _ => return Err(Self::framing("junk after an end tag's name")),
                 },
                 State::Pi { q } => {
                     if q && b == b'>' {
                         self.state = State::Text;
-                        if self.depth == 0 {
+                        if depth == 0 {
                             self.pos += 1;
                             return Ok(Scan::Complete {
                                 end: self.pos,
@@ -231,7 +284,7 @@ impl XmlFrameCodec {
                         self.state = State::Comment { dashes: 0 };
                         self.pos += COMMENT.len();
                     } else if rest.starts_with(CDATA) {
-                        if self.depth == 0 {
+                        if depth == 0 {
                             return Err(Self::framing("CDATA outside any element"));
                         }
                         self.state = State::Cdata { brackets: 0 };
@@ -252,7 +305,7 @@ impl XmlFrameCodec {
                         };
                     } else if b == b'>' && dashes == 2 {
                         self.state = State::Text;
-                        if self.depth == 0 {
+                        if depth == 0 {
                             self.pos += 1;
                             return Ok(Scan::Complete {
                                 end: self.pos,

@@ -41,3 +41,94 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+use futures::{SinkExt, StreamExt};
+use gossip_common::{Body, Message, XmlFrameCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// A raw protocol connection, for tests that must send what a well-behaved client never would.
+pub struct RawConn {
+    framed: Framed<TcpStream, XmlFrameCodec>,
+    next_id: u64,
+}
+
+impl RawConn {
+    /// Connects to a server's client port.
+    pub async fn connect(addr: std::net::SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawConn {
+            framed: Framed::new(stream, XmlFrameCodec::default()),
+            next_id: 1,
+        }
+    }
+
+    /// Sends a message with a fresh request id; returns the id.
+    pub async fn send(&mut self, body: impl Into<Body>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = Message::new(std::net::Ipv6Addr::LOCALHOST, body).with_id(id);
+        self.framed.send(&msg).await.expect("send");
+        id
+    }
+
+    /// Sends raw bytes (malformed input tests).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.framed
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .expect("send raw");
+    }
+
+    /// The next message (pings are answered and skipped), or `None` when the server closed.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.framed.next())
+                .await
+                .expect("no message within 10 s");
+            let frame = next?.ok()?.expect("frame");
+            let msg = Message::decode(&frame).expect("server sent a valid message");
+            if let Body::Ping(_) = msg.body {
+                let pong = Message::new(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    gossip_common::message::Pong {},
+                )
+                .in_reply_to(msg.header.id);
+                self.framed.send(&pong).await.expect("pong");
+                continue;
+            }
+            return Some(msg);
+        }
+    }
+
+    /// Receives until the reply to `id` that ends the request (`ok`, `error`, `challenge`,
+    /// `userID`, `pong`), returning all messages answering `id`.
+    pub async fn until_final(&mut self, id: u64) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            let msg = self.recv().await.expect("connection closed early");
+            if msg.header.re != Some(id) {
+                continue;
+            }
+            let done = matches!(
+                msg.body,
+                Body::Ok(_)
+                    | Body::Error(_)
+                    | Body::Challenge(_)
+                    | Body::UserIdGrant(_)
+                    | Body::Pong(_)
+            );
+            out.push(msg);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+/// A random base port in a range unlikely to be in use; gossipd moves on if it is.
+pub fn random_base_port() -> u16 {
+    20_000 + (rand::random::<u16>() % 13_000) * 3
+}

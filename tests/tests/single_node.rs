@@ -1,0 +1,330 @@
+//! One gossipd node end to end: registration, login, presence pushes, last will, and the
+//! refusals a misbehaving or malicious client gets — against an in-process node on real
+//! loopback sockets, with the same client library users use.
+
+use std::time::Duration;
+
+use gossip_client::{Event, GossipClient};
+use gossip_common::message::{self as m};
+use gossip_common::{Body, Domain, ErrorCode, EventCount, Keypair, Signed, UserId, UserInfo};
+use gossip_server::{Config, RunningNode};
+use gossip_tests::{random_base_port, RawConn};
+
+async fn node(dir: &std::path::Path) -> RunningNode {
+    gossip_server::start(Config::for_tests(dir, random_base_port()))
+        .await
+        .expect("node starts")
+}
+
+async fn new_user(
+    node: &RunningNode,
+    nick: &str,
+) -> (GossipClient, gossip_client::Events, Keypair) {
+    let key = Keypair::generate();
+    let (client, events) = GossipClient::connect(&node.client_addr().to_string(), key.clone())
+        .await
+        .unwrap();
+    client
+        .register(|u| u.nick_name = nick.into())
+        .await
+        .unwrap();
+    (client, events, key)
+}
+
+/// Waits for a presence event about `uid` matching `pred`.
+async fn expect_presence(
+    events: &mut gossip_client::Events,
+    uid: UserId,
+    pred: impl Fn(&UserInfo) -> bool,
+) -> Signed<UserInfo> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("presence event in time")
+            .expect("event stream open");
+        if let Event::Presence(r) = ev {
+            if r.user_id == uid && pred(&r) {
+                return r;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_is_pushed_and_last_will_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let (alice, mut alice_events, _) = new_user(&node, "alice").await;
+    let (bob, _bob_events, bob_key) = new_user(&node, "bob").await;
+    let bob_uid = bob.uid().unwrap();
+    assert_ne!(alice.uid(), Some(bob_uid), "two registrations, two UserIDs");
+
+    alice.add_contacts(&[bob_uid]).await.unwrap();
+    alice.go_online("online", None).await.unwrap();
+
+    // Bob's status change reaches Alice without her asking.
+    bob.go_online("online", None).await.unwrap();
+    expect_presence(&mut alice_events, bob_uid, |u| u.status == "online").await;
+    bob.set_status("away", Some("lunch")).await.unwrap();
+    let r = expect_presence(&mut alice_events, bob_uid, |u| u.status == "away").await;
+    assert_eq!(r.status_message, "lunch");
+    assert!(alice.is_contact_online(bob_uid));
+
+    // Clean logout: offline.
+    bob.logout().await.unwrap();
+    expect_presence(&mut alice_events, bob_uid, |u| !u.is_online()).await;
+    assert!(!alice.is_contact_online(bob_uid));
+
+    // Bob again, then his client vanishes without a logout (connection closed): last will.
+    let (bob2, _ev) = GossipClient::connect(&node.client_addr().to_string(), bob_key.clone())
+        .await
+        .unwrap();
+    bob2.login(bob_uid).await.unwrap();
+    bob2.go_online("online", None).await.unwrap();
+    expect_presence(&mut alice_events, bob_uid, |u| u.is_online()).await;
+    let t0 = std::time::Instant::now();
+    drop(bob2);
+    expect_presence(&mut alice_events, bob_uid, |u| !u.is_online()).await;
+    eprintln!("dropped client shown offline after {:?}", t0.elapsed());
+
+    // Bob a third time, and this time the connection goes silent (half-open): the keepalive
+    // idle timeout (2 s in tests) fires the last will.
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    let id = raw.send(m::Authenticate { uid: bob_uid }).await;
+    let Body::Challenge(ch) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    let sig = bob_key.sign(
+        Domain::Login,
+        &gossip_common::login_challenge_bytes(&ch.nonce, &ch.server, bob_uid),
+    );
+    let id = raw
+        .send(m::ChallengeResponse {
+            uid: bob_uid,
+            signature: sig,
+        })
+        .await;
+    let answers = raw.until_final(id).await;
+    let Body::UserInfo(me) = &answers[0].body else {
+        panic!("UserInfo first")
+    };
+    let mut info = me.record.value().clone();
+    info.status = "online".into();
+    info.event_count = info.event_count.next();
+    let online = Signed::sign(info.clone(), &bob_key).unwrap();
+    let id = raw.send(m::UserInfoMsg { record: online }).await;
+    raw.until_final(id).await;
+    info.status = "offline".into();
+    info.event_count = info.event_count.next();
+    let will = Signed::sign(info, &bob_key).unwrap();
+    let id = raw.send(m::LastWill { record: will }).await;
+    assert!(matches!(
+        raw.until_final(id).await.pop().unwrap().body,
+        Body::Ok(_)
+    ));
+    expect_presence(&mut alice_events, bob_uid, |u| u.is_online()).await;
+    let t0 = std::time::Instant::now();
+    // Stop reading and answering: the socket stays open, the client is silent.
+    let _keep_socket_open = raw;
+    expect_presence(&mut alice_events, bob_uid, |u| !u.is_online()).await;
+    let waited = t0.elapsed();
+    eprintln!("silent (half-open) client shown offline after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let (alice, _ev, alice_key) = new_user(&node, "alice").await;
+    let uid = alice.uid().unwrap();
+    alice.go_online("online", None).await.unwrap();
+    let stored = alice.me().unwrap();
+
+    // Unknown uid.
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    let id = raw
+        .send(m::Authenticate {
+            uid: UserId(424242),
+        })
+        .await;
+    let Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::UnknownUser);
+
+    // Updates before login.
+    let id = raw
+        .send(m::UserInfoMsg {
+            record: stored.clone(),
+        })
+        .await;
+    let Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::NotAuthenticated);
+
+    // A proper login, captured...
+    let id = raw.send(m::Authenticate { uid }).await;
+    let Body::Challenge(ch) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    let sig = alice_key.sign(
+        Domain::Login,
+        &gossip_common::login_challenge_bytes(&ch.nonce, &ch.server, uid),
+    );
+    let response = m::ChallengeResponse {
+        uid,
+        signature: sig,
+    };
+    let id = raw.send(response.clone()).await;
+    assert!(matches!(
+        raw.until_final(id).await.pop().unwrap().body,
+        Body::Ok(_)
+    ));
+
+    // ...and replayed on another connection: refused.
+    let mut eve = RawConn::connect(node.client_addr()).await;
+    let id = eve.send(m::Authenticate { uid }).await;
+    eve.until_final(id).await;
+    let id = eve.send(response.clone()).await;
+    let Body::Error(e) = eve.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::AuthFailed);
+    // Replayed without a fresh challenge: refused too.
+    let id = eve.send(response).await;
+    let Body::Error(e) = eve.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::AuthFailed);
+
+    // Forged update: Alice's key in the record, someone else's signature.
+    let mallory = Keypair::generate();
+    let mut forged = stored.value().clone();
+    forged.status = "hacked".into();
+    forged.event_count = EventCount::new(100, false);
+    let id = raw
+        .send(m::UserInfoMsg {
+            record: Signed::sign(forged, &mallory).unwrap(),
+        })
+        .await;
+    let Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::BadSignature);
+
+    // Stale event count: the error names the stored count.
+    let mut stale = stored.value().clone();
+    stale.status = "away".into();
+    let id = raw
+        .send(m::UserInfoMsg {
+            record: Signed::sign(stale, &alice_key).unwrap(),
+        })
+        .await;
+    let Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::StaleEventCount);
+    assert_eq!(e.current.map(EventCount::from), Some(stored.event_count));
+
+    // Mismatched tags make the frame boundary unknowable: an error, then a clean close.
+    raw.send_raw(b"<UserInfo version=\"1\" ipaddr=\"::1\"><record></UserInfo>\n")
+        .await;
+    let Body::Error(e) = raw.recv().await.unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::Malformed);
+    assert!(
+        raw.recv().await.is_none(),
+        "connection closed after a framing error"
+    );
+
+    // Bad field, unknown message type and an oversized frame: errors, the connection lives.
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    raw.send_raw(b"<authenticate version=\"1\" ipaddr=\"::1\"><uid>abc</uid></authenticate>")
+        .await;
+    let Body::Error(e) = raw.recv().await.unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::Malformed);
+    raw.send_raw(b"<frobnicate version=\"1\" ipaddr=\"::1\"/>\n")
+        .await;
+    let Body::Error(e) = raw.recv().await.unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::UnknownMsgtype);
+    let big = format!(
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>{}</text></servermsg>\n",
+        "x".repeat(100_000)
+    );
+    raw.send_raw(big.as_bytes()).await;
+    let Body::Error(e) = raw.recv().await.unwrap().body else {
+        panic!()
+    };
+    assert_eq!(e.code, ErrorCode::TooLarge);
+    let id = raw.send(m::Ping {}).await;
+    assert!(matches!(
+        raw.until_final(id).await.pop().unwrap().body,
+        Body::Pong(_)
+    ));
+
+    // Nothing of the above changed Alice's record, and others are still served.
+    assert_eq!(node.node.store.user(uid).unwrap().status, "online");
+    let (carol, _e, _) = new_user(&node, "carol").await;
+    assert!(carol.ping().await.is_ok());
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_messages_are_signed_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let (alice, mut alice_events, _) = new_user(&node, "alice").await;
+    let (bob, _bob_events, _) = new_user(&node, "bob").await;
+    let (a, b) = (alice.uid().unwrap(), bob.uid().unwrap());
+    alice.add_contacts(&[b]).await.unwrap();
+    bob.add_contacts(&[a]).await.unwrap();
+    let listener = alice
+        .listen_direct("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    alice
+        .go_online("online", Some(listener.local_addr()))
+        .await
+        .unwrap();
+    // Bob learns Alice's address through the push (or fetch), then messages her directly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bob.contacts().iter().all(|c| c.port.is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never saw alice's address"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.send_message(a, "hi alice <3").await.unwrap();
+    let msg = loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice_events.next())
+            .await
+            .unwrap()
+        {
+            Some(Event::Message(m)) => break m,
+            Some(_) => continue,
+            None => panic!("stream ended"),
+        }
+    };
+    assert_eq!(msg.from, b);
+    assert_eq!(msg.text, "hi alice <3");
+
+    // Alice goes away without a logout: Bob's next message fails and Bob marks her offline.
+    drop(listener);
+    assert!(bob.send_message(a, "still there?").await.is_err());
+    assert!(!bob.is_contact_online(a));
+    node.stop().await.unwrap();
+}
