@@ -155,6 +155,9 @@ pub struct GossipClient {
     events_tx: mpsc::Sender<Event>,
     /// Where this client accepts direct messages, advertised in its UserInfo.
     direct_addr: Mutex<Option<SocketAddr>>,
+    /// Whether the server holds a last will for this connection, which every update makes
+    /// stale and so must be followed by a fresh one.
+    will_active: std::sync::atomic::AtomicBool,
     request_timeout: Duration,
 }
 
@@ -235,6 +238,7 @@ impl GossipClient {
             state,
             events_tx,
             direct_addr: Mutex::new(None),
+            will_active: std::sync::atomic::AtomicBool::new(false),
             request_timeout: Duration::from_secs(30),
         };
         Ok((client, Events { rx: events_rx }))
@@ -417,6 +421,9 @@ impl GossipClient {
             {
                 Ok(_) => {
                     self.state.lock().expect("lock").me = Some(record.clone());
+                    if self.will_active.load(Ordering::Relaxed) && record.is_online() {
+                        self.send_last_will(&record).await?;
+                    }
                     return Ok(record);
                 }
                 Err(ClientError::Refused {
@@ -451,14 +458,21 @@ impl GossipClient {
         direct: Option<SocketAddr>,
     ) -> Result<(), ClientError> {
         *self.direct_addr.lock().expect("lock") = direct;
-        let record = self
-            .update_info(|u| {
-                u.status = status.to_owned();
-                u.ip_addr = direct.map(|a| gossip_common::user_id::to_ipv6(a.ip()));
-                u.port = direct.map(|a| a.port());
-            })
-            .await?;
-        self.send_last_will(&record).await
+        self.will_active.store(true, Ordering::Relaxed);
+        self.update_info(|u| {
+            u.status = status.to_owned();
+            u.ip_addr = direct.map(|a| gossip_common::user_id::to_ipv6(a.ip()));
+            u.port = direct.map(|a| a.port());
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Re-sends the last will for the current record. Needed when another client of the same
+    /// user published a newer record, which made the previous will stale.
+    pub async fn refresh_last_will(&self) -> Result<(), ClientError> {
+        let me = self.me().ok_or(ClientError::NotLoggedIn)?;
+        self.send_last_will(&me).await
     }
 
     async fn send_last_will(&self, current: &Signed<UserInfo>) -> Result<(), ClientError> {
@@ -470,6 +484,7 @@ impl GossipClient {
     /// Clean logout: publishes the offline record itself (which makes the last will stale) and
     /// closes the connection.
     pub async fn logout(self) -> Result<(), ClientError> {
+        self.will_active.store(false, Ordering::Relaxed);
         if let Some(me) = self.me() {
             if me.is_online() {
                 let offline = offline_version(&me);
@@ -653,6 +668,37 @@ fn offline_version(current: &UserInfo) -> UserInfo {
     info
 }
 
+/// Takes in a pushed UserInfo. Never trusts the server's word: the record must verify, and
+/// against the key already known for that user if there is one. Returns the record if it is
+/// news (newer than what the client holds); own records, changed by another client of the
+/// same user, are news too.
+fn absorb_push(state: &Mutex<State>, record: Signed<UserInfo>) -> Option<Signed<UserInfo>> {
+    let mut st = state.lock().expect("lock");
+    let uid = record.user_id;
+    if let Some(me) = st.me.as_ref().filter(|m| m.user_id == uid) {
+        let news = me.public_key == record.public_key
+            && record.event_count.is_newer_than(me.event_count)
+            && record.verify_self().is_ok();
+        if news {
+            st.me = Some(record.clone());
+        }
+        return news.then_some(record);
+    }
+    let known = st.contacts.get(&uid);
+    let key_ok = known.is_none_or(|c| c.public_key == record.public_key);
+    let newer = known.is_none_or(|c| record.event_count.is_newer_than(c.event_count));
+    if !key_ok || record.verify_self().is_err() {
+        tracing::warn!(%uid, "pushed record fails verification; ignored");
+        return None;
+    }
+    if !newer {
+        return None;
+    }
+    st.unreachable.remove(&uid);
+    st.contacts.insert(uid, record.clone());
+    Some(record)
+}
+
 async fn route(
     msg: Message,
     pending: &Pending,
@@ -675,44 +721,7 @@ async fn route(
             }
         }
         Body::UserInfo(u) => {
-            // Never trust the server's word: the record must verify against the key we hold
-            // for that user (or, for a first sight, its own key).
-            let record = u.record;
-            let ok = {
-                let mut st = state.lock().expect("lock");
-                let known_key = st.contacts.get(&record.user_id).map(|c| c.public_key);
-                let me = st
-                    .me
-                    .as_ref()
-                    .map(|m| (m.user_id, m.public_key, m.event_count));
-                let key_ok = known_key.is_none_or(|k| k == record.public_key)
-                    && record.verify_self().is_ok();
-                if key_ok {
-                    if let Some((my_uid, my_key, my_ec)) = me {
-                        if my_uid == record.user_id {
-                            if my_key == record.public_key
-                                && record.event_count.is_newer_than(my_ec)
-                            {
-                                st.me = Some(record.clone());
-                            }
-                            return;
-                        }
-                    }
-                    let newer = st
-                        .contacts
-                        .get(&record.user_id)
-                        .is_none_or(|c| record.event_count.is_newer_than(c.event_count));
-                    if newer {
-                        st.unreachable.remove(&record.user_id);
-                        st.contacts.insert(record.user_id, record.clone());
-                    }
-                    newer
-                } else {
-                    tracing::warn!(uid = %record.user_id, "pushed record fails verification; ignored");
-                    false
-                }
-            };
-            if ok {
+            if let Some(record) = absorb_push(state, u.record) {
                 let _ = events.send(Event::Presence(record)).await;
             }
         }

@@ -761,10 +761,8 @@ impl Envelope {
                         closed = true;
                     }
                 }
-                Event::Text(ref t) if depth == 0 => {
-                    if !t.iter().all(u8::is_ascii_whitespace) {
-                        return Err(malformed(&reader, "text outside the root element".into()));
-                    }
+                Event::Text(ref t) if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) => {
+                    return Err(malformed(&reader, "text outside the root element".into()));
                 }
                 Event::DocType(_) => {
                     return Err(malformed(&reader, "DOCTYPE is not allowed".into()));

@@ -77,6 +77,9 @@ impl From<CryptoError> for RecordError {
 pub trait Record: Sized + Send + Sync + 'static {
     /// Root element name, e.g. `UserInfo`.
     const KIND: &'static str;
+    /// What signatures over this kind are for (kept apart so one kind's signature can never
+    /// pass as another's).
+    const DOMAIN: Domain = Domain::Record;
     /// Canonical encoding, produced by the owner before signing.
     fn to_xml(&self) -> String;
     /// Builds the typed view from the parsed fields.
@@ -443,6 +446,7 @@ pub struct ChatMessage {
 
 impl Record for ChatMessage {
     const KIND: &'static str = "ChatMessage";
+    const DOMAIN: Domain = Domain::Chat;
 
     fn to_xml(&self) -> String {
         let mut out = String::with_capacity(96 + self.text.len());
@@ -547,7 +551,7 @@ impl<T: Record> Signed<T> {
         if raw.len() > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(raw.len()));
         }
-        let signature = key.sign(Domain::Record, raw.as_bytes());
+        let signature = key.sign(T::DOMAIN, raw.as_bytes());
         Ok(Signed(Arc::new(SignedInner {
             raw: raw.into_boxed_str(),
             signature,
@@ -570,7 +574,7 @@ impl<T: Record> Signed<T> {
 
     /// Checks the signature against `key`, the key bound to the record's owner.
     pub fn verify(&self, key: &PublicKey) -> Result<(), RecordError> {
-        key.verify(Domain::Record, self.0.raw.as_bytes(), &self.0.signature)?;
+        key.verify(T::DOMAIN, self.0.raw.as_bytes(), &self.0.signature)?;
         Ok(())
     }
 
@@ -772,5 +776,10 @@ mod tests {
         let s = Signed::sign(m.clone(), &key).unwrap();
         s.verify(&key.public()).unwrap();
         assert_eq!(s.value(), &m);
+        // A chat signature is not a record signature: it cannot be passed off as one.
+        assert!(key
+            .public()
+            .verify(Domain::Record, s.raw().as_bytes(), s.signature())
+            .is_err());
     }
 }

@@ -299,6 +299,10 @@ impl Session {
     }
 
     async fn authenticate(&mut self, re: Option<u64>, uid: UserId) {
+        if let Some(me) = self.logged_in() {
+            let text = format!("already logged in as {me}; open another connection for {uid}");
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
         if !self.node.store.contains_user(uid) {
             self.auth = Auth::Anonymous;
             let text = format!("no user {uid} on this server");
@@ -376,15 +380,15 @@ impl Session {
                     .collect()
             })
             .unwrap_or_default();
-        // Escaping grows a record by at most ~1.7x; keep well inside the frame limit.
-        let budget = self.node.config.max_frame / 2;
+        // Escaping grows a record by up to ~2.7x (many short elements); keep inside the limit.
+        let budget = self.node.config.max_frame * 3 / 4;
         let mut msg = m::ContactListMsg {
             own,
             contacts: Vec::new(),
         };
-        let mut size = msg.own.as_ref().map_or(0, |o| o.raw().len() * 2);
+        let mut size = msg.own.as_ref().map_or(0, |o| o.raw().len() * 3);
         for r in records {
-            let cost = r.raw().len() * 2 + 160;
+            let cost = r.raw().len() * 3 + 160;
             if size + cost > budget && !msg.contacts.is_empty() {
                 self.reply(re, std::mem::take(&mut msg)).await;
                 size = 0;

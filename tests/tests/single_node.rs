@@ -83,6 +83,9 @@ async fn presence_is_pushed_and_last_will_fires() {
     bob2.login(bob_uid).await.unwrap();
     bob2.go_online("online", None).await.unwrap();
     expect_presence(&mut alice_events, bob_uid, |u| u.is_online()).await;
+    // A status change makes the old will stale; the client hands over a fresh one.
+    bob2.set_status("busy", None).await.unwrap();
+    expect_presence(&mut alice_events, bob_uid, |u| u.status == "busy").await;
     let t0 = std::time::Instant::now();
     drop(bob2);
     expect_presence(&mut alice_events, bob_uid, |u| !u.is_online()).await;

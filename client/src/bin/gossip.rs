@@ -1,1 +1,412 @@
-fn main() {}
+//! `gossip`: command-line chat client for Gossip; all logic is in the `gossip_client` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use gossip_client::profile::{portable_key, Profile, Settings};
+use gossip_client::{Event, GossipClient};
+use gossip_common::{Signed, UserId, UserInfo};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+/// Gossip chat client: register, set your status, manage contacts, watch presence, chat.
+///
+/// Your key and settings live in a profile directory (--home, default ~/.config/gossip or
+/// $GOSSIP_HOME). Typical start:
+///   gossip keygen
+///   gossip register --server 127.0.0.1:1024 --nick alice
+///   gossip contacts add 5299989643264
+///   gossip watch
+#[derive(Debug, Parser)]
+#[command(name = "gossip", version)]
+struct Args {
+    /// Profile directory holding the key and settings.
+    #[arg(long, global = true, value_name = "DIR", env = "GOSSIP_HOME")]
+    home: Option<PathBuf>,
+    /// Server to use, HOST:PORT (its base port); overrides the profile.
+    #[arg(long, short = 's', global = true, value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// Machine-readable output: JSON (one object per line for streams).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a new key in the profile (file mode 0600).
+    Keygen {
+        /// Replace an existing key (the old identity is lost!).
+        #[arg(long)]
+        force: bool,
+        /// Derive a portable key from USER and a password read from $GOSSIP_PASSWORD
+        /// (argon2id): the same pair recreates it anywhere, but it is only as strong as the
+        /// password.
+        #[arg(long, value_name = "USER")]
+        portable: Option<String>,
+    },
+    /// Register a new user with the profile's key; prints and stores the new UserID.
+    Register {
+        /// Nickname.
+        #[arg(long)]
+        nick: String,
+        /// Full name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// E-mail address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Location.
+        #[arg(long, default_value = "")]
+        location: String,
+        /// Website.
+        #[arg(long, default_value = "")]
+        website: String,
+    },
+    /// Show the profile: UserID, public key, servers.
+    Whoami,
+    /// Set your status (online, away, busy, offline, or anything) and status message.
+    SetStatus {
+        /// The status.
+        status: String,
+        /// Status message.
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+    },
+    /// Manage your contact list.
+    Contacts {
+        #[command(subcommand)]
+        action: ContactsCmd,
+    },
+    /// Stay online and print every presence change and message as it arrives (Ctrl-C to go
+    /// offline and quit).
+    Watch {
+        /// Status to announce.
+        #[arg(long, default_value = "online")]
+        status: String,
+        /// Address to accept direct messages on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Send a direct message to a contact who is online.
+    Send {
+        /// Recipient's UserID.
+        uid: UserId,
+        /// The message.
+        text: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCmd {
+    /// Add users to your contact list.
+    Add {
+        /// UserIDs.
+        #[arg(required = true)]
+        uids: Vec<UserId>,
+    },
+    /// Remove users from your contact list.
+    Remove {
+        /// UserIDs.
+        #[arg(required = true)]
+        uids: Vec<UserId>,
+    },
+    /// List your contacts with nickname and status.
+    List,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let profile = Profile::at(args.home.clone().unwrap_or_else(Profile::default_home));
+    match args.command {
+        Cmd::Keygen {
+            force,
+            ref portable,
+        } => keygen(&profile, force, portable.as_deref(), args.json),
+        Cmd::Whoami => whoami(&profile, args.json),
+        Cmd::Register { .. } => register(&profile, &args).await,
+        _ => logged_in(&profile, &args).await,
+    }
+}
+
+fn keygen(
+    profile: &Profile,
+    force: bool,
+    portable: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let key = match portable {
+        Some(user) => {
+            let password = std::env::var("GOSSIP_PASSWORD")
+                .context("--portable needs the password in $GOSSIP_PASSWORD")?;
+            portable_key(user, &password)
+        }
+        None => gossip_common::Keypair::generate(),
+    };
+    profile.save_key(&key, force)?;
+    if json {
+        println!(
+            "{}",
+            json!({"public_key": key.public().to_string(), "home": profile.home()})
+        );
+    } else {
+        println!("new key written to {}/key", profile.home().display());
+        println!("public key: {}", key.public());
+    }
+    Ok(())
+}
+
+fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
+    let key = profile
+        .load_key()
+        .context("no key yet: run `gossip keygen`")?;
+    let s = profile.settings()?;
+    if json {
+        println!(
+            "{}",
+            json!({"uid": s.uid, "public_key": key.public().to_string(), "servers": s.servers, "home": profile.home()})
+        );
+    } else {
+        match s.uid {
+            Some(uid) => println!("uid:        {uid}"),
+            None => println!("uid:        (not registered: run `gossip register`)"),
+        }
+        println!("public key: {}", key.public());
+        println!("servers:    {}", s.servers.join(", "));
+        println!("profile:    {}", profile.home().display());
+    }
+    Ok(())
+}
+
+fn server_of(args: &Args, settings: &Settings) -> anyhow::Result<String> {
+    match (&args.server, settings.servers.first()) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(s)) => Ok(s.clone()),
+        (None, None) => bail!("no server: pass --server HOST:PORT"),
+    }
+}
+
+async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
+    let Cmd::Register {
+        nick,
+        name,
+        email,
+        location,
+        website,
+    } = &args.command
+    else {
+        unreachable!()
+    };
+    let key = profile
+        .load_key()
+        .context("no key yet: run `gossip keygen` first")?;
+    let mut settings = profile.settings()?;
+    if let Some(uid) = settings.uid {
+        bail!("this profile is already registered as {uid}; use another --home for a new user");
+    }
+    let server = server_of(args, &settings)?;
+    let (client, _events) = GossipClient::connect(&server, key).await?;
+    let uid = client
+        .register(|u| {
+            u.nick_name = nick.clone();
+            u.name = name.clone();
+            u.email = email.clone();
+            u.location = location.clone();
+            u.website = website.clone();
+        })
+        .await?;
+    settings.uid = Some(uid.0);
+    if !settings.servers.contains(&server) {
+        settings.servers.insert(0, server.clone());
+    }
+    profile.save_settings(&settings)?;
+    if args.json {
+        println!("{}", json!({"uid": uid.0, "server": server}));
+    } else {
+        println!("registered as {uid} on {server}");
+    }
+    Ok(())
+}
+
+async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
+    let key = profile
+        .load_key()
+        .context("no key yet: run `gossip keygen`")?;
+    let settings = profile.settings()?;
+    let uid = settings
+        .uid
+        .map(UserId)
+        .context("not registered yet: run `gossip register`")?;
+    let server = server_of(args, &settings)?;
+    let (client, mut events) = GossipClient::connect(&server, key).await?;
+    client
+        .login(uid)
+        .await
+        .with_context(|| format!("logging in as {uid} on {server}"))?;
+    match &args.command {
+        Cmd::SetStatus { status, message } => {
+            client.set_status(status, message.as_deref()).await?;
+            if args.json {
+                println!("{}", json!({"status": status, "message": message}));
+            } else {
+                println!("status set to {status}");
+            }
+        }
+        Cmd::Contacts {
+            action: ContactsCmd::Add { uids },
+        } => {
+            client.add_contacts(uids).await?;
+            println!(
+                "{}",
+                if args.json {
+                    json!({"contacts": client.contact_ids()}).to_string()
+                } else {
+                    format!("contacts: {}", join(&client.contact_ids()))
+                }
+            );
+        }
+        Cmd::Contacts {
+            action: ContactsCmd::Remove { uids },
+        } => {
+            client.remove_contacts(uids).await?;
+            println!(
+                "{}",
+                if args.json {
+                    json!({"contacts": client.contact_ids()}).to_string()
+                } else {
+                    format!("contacts: {}", join(&client.contact_ids()))
+                }
+            );
+        }
+        Cmd::Contacts {
+            action: ContactsCmd::List,
+        } => {
+            let known: std::collections::HashMap<UserId, Signed<UserInfo>> = client
+                .contacts()
+                .into_iter()
+                .map(|c| (c.user_id, c))
+                .collect();
+            let ids = client.contact_ids();
+            if args.json {
+                let list: Vec<_> = ids
+                    .iter()
+                    .map(|u| match known.get(u) {
+                        Some(c) => json!({"uid": u.0, "nick": c.nick_name, "status": c.status, "message": c.status_message, "online": c.is_online()}),
+                        None => json!({"uid": u.0, "nick": null, "status": null, "online": false}),
+                    })
+                    .collect();
+                println!("{}", json!(list));
+            } else {
+                println!("{:<20} {:<16} {:<10} MESSAGE", "UID", "NICK", "STATUS");
+                for u in ids {
+                    match known.get(&u) {
+                        Some(c) => println!(
+                            "{:<20} {:<16} {:<10} {}",
+                            u.0, c.nick_name, c.status, c.status_message
+                        ),
+                        None => println!("{:<20} {:<16} {:<10}", u.0, "?", "unknown"),
+                    }
+                }
+            }
+        }
+        Cmd::Send { uid: to, text } => {
+            client.send_message(*to, text).await?;
+            if !args.json {
+                println!("sent to {to}");
+            }
+        }
+        Cmd::Watch { status, listen } => {
+            let listener = client.listen_direct(*listen).await?;
+            client
+                .go_online(status, Some(listener.local_addr()))
+                .await?;
+            if !args.json {
+                println!(
+                    "online as {uid} ({}); watching {} contacts. Ctrl-C to go offline.",
+                    status,
+                    client.contact_ids().len()
+                );
+                for c in client.contacts() {
+                    println!("  {} ({}) is {}", c.nick_name, c.user_id, c.status);
+                }
+            } else {
+                for c in client.contacts() {
+                    print_presence(&c, true);
+                }
+            }
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    ev = events.next() => match ev {
+                        Some(Event::Presence(r)) if r.user_id == uid => {
+                            // Another client of ours changed our record: refresh the last will.
+                            let _ = client.refresh_last_will().await;
+                        }
+                        Some(Event::Presence(r)) => print_presence(&r, args.json),
+                        Some(Event::Message(m)) => {
+                            if args.json {
+                                println!("{}", json!({"event": "message", "from": m.from.0, "sent_ms": m.sent_ms, "text": m.text}));
+                            } else {
+                                println!("{} says: {}", m.from, m.text);
+                            }
+                        }
+                        Some(Event::Unreachable(u)) => {
+                            if args.json { println!("{}", json!({"event": "unreachable", "uid": u.0})); } else { println!("{u} is unreachable; showing offline"); }
+                        }
+                        Some(Event::ServerMessage(t)) => {
+                            if args.json { println!("{}", json!({"event": "servermsg", "text": t})); } else { println!("server: {t}"); }
+                        }
+                        Some(Event::Error { code, text }) => eprintln!("server error {code:?}: {text}"),
+                        Some(Event::Disconnected(why)) => bail!("disconnected: {why}"),
+                        None => bail!("connection lost"),
+                    }
+                }
+            }
+            client.logout().await?;
+            if !args.json {
+                println!("offline");
+            }
+        }
+        Cmd::Keygen { .. } | Cmd::Whoami | Cmd::Register { .. } => unreachable!("handled earlier"),
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn print_presence(r: &UserInfo, json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({"event": "presence", "uid": r.user_id.0, "nick": r.nick_name, "status": r.status, "message": r.status_message, "online": r.is_online()})
+        );
+    } else {
+        let msg = if r.status_message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.status_message)
+        };
+        println!("{} ({}) is now {}{}", r.nick_name, r.user_id, r.status, msg);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+fn join(ids: &[UserId]) -> String {
+    ids.iter()
+        .map(|u| u.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -598,11 +598,14 @@ fn encode_all<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Records loaded from a datafile, keyed by owner.
+type Loaded<T> = Vec<(UserId, Stored<T>)>;
+
 /// Reads a datafile, keeping the newest parseable entry per UserID.
 fn load<T: Versioned>(
     path: &Path,
     header: &str,
-) -> io::Result<(Vec<(UserId, Stored<T>)>, datafile::RecoveryReport)> {
+) -> io::Result<(Loaded<T>, datafile::RecoveryReport)> {
     let mut newest: HashMap<UserId, Stored<T>> = HashMap::new();
     let mut unparseable = 0usize;
     let report = datafile::recover(path, header, |line, len| {
@@ -635,21 +638,21 @@ fn load<T: Versioned>(
 /// Verifies loaded records with batch verification, in parallel on every core; returns the
 /// good ones and how many were dropped.
 fn verify_all<T: Versioned>(
-    items: Vec<(UserId, Stored<T>)>,
+    items: Loaded<T>,
     key_of: impl Fn(&T) -> Option<PublicKey> + Sync,
-) -> (Vec<(UserId, Stored<T>)>, usize) {
+) -> (Loaded<T>, usize) {
     const CHUNK: usize = 256;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = items.len().div_ceil(threads).max(CHUNK);
     let mut items = items;
-    let mut parts: Vec<Vec<(UserId, Stored<T>)>> = Vec::new();
+    let mut parts: Vec<Loaded<T>> = Vec::new();
     while items.len() > per_thread {
         let rest = items.split_off(per_thread);
         parts.push(std::mem::replace(&mut items, rest));
     }
     parts.push(items);
     let key_of = &key_of;
-    let results: Vec<(Vec<(UserId, Stored<T>)>, usize)> = std::thread::scope(|s| {
+    let results: Vec<(Loaded<T>, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|part| {
