@@ -359,7 +359,13 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                             if args.json {
                                 println!("{}", json!({"event": "message", "from": m.from.0, "sent_ms": m.sent_ms, "text": m.text}));
                             } else {
-                                println!("{} says: {}", m.from, m.text);
+                                let nick = client
+                                    .contacts()
+                                    .into_iter()
+                                    .find(|c| c.user_id == m.from)
+                                    .map(|c| c.nick_name.clone())
+                                    .unwrap_or_default();
+                                println!("{nick} ({}) says: {}", m.from, m.text);
                             }
                         }
                         Some(Event::Unreachable(u)) => {
