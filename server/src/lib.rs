@@ -7,11 +7,13 @@
 
 pub mod config;
 pub mod metrics;
+pub mod mst;
 mod net;
 pub mod presence;
 pub mod registration;
 mod session;
 pub mod store;
+pub mod sync;
 
 use std::net::IpAddr;
 use std::sync::Arc;
