@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod event_count;
 pub mod message;
 pub mod record;
+pub mod rtt;
 pub mod user_id;
 pub mod xml;
 

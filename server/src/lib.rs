@@ -260,10 +260,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         ));
     }
     // RTT echo on P+2, UDP and TCP.
-    tracker.spawn(net::udp_echo(
-        Arc::new(listeners.echo_udp),
-        shutdown.clone(),
-    ));
+    {
+        let stop = shutdown.clone();
+        tracker.spawn(gossip_common::rtt::udp_echo(
+            Arc::new(listeners.echo_udp),
+            gossip_common::rtt::LabDelays::default(),
+            async move { stop.cancelled().await },
+        ));
+    }
     {
         let t = tracker.clone();
         tracker.spawn(net::accept_loop(

@@ -91,8 +91,11 @@ impl ServerGraph {
     }
 }
 
+/// An edge's position in the total order: (weight, lower index, higher index).
+type EdgeKey = (u64, usize, usize);
+
 /// Total order key of an edge between node indices `a` and `b` (indices follow name order).
-fn edge_key(w: u64, a: usize, b: usize) -> (u64, usize, usize) {
+fn edge_key(w: u64, a: usize, b: usize) -> EdgeKey {
     (w, a.min(b), a.max(b))
 }
 
@@ -103,7 +106,7 @@ pub fn minimum_spanning_tree(g: &ServerGraph) -> Vec<TreeEdge> {
     let n = graph.node_count();
     let mut in_tree = vec![false; n];
     // Best known edge into the tree for each outside node: (key, from).
-    let mut best: Vec<Option<((u64, usize, usize), usize)>> = vec![None; n];
+    let mut best: Vec<Option<(EdgeKey, usize)>> = vec![None; n];
     let mut heap = BinaryHeap::new();
     let mut edges = Vec::with_capacity(n.saturating_sub(1));
     for root in 0..n {

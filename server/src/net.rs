@@ -2,7 +2,6 @@
 //! with connection limits and backoff, and the RTT echo service on P+2.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,24 +128,6 @@ pub(crate) async fn accept_loop<F, Fut>(
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-            }
-        }
-    }
-}
-
-/// UDP echo on P+2: returns each datagram (an 8-bit sequence number, optionally followed by
-/// lab padding) to its sender. One loop, no queueing behind other work, so it measures the
-/// network rather than server load, as the spec wants.
-pub(crate) async fn udp_echo(socket: Arc<UdpSocket>, shutdown: CancellationToken) {
-    let mut buf = [0u8; 512];
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    let _ = socket.send_to(&buf[..n], from).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "udp echo receive error"),
             }
         }
     }

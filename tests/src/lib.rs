@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 /// Path of a binary built from this workspace (`gossipd`, `gossip`, `prodserver`,
 /// `store-writer`), next to the test executable's `deps/` directory.
+///
+/// `cargo test` only builds the binaries of the package under test, so the other packages'
+/// binaries are built here, once per test run, with the same cargo and profile.
 pub fn bin_path(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
@@ -17,13 +21,30 @@ pub fn bin_path(name: &str) -> PathBuf {
                 Some(d)
             }
         })
-        .expect("target dir");
+        .expect("target dir")
+        .to_owned();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "gossip-server",
+            "-p",
+            "gossip-client",
+            "-p",
+            "prodserver",
+            "--bins",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the test binaries");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run `cargo build --workspace` first (cargo test --workspace does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} was not built", path.display());
     path
 }
 

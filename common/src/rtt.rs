@@ -1,0 +1,270 @@
+//! Network delay measurement (the spec's "network delay measurer", used by servers and clients)
+//! and the UDP echo responder that answers it on every server's port P+2.
+//!
+//! A probe packet is the spec's 8-bit sequence number, followed by the sender's identity
+//! (`host:port`, UTF-8). The identity is only used by the lab link emulation, which must know
+//! who a reply goes to even on loopback where every node has the same address.
+//!
+//! The prober measures many servers at once over one socket, as the spec's revised design asks:
+//! a packet to each live target every `interval`; a target is done after `replies` answers; when
+//! all are done (or `dead_after` passes) it waits one more interval for stragglers, then reports
+//! the mean RTT of every reply that came back. A target with no reply at all is dead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// Prober settings.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Time between packets to one target (spec: 2 s).
+    pub interval: Duration,
+    /// Replies after which a target is done (spec: 3).
+    pub replies: usize,
+    /// No reply within this long means the server is dead (spec: 30 s).
+    pub dead_after: Duration,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval: Duration::from_secs(2),
+            replies: 3,
+            dead_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Lab link emulation: a one-way delay added to everything sent to the named peers. A test and
+/// demo feature (kernel netem is not available on our machines); never enable it in production.
+#[derive(Debug, Clone, Default)]
+pub struct LabDelays {
+    by_peer: HashMap<String, Duration>,
+}
+
+impl LabDelays {
+    /// Delays keyed by peer identity `host:port` (the peer's base port).
+    pub fn new(by_peer: HashMap<String, Duration>) -> Self {
+        LabDelays { by_peer }
+    }
+
+    /// The delay for traffic to `peer` (`host:port`), zero when none is configured.
+    pub fn to(&self, peer: &str) -> Duration {
+        self.by_peer.get(peer).copied().unwrap_or_default()
+    }
+
+    /// Whether any delay is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+}
+
+/// Outcome of probing one server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rtt {
+    /// Mean round-trip time of the replies received.
+    Alive(Duration),
+    /// No reply within the dead timeout.
+    Dead,
+}
+
+impl Rtt {
+    /// Milliseconds, or `None` when dead.
+    pub fn ms(&self) -> Option<f64> {
+        match self {
+            Rtt::Alive(d) => Some(d.as_secs_f64() * 1000.0),
+            Rtt::Dead => None,
+        }
+    }
+}
+
+/// Sends `packet` to `to`, after `delay` if the lab asks for one (without blocking the caller).
+fn send_later(socket: &Arc<UdpSocket>, packet: Vec<u8>, to: SocketAddr, delay: Duration) {
+    let socket = Arc::clone(socket);
+    if delay.is_zero() && socket.try_send_to(&packet, to).is_ok() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = socket.send_to(&packet, to).await;
+    });
+}
+
+/// Measures the RTT to every target at once. `targets` maps a name (any string, usually the
+/// server identity `host:port`) to the target's RTT address (its port P+2). `me` is put in each
+/// packet for the lab emulation; `lab` delays what this prober sends.
+pub async fn probe(
+    targets: &BTreeMap<String, SocketAddr>,
+    me: &str,
+    cfg: &ProbeConfig,
+    lab: &LabDelays,
+) -> std::io::Result<BTreeMap<String, Rtt>> {
+    struct Target {
+        name: String,
+        addr: SocketAddr,
+        seq: u8,
+        sent: HashMap<u8, Instant>,
+        rtts: Vec<Duration>,
+    }
+    let bind: SocketAddr = match targets.values().next() {
+        Some(a) if a.is_ipv6() => "[::]:0".parse().expect("valid"),
+        _ => "0.0.0.0:0".parse().expect("valid"),
+    };
+    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let mut list: Vec<Target> = targets
+        .iter()
+        .map(|(name, addr)| Target {
+            name: name.clone(),
+            addr: *addr,
+            seq: 0,
+            sent: HashMap::new(),
+            rtts: Vec::new(),
+        })
+        .collect();
+    let by_addr: HashMap<SocketAddr, usize> =
+        list.iter().enumerate().map(|(i, t)| (t.addr, i)).collect();
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(cfg.interval);
+    let mut buf = [0u8; 512];
+    let mut all_done_at: Option<Instant> = None;
+    loop {
+        let done = list.iter().all(|t| t.rtts.len() >= cfg.replies);
+        if done && all_done_at.is_none() {
+            all_done_at = Some(Instant::now());
+        }
+        // Finish one interval after everyone answered enough, or at the dead timeout.
+        let deadline = match all_done_at {
+            Some(t) => t + cfg.interval,
+            None => start + cfg.dead_after,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = ticker.tick(), if all_done_at.is_none() => {
+                for t in list.iter_mut().filter(|t| t.rtts.len() < cfg.replies) {
+                    t.seq = t.seq.wrapping_add(1);
+                    // The clock starts now: a lab delay on the way out is part of the RTT.
+                    t.sent.insert(t.seq, Instant::now());
+                    let mut packet = vec![t.seq];
+                    packet.extend_from_slice(me.as_bytes());
+                    send_later(&socket, packet, t.addr, lab.to(&t.name));
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                if n == 0 { continue; }
+                if let Some(&i) = by_addr.get(&from) {
+                    if let Some(sent) = list[i].sent.remove(&buf[0]) {
+                        list[i].rtts.push(sent.elapsed());
+                    }
+                }
+            }
+        }
+    }
+    Ok(list
+        .into_iter()
+        .map(|t| {
+            let rtt = if t.rtts.is_empty() {
+                Rtt::Dead
+            } else {
+                Rtt::Alive(t.rtts.iter().sum::<Duration>() / t.rtts.len() as u32)
+            };
+            (t.name, rtt)
+        })
+        .collect())
+}
+
+/// The UDP echo responder for port P+2: returns each packet to its sender. One loop, so it
+/// measures the network rather than server load (spec); lab delays apply to replies, keyed by
+/// the identity in the packet.
+pub async fn udp_echo(
+    socket: Arc<UdpSocket>,
+    lab: LabDelays,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut buf = [0u8; 512];
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) if n > 0 => {
+                    let delay = if lab.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        std::str::from_utf8(&buf[1..n]).map(|who| lab.to(who)).unwrap_or_default()
+                    };
+                    send_later(&socket, buf[..n].to_vec(), from, delay);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo(lab: LabDelays) -> SocketAddr {
+        let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(udp_echo(s, lab, std::future::pending()));
+        addr
+    }
+
+    fn fast() -> ProbeConfig {
+        ProbeConfig {
+            interval: Duration::from_millis(20),
+            replies: 3,
+            dead_after: Duration::from_millis(400),
+        }
+    }
+
+    #[tokio::test]
+    async fn measures_several_servers_at_once_and_finds_the_dead() {
+        let mut delays = HashMap::new();
+        delays.insert("me:1".to_owned(), Duration::from_millis(30));
+        let slow = echo(LabDelays::new(delays)).await;
+        let fast_addr = echo(LabDelays::default()).await;
+        // A bound socket that never answers.
+        let mute = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut targets = BTreeMap::new();
+        targets.insert("slow".to_owned(), slow);
+        targets.insert("fast".to_owned(), fast_addr);
+        targets.insert("dead".to_owned(), mute.local_addr().unwrap());
+        let t0 = Instant::now();
+        let out = probe(&targets, "me:1", &fast(), &LabDelays::default())
+            .await
+            .unwrap();
+        assert_eq!(out["dead"], Rtt::Dead);
+        let slow_ms = out["slow"].ms().unwrap();
+        let fast_ms = out["fast"].ms().unwrap();
+        assert!((30.0..60.0).contains(&slow_ms), "slow {slow_ms} ms");
+        assert!(fast_ms < 10.0, "fast {fast_ms} ms");
+        // Concurrent: the whole probe took about the dead timeout, not a sum of probes.
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn outgoing_lab_delay_counts() {
+        let target = echo(LabDelays::default()).await;
+        let mut targets = BTreeMap::new();
+        targets.insert("peer:2".to_owned(), target);
+        let mut d = HashMap::new();
+        d.insert("peer:2".to_owned(), Duration::from_millis(25));
+        let out = probe(&targets, "me:1", &fast(), &LabDelays::new(d))
+            .await
+            .unwrap();
+        let ms = out["peer:2"].ms().unwrap();
+        assert!((25.0..50.0).contains(&ms), "{ms} ms");
+    }
+}
