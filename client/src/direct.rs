@@ -68,13 +68,15 @@ pub(crate) async fn listen(
 ) -> std::io::Result<DirectListener> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
+    // (sender, sent time) of recent messages: a replayed copy of a signed message is dropped.
+    let seen: Arc<std::sync::Mutex<std::collections::VecDeque<(UserId, u64)>>> = Arc::default();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let (keys, events) = (Arc::clone(&keys), events.clone());
+            let (keys, events, seen) = (Arc::clone(&keys), events.clone(), Arc::clone(&seen));
             tokio::spawn(async move {
                 let mut framed = Framed::new(stream, XmlFrameCodec::default());
                 let Ok(Some(Ok(Ok(frame)))) =
@@ -95,8 +97,22 @@ pub(crate) async fn listen(
                     && keys
                         .key_of(record.from)
                         .is_some_and(|k| record.verify(&k).is_ok());
-                if verified {
+                let fresh = verified && {
+                    let mut seen = seen.lock().expect("lock");
+                    let id = (record.from, record.sent_ms);
+                    let fresh = !seen.contains(&id);
+                    if fresh {
+                        if seen.len() >= 4096 {
+                            seen.pop_front();
+                        }
+                        seen.push_back(id);
+                    }
+                    fresh
+                };
+                if fresh {
                     let _ = events.send(Event::Message(record)).await;
+                } else if verified {
+                    tracing::info!(%peer, from = %record.from, "replayed direct message dropped");
                 } else {
                     tracing::warn!(%peer, from = %record.from, "direct message dropped: not for us, unknown sender or bad signature");
                 }

@@ -40,10 +40,11 @@ enum Auth {
         uid: UserId,
         nonce: String,
     },
-    /// `register` granted this UserID to this key.
+    /// `register` granted this UserID to this key until `expires`.
     Registering {
         uid: UserId,
         key: PublicKey,
+        expires: Instant,
     },
     LoggedIn {
         uid: UserId,
@@ -225,6 +226,12 @@ impl Session {
             },
         )
         .await;
+    }
+
+    /// Acknowledges a durable update, naming the event count now stored.
+    async fn stored(&self, re: Option<u64>, current: gossip_common::EventCount) {
+        let current = Some(current.into());
+        self.reply(re, m::Ok { current }).await;
     }
 
     async fn store_error(&self, re: Option<u64>, e: StoreError) {
@@ -409,7 +416,11 @@ impl Session {
         match self.node.reserve_uid(self.peer.ip(), &holder).await {
             Some(uid) => {
                 tracing::info!(%uid, "UserID reserved for registration");
-                self.auth = Auth::Registering { uid, key };
+                self.auth = Auth::Registering {
+                    uid,
+                    key,
+                    expires: Instant::now() + self.node.config.uid_lock,
+                };
                 let expires_s = self.node.config.uid_lock.as_secs();
                 self.reply(re, m::UserIdGrant { uid, expires_s }).await;
             }
@@ -421,10 +432,15 @@ impl Session {
     }
 
     async fn new_user(&mut self, re: Option<u64>, record: Signed<UserInfo>) {
-        let Auth::Registering { uid, key } = self.auth else {
+        let Auth::Registering { uid, key, expires } = self.auth else {
             let text = "send <register> first to get a UserID".to_owned();
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         };
+        if Instant::now() > expires {
+            self.auth = Auth::Anonymous;
+            let text = format!("the reservation of {uid} expired; send <register> again");
+            return self.error(re, ErrorCode::UidTaken, text, None).await;
+        }
         if record.user_id != uid || record.public_key != key {
             let text =
                 format!("newuser must carry the granted UserID {uid} and the registered key");
@@ -463,15 +479,8 @@ impl Session {
             .await
         {
             Ok(applied) => {
-                let current = applied.record.event_count;
                 self.node.user_changed(&applied.record, Some(self.sid));
-                self.reply(
-                    re,
-                    m::Ok {
-                        current: Some(current.into()),
-                    },
-                )
-                .await;
+                self.stored(re, applied.record.event_count).await;
             }
             Err(e) => self.store_error(re, e).await,
         }
@@ -510,14 +519,7 @@ impl Session {
                         self.node.presence.send_to_user(uid, None, &frame);
                     }
                 }
-                let current = applied.record.event_count;
-                self.reply(
-                    re,
-                    m::Ok {
-                        current: Some(current.into()),
-                    },
-                )
-                .await;
+                self.stored(re, applied.record.event_count).await;
             }
             Err(e) => self.store_error(re, e).await,
         }

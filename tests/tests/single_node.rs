@@ -290,7 +290,7 @@ async fn direct_messages_are_signed_and_verified() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path()).await;
     let (alice, mut alice_events, _) = new_user(&node, "alice").await;
-    let (bob, _bob_events, _) = new_user(&node, "bob").await;
+    let (bob, _bob_events, bob_key) = new_user(&node, "bob").await;
     let (a, b) = (alice.uid().unwrap(), bob.uid().unwrap());
     alice.add_contacts(&[b]).await.unwrap();
     bob.add_contacts(&[a]).await.unwrap();
@@ -298,6 +298,7 @@ async fn direct_messages_are_signed_and_verified() {
         .listen_direct("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let listener_addr = listener.local_addr();
     alice
         .go_online("online", Some(listener.local_addr()))
         .await
@@ -324,6 +325,47 @@ async fn direct_messages_are_signed_and_verified() {
     };
     assert_eq!(msg.from, b);
     assert_eq!(msg.text, "hi alice <3");
+
+    // A captured message replayed to Alice is dropped; a forged one (wrong key) too; a fresh
+    // one still arrives.
+    let send_raw = |record: Signed<gossip_common::ChatMessage>| async move {
+        use futures::SinkExt;
+        let stream = tokio::net::TcpStream::connect(listener_addr).await.unwrap();
+        let mut framed =
+            tokio_util::codec::Framed::new(stream, gossip_common::XmlFrameCodec::default());
+        let msg = gossip_common::Message::new(std::net::Ipv6Addr::LOCALHOST, m::Txt { record });
+        framed.send(&msg).await.unwrap();
+        let _ = futures::StreamExt::next(&mut framed).await;
+    };
+    let chat = |text: &str, sent_ms: u64, key: &Keypair| {
+        Signed::sign(
+            gossip_common::ChatMessage {
+                from: b,
+                to: a,
+                sent_ms,
+                text: text.into(),
+            },
+            key,
+        )
+        .unwrap()
+    };
+    let captured = chat("replay me", 42, &bob_key);
+    send_raw(captured.clone()).await;
+    send_raw(captured).await;
+    send_raw(chat("forged", 43, &Keypair::generate())).await;
+    send_raw(chat("fresh", 44, &bob_key)).await;
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some("fresh") {
+        match tokio::time::timeout(Duration::from_secs(10), alice_events.next())
+            .await
+            .unwrap()
+        {
+            Some(Event::Message(m)) => texts.push(m.text.clone()),
+            Some(_) => continue,
+            None => panic!("stream ended"),
+        }
+    }
+    assert_eq!(texts, vec!["replay me", "fresh"]);
 
     // Alice goes away without a logout: Bob's next message fails and Bob marks her offline.
     drop(listener);

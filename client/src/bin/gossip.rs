@@ -263,30 +263,19 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Contacts {
-            action: ContactsCmd::Add { uids },
+            action: action @ (ContactsCmd::Add { .. } | ContactsCmd::Remove { .. }),
         } => {
-            client.add_contacts(uids).await?;
-            println!(
-                "{}",
-                if args.json {
-                    json!({"contacts": client.contact_ids()}).to_string()
-                } else {
-                    format!("contacts: {}", join(&client.contact_ids()))
-                }
-            );
-        }
-        Cmd::Contacts {
-            action: ContactsCmd::Remove { uids },
-        } => {
-            client.remove_contacts(uids).await?;
-            println!(
-                "{}",
-                if args.json {
-                    json!({"contacts": client.contact_ids()}).to_string()
-                } else {
-                    format!("contacts: {}", join(&client.contact_ids()))
-                }
-            );
+            match action {
+                ContactsCmd::Add { uids } => client.add_contacts(uids).await?,
+                ContactsCmd::Remove { uids } => client.remove_contacts(uids).await?,
+                ContactsCmd::List => unreachable!("matched above"),
+            }
+            let ids = client.contact_ids();
+            if args.json {
+                println!("{}", json!({ "contacts": ids }));
+            } else {
+                println!("contacts: {}", join(&ids));
+            }
         }
         Cmd::Contacts {
             action: ContactsCmd::List,

@@ -34,6 +34,7 @@ use writer::{Command, FileKind, Writer};
 const USERS_FILE: &str = "users.udb";
 const LISTS_FILE: &str = "contacts.cl";
 const TXLOG_FILE: &str = "transactions.log";
+const LOCK_FILE: &str = "LOCK";
 const USERS_HEADER: &str = "#gossip-udb v1";
 const LISTS_HEADER: &str = "#gossip-cl v1";
 
@@ -142,6 +143,9 @@ struct State {
 
 /// The user database. Cheap to share (`Arc<Store>`).
 pub struct Store {
+    /// Held (flock) for the store's lifetime: two servers appending to the same datafiles
+    /// would interleave lines and break each other's in-memory view.
+    _lock: std::fs::File,
     state: RwLock<State>,
     writer: Writer,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -154,6 +158,17 @@ impl Store {
     /// record's signature.
     pub fn open(dir: &Path) -> io::Result<(Arc<Store>, LoadReport)> {
         std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another gossipd", dir.display()),
+            )
+        })?;
         let users_path = dir.join(USERS_FILE);
         let lists_path = dir.join(LISTS_FILE);
         let mut report = LoadReport::default();
@@ -200,6 +215,7 @@ impl Store {
             lists_header: LISTS_HEADER,
         })?;
         let store = Arc::new(Store {
+            _lock: lock,
             state: RwLock::new(state),
             writer,
             thread: Mutex::new(Some(thread)),
@@ -551,6 +567,23 @@ impl Store {
     }
 }
 
+/// The key a record carries, if its kind carries one (only UserInfo does).
+trait BoundKey {
+    fn bound_key(&self) -> Option<PublicKey>;
+}
+
+impl BoundKey for UserInfo {
+    fn bound_key(&self) -> Option<PublicKey> {
+        Some(self.public_key)
+    }
+}
+
+impl BoundKey for ContactList {
+    fn bound_key(&self) -> Option<PublicKey> {
+        None
+    }
+}
+
 fn check_newer(stored: EventCount, got: EventCount) -> Result<(), StoreError> {
     if got.is_newer_than(stored) {
         Ok(())
@@ -602,12 +635,16 @@ fn encode_all<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<Vec<u8>> {
 type Loaded<T> = Vec<(UserId, Stored<T>)>;
 
 /// Reads a datafile, keeping the newest parseable entry per UserID.
-fn load<T: Versioned>(
+fn load<T: Versioned + BoundKey>(
     path: &Path,
     header: &str,
 ) -> io::Result<(Loaded<T>, datafile::RecoveryReport)> {
     let mut newest: HashMap<UserId, Stored<T>> = HashMap::new();
+    // The key of a UserID's first entry is the bound one: entries are appended in the order
+    // they were accepted, so a later entry with another key can only be an edit of the file.
+    let mut bound: HashMap<UserId, Option<PublicKey>> = HashMap::new();
     let mut unparseable = 0usize;
+    let mut rekeyed = 0usize;
     let report = datafile::recover(path, header, |line, len| {
         let record = match Signed::<T>::from_parts(line.raw, line.signature) {
             Ok(r) if r.owner() == line.uid && r.event_count() == line.event_count => r,
@@ -616,6 +653,11 @@ fn load<T: Versioned>(
                 return;
             }
         };
+        let key = T::bound_key(record.value());
+        if *bound.entry(line.uid).or_insert(key) != key {
+            rekeyed += 1;
+            return;
+        }
         let replace = newest
             .get(&line.uid)
             .is_none_or(|s| line.event_count.is_newer_than(s.record.event_count()));
@@ -631,6 +673,9 @@ fn load<T: Versioned>(
     })?;
     if unparseable > 0 {
         tracing::warn!(path = %path.display(), unparseable, "datafile entries with a valid checksum but an unusable record were skipped");
+    }
+    if rekeyed > 0 {
+        tracing::warn!(path = %path.display(), rekeyed, "datafile entries carrying a key other than the UserID's first one were skipped (file edited?)");
     }
     Ok((newest.into_iter().collect(), report))
 }

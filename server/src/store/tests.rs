@@ -203,3 +203,43 @@ async fn tampered_datafile_entry_is_dropped_on_load() {
     assert!(store.user(UserId(1)).is_some());
     assert!(store.user(UserId(2)).is_none());
 }
+
+#[tokio::test]
+async fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).err().expect("second open refused");
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    first.close().await.unwrap();
+    // Released once the first store is gone.
+    Store::open(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn a_key_swapped_into_the_datafile_is_refused_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Keypair::generate();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store
+            .apply_user_info(info(&alice, 1, 0, "offline"), Mode::Create, "t")
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    // The admin appends a newer, validly self-signed record for uid 1 with their own key.
+    let mallory = Keypair::generate();
+    let line = datafile::encode_line(
+        UserId(1),
+        EventCount::new(9, false),
+        &info(&mallory, 1, 9, "online"),
+    );
+    let path = dir.path().join(USERS_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend(line);
+    std::fs::write(&path, bytes).unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let u = store.user(UserId(1)).unwrap();
+    assert_eq!(u.public_key, alice.public());
+    assert_eq!(u.status, "offline");
+}
