@@ -35,6 +35,7 @@ fn main() {
         UpdateRtts {
             host: "a".into(),
             port: 1,
+            seq: 17,
             rtts: vec![RttEntry {
                 host: "b".into(),
                 port: 2,

@@ -435,13 +435,18 @@ pub struct RttEntry {
     pub ms: Option<f64>,
 }
 
-/// `updateRTTs`: the RTTs one server measured to the others.
+/// `updateRTTs`: the RTTs one server measured to the others. Flooded along the tree; `seq`
+/// (the measuring server's clock in milliseconds when it published) lets every server keep only
+/// the newest row of each measurer and stop the flood.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateRtts {
     /// Measuring server's host.
     pub host: String,
     /// Measuring server's base port.
     pub port: u16,
+    /// Publication number of this row; higher is newer.
+    #[serde(default)]
+    pub seq: u64,
     /// Its measurements.
     #[serde(rename = "rtt", default)]
     pub rtts: Vec<RttEntry>,
@@ -543,6 +548,9 @@ pub struct LockResult {
 pub struct UnlockUid {
     /// The UserID.
     pub uid: UserId,
+    /// The holder whose lock is released (a lock held by someone else stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -149,6 +149,7 @@ fn samples() -> Vec<Body> {
         UpdateRtts {
             host: "a".into(),
             port: 1,
+            seq: 17,
             rtts: vec![
                 RttEntry {
                     host: "b".into(),
@@ -189,7 +190,11 @@ fn samples() -> Vec<Body> {
             holder: Some("b:2".into()),
         }
         .into(),
-        UnlockUid { uid: UserId(8) }.into(),
+        UnlockUid {
+            uid: UserId(8),
+            holder: Some("a:1".into()),
+        }
+        .into(),
         Txt { record: chat }.into(),
     ]
 }

@@ -51,6 +51,17 @@ pub struct FileConfig {
     pub idle_timeout_s: Option<f64>,
     /// Seconds a UserID reserved for a registration stays locked. Default 900 (15 minutes).
     pub uid_lock_s: Option<u64>,
+    /// Servers to join at start, `host:port` (their base port).
+    pub peers: Option<Vec<String>>,
+    /// Milliseconds between RTT probe packets (spec: 2000).
+    pub probe_interval_ms: Option<u64>,
+    /// Seconds without an RTT reply after which a server counts as dead (spec: 30).
+    pub dead_after_s: Option<f64>,
+    /// Seconds between RTT measurement rounds. Default 60.
+    pub reprobe_s: Option<f64>,
+    /// LAB ONLY: one-way delay in milliseconds added to everything sent to a peer
+    /// (`"host:port" = ms`), to emulate WAN links in tests and demos. Never use in production.
+    pub lab_link_delay_ms: Option<std::collections::HashMap<String, u64>>,
 }
 
 impl FileConfig {
@@ -76,6 +87,11 @@ impl FileConfig {
             keepalive_s: over.keepalive_s.or(self.keepalive_s),
             idle_timeout_s: over.idle_timeout_s.or(self.idle_timeout_s),
             uid_lock_s: over.uid_lock_s.or(self.uid_lock_s),
+            peers: over.peers.or(self.peers),
+            probe_interval_ms: over.probe_interval_ms.or(self.probe_interval_ms),
+            dead_after_s: over.dead_after_s.or(self.dead_after_s),
+            reprobe_s: over.reprobe_s.or(self.reprobe_s),
+            lab_link_delay_ms: over.lab_link_delay_ms.or(self.lab_link_delay_ms),
         }
     }
 }
@@ -105,6 +121,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Registration UserID lock lifetime.
     pub uid_lock: Duration,
+    /// Servers to join at start.
+    pub peers: Vec<(String, u16)>,
+    /// RTT prober settings.
+    pub probe: gossip_common::rtt::ProbeConfig,
+    /// Time between measurement rounds.
+    pub reprobe: Duration,
+    /// Lab link emulation (empty in production).
+    pub lab: gossip_common::rtt::LabDelays,
 }
 
 impl Config {
@@ -144,7 +168,28 @@ impl Config {
             .max_frame
             .unwrap_or(gossip_common::codec::DEFAULT_MAX_FRAME);
         ensure!(max_frame >= 1024, "max_frame must be at least 1024 bytes");
+        let peers = f
+            .peers
+            .unwrap_or_default()
+            .iter()
+            .map(|p| parse_server(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let probe = gossip_common::rtt::ProbeConfig {
+            interval: Duration::from_millis(f.probe_interval_ms.unwrap_or(2000).max(1)),
+            replies: 3,
+            dead_after: secs(f.dead_after_s, 30.0, "dead_after_s")?,
+        };
+        let reprobe = secs(f.reprobe_s, 60.0, "reprobe_s")?;
+        let mut lab = std::collections::HashMap::new();
+        for (peer, ms) in f.lab_link_delay_ms.unwrap_or_default() {
+            let (host, port) = parse_server(&peer)?;
+            lab.insert(format!("{host}:{port}"), Duration::from_millis(ms));
+        }
         Ok(Config {
+            peers,
+            probe,
+            reprobe,
+            lab: gossip_common::rtt::LabDelays::new(lab),
             name,
             base_port,
             strict_ports: f.strict_ports.unwrap_or(false),
@@ -173,6 +218,20 @@ impl Config {
         c.idle_timeout = Duration::from_secs(2);
         c
     }
+}
+
+/// Parses `host:port` (a server's identity: host name and base port).
+pub fn parse_server(s: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError(format!("server {s:?} must be HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ConfigError(format!("server {s:?}: bad port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ensure!(!host.is_empty(), "server {s:?}: empty host");
+    Ok((host.to_owned(), port))
 }
 
 fn default_host_name() -> String {

@@ -6,6 +6,7 @@
 //! flushes the datafiles.
 
 pub mod config;
+pub mod federation;
 pub mod metrics;
 pub mod mst;
 mod net;
@@ -63,6 +64,8 @@ pub struct Node {
     pub metrics: metrics::Metrics,
     /// Registration locks.
     pub locks: UidLocks,
+    /// Server links, RTT matrix and spanning tree.
+    pub federation: federation::Federation,
     base_port: u16,
     started: Instant,
 }
@@ -94,28 +97,88 @@ impl Node {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut uid = UserId::allocate(now, ip);
-        for _ in 0..10_000 {
-            if !self.store.contains_user(uid)
+        for _ in 0..1_000 {
+            let free_here = !self.store.contains_user(uid)
                 && self
                     .locks
                     .try_lock(uid, holder, self.config.uid_lock)
-                    .is_ok()
-            {
-                return Some(uid);
+                    .is_ok();
+            if free_here {
+                let ttl = self.config.uid_lock;
+                if self.federation.lock_network(uid, holder, ttl).await {
+                    return Some(uid);
+                }
+                // Stored or being registered elsewhere: release what we took, and jump a random
+                // number of seconds so two racing servers do not collide again.
+                self.release_uid(uid, holder);
+                for _ in 0..rand::random::<u8>() % 16 {
+                    uid = uid.next_second();
+                }
             }
             uid = uid.next_second();
         }
         None
     }
 
-    /// Releases a registration lock.
+    /// Releases a registration lock here and on every reachable server.
     pub fn release_uid(&self, uid: UserId, holder: &str) {
         self.locks.unlock(uid, holder);
+        self.federation.unlock_network(uid, holder);
+    }
+
+    /// A client of this server changed a UserInfo: push it locally and forward it to every
+    /// tree neighbour.
+    pub fn user_changed(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>) {
+        self.user_changed_from(record, from_session, None, false);
+    }
+
+    /// A new user registered here: push and forward as `newuser`.
+    pub fn user_created(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>) {
+        self.user_changed_from(record, from_session, None, true);
+    }
+
+    /// A stored ContactList changed: update who watches whom, forward to the neighbours.
+    pub fn list_changed_from(
+        &self,
+        record: &Signed<gossip_common::ContactList>,
+        from_peer: Option<&mst::ServerKey>,
+    ) {
+        self.presence.set_contacts(record.owner, &record.contacts);
+        let frame = Bytes::from(
+            Message::new(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                gossip_common::message::ChangeCl {
+                    record: record.clone(),
+                },
+            )
+            .to_xml(),
+        );
+        self.federation.flood(&frame, from_peer);
     }
 
     /// A stored UserInfo changed: push it to every session watching that user (and the user's
-    /// other sessions, so all their clients agree).
-    pub fn user_changed(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>) {
+    /// other sessions, so all their clients agree) and forward it to every tree neighbour but
+    /// the one it came from.
+    pub fn user_changed_from(
+        &self,
+        record: &Signed<UserInfo>,
+        from_session: Option<SessionId>,
+        from_peer: Option<&mst::ServerKey>,
+        new_user: bool,
+    ) {
+        let forward = if new_user {
+            gossip_common::Body::from(gossip_common::message::NewUser {
+                record: record.clone(),
+            })
+        } else {
+            gossip_common::Body::from(UserInfoMsg {
+                record: record.clone(),
+            })
+        };
+        self.federation.flood(
+            &Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, forward).to_xml()),
+            from_peer,
+        );
         let frame = Bytes::from(
             Message::new(
                 std::net::Ipv6Addr::UNSPECIFIED,
@@ -190,7 +253,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         "datafiles loaded"
     );
     let listeners = net::bind(config.bind, config.base_port, config.strict_ports).await?;
+    let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
     let node = Arc::new(Node {
+        federation: federation::Federation::new(me, &config.peers),
         base_port: listeners.base_port,
         config,
         store,
@@ -241,30 +306,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             },
         ));
     }
-    // Server links on P+1: federation is not built yet; say so instead of hanging the peer.
-    {
-        let t = tracker.clone();
-        tracker.spawn(net::accept_loop(
-            listeners.server,
-            shutdown.clone(),
-            "server",
-            move |stream, peer| {
-                tracing::info!(%peer, "server link refused: this build does not federate yet");
-                t.spawn(session::refuse(
-                    stream,
-                    ErrorCode::NotAllowed,
-                    "this server does not accept server links yet".into(),
-                ));
-                std::future::ready(())
-            },
-        ));
-    }
+    // Server links on P+1, RTT probing, tree maintenance.
+    federation::start(&node, listeners.server, &shutdown, &tracker);
     // RTT echo on P+2, UDP and TCP.
     {
         let stop = shutdown.clone();
         tracker.spawn(gossip_common::rtt::udp_echo(
             Arc::new(listeners.echo_udp),
-            gossip_common::rtt::LabDelays::default(),
+            node.config.lab.clone(),
             async move { stop.cancelled().await },
         ));
     }

@@ -48,10 +48,36 @@ struct Args {
     /// Seconds of client silence before it counts as gone and its last will fires [default: 30].
     #[arg(long, value_name = "SECS")]
     idle_timeout: Option<f64>,
+    /// A server to join, HOST:PORT (its base port); repeat for several.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Milliseconds between RTT probe packets [default: 2000].
+    #[arg(long, value_name = "MS")]
+    probe_interval_ms: Option<u64>,
+    /// Seconds without an RTT reply before a server counts as dead [default: 30].
+    #[arg(long, value_name = "SECS")]
+    dead_after: Option<f64>,
+    /// Seconds between RTT measurement rounds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    reprobe: Option<f64>,
+    /// LAB ONLY: add a one-way delay to everything sent to a peer, HOST:PORT=MS (repeatable).
+    /// Emulates WAN links for tests and demos; never use in production.
+    #[arg(long = "lab-link-delay", value_name = "HOST:PORT=MS")]
+    lab_link_delay: Vec<String>,
 }
 
 impl Args {
     fn into_config(self) -> anyhow::Result<Config> {
+        let mut lab = std::collections::HashMap::new();
+        for spec in &self.lab_link_delay {
+            let (peer, ms) = spec.rsplit_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--lab-link-delay {spec:?}: expected HOST:PORT=MS")
+            })?;
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--lab-link-delay {spec:?}: bad milliseconds"))?;
+            lab.insert(peer.to_owned(), ms);
+        }
         let file = match &self.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
@@ -66,6 +92,11 @@ impl Args {
             max_clients: self.max_clients,
             keepalive_s: self.keepalive,
             idle_timeout_s: self.idle_timeout,
+            peers: (!self.peers.is_empty()).then_some(self.peers),
+            probe_interval_ms: self.probe_interval_ms,
+            dead_after_s: self.dead_after,
+            reprobe_s: self.reprobe,
+            lab_link_delay_ms: (!lab.is_empty()).then_some(lab),
             ..FileConfig::default()
         };
         Ok(Config::from_file_config(file.merge(flags))?)

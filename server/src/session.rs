@@ -457,7 +457,7 @@ impl Session {
             Ok(applied) => {
                 self.node.metrics.registrations.inc();
                 tracing::info!(%uid, "registered");
-                self.node.user_changed(&applied.record, Some(self.sid));
+                self.node.user_created(&applied.record, Some(self.sid));
                 self.login(re, uid).await;
             }
             Err(e) => self.store_error(re, e).await,
@@ -507,7 +507,7 @@ impl Session {
         {
             Ok(applied) => {
                 let new = &applied.record.contacts;
-                self.node.presence.set_contacts(uid, new);
+                self.node.list_changed_from(&applied.record, None);
                 // Tell the owner's sessions about contacts they did not have before.
                 let old: std::collections::HashSet<UserId> = applied
                     .previous

@@ -1,0 +1,1037 @@
+//! Federation: server links on P+1, the shared RTT matrix, tree maintenance, propagation of
+//! changes along the tree, and event-count sync when a link comes up.
+//!
+//! Every server measures its RTT to every server it knows and publishes the result as its *row*
+//! (`updateRTTs`, numbered by `seq`). Rows, server lists and user changes are flooded along the
+//! links: a receiver stores what is new and forwards it to every other link, and drops what it
+//! already has, which ends the flood. Since every server ends up with the same rows, every
+//! server computes the same spanning tree (`mst.rs`) and keeps links only to its neighbours in
+//! it.
+//!
+//! Link rules:
+//! * `serverID` is the first message on every link, both ways;
+//! * either end may open a link to a tree neighbour; if both do at once, the link opened by the
+//!   smaller key wins on both sides, so they agree without talking;
+//! * a link outside the tree is closed only once both ends' rows are known here, so a joining
+//!   server is not cut off before the others have measured it;
+//! * a lost neighbour is retried with exponential backoff (up to a minute).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gossip_common::message::{self as m, EcEntry};
+use gossip_common::rtt::{self, Rtt};
+use gossip_common::{Body, ContactList, Message, Signed, UserInfo, XmlFrameCodec};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::mst::{self, key_string, ServerGraph, ServerKey, TreeEdge};
+use crate::store::{Mode, StoreError};
+use crate::Node;
+
+/// A server republishes its measurement of a peer only when it moved by more than this
+/// fraction (or the peer died or came back), so jitter never reshapes the tree.
+const DAMPING: f64 = 0.20;
+/// Event-count entries per `eventCounts` message (about 40 bytes each).
+const EC_PER_MESSAGE: usize = 1000;
+/// Frames queued to one peer before the link counts as stuck and is dropped.
+const LINK_QUEUE: usize = 4096;
+/// Longest wait between reconnection attempts to a tree neighbour.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A measurer's published row: RTT in microseconds per server, `None` = dead.
+#[derive(Debug, Clone, Default)]
+struct Row {
+    seq: u64,
+    rtts: BTreeMap<ServerKey, Option<u64>>,
+}
+
+struct Link {
+    id: u64,
+    /// Who opened it; decides which of two simultaneous links survives.
+    opened_by: ServerKey,
+    tx: mpsc::Sender<(Instant, Bytes)>,
+    kill: CancellationToken,
+}
+
+/// A network-wide lock request waiting for the answers of this node's subtree.
+struct PendingLock {
+    waiting: usize,
+    granted: bool,
+    reply: LockReply,
+}
+
+enum LockReply {
+    /// Answer the neighbour the request came from.
+    Peer(ServerKey),
+    /// This node started the request.
+    Origin(tokio::sync::oneshot::Sender<bool>),
+}
+
+#[derive(Default)]
+struct State {
+    pending_locks: HashMap<(gossip_common::UserId, String), PendingLock>,
+    servers: BTreeSet<ServerKey>,
+    rows: HashMap<ServerKey, Row>,
+    tree: Vec<TreeEdge>,
+    links: HashMap<ServerKey, Link>,
+    connecting: BTreeSet<ServerKey>,
+    backoff: HashMap<ServerKey, (Duration, Instant)>,
+}
+
+/// What a server reports about the federation (for status queries and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederationStatus {
+    /// Every known server, `host:port`.
+    pub servers: Vec<String>,
+    /// The spanning tree this server computed, edges as `host:port` pairs, sorted.
+    pub tree: Vec<(String, String)>,
+    /// Servers this one has an open link to.
+    pub links: Vec<String>,
+    /// This server's own published RTTs in milliseconds (`None` = dead).
+    pub rtts: Vec<(String, Option<f64>)>,
+}
+
+/// The federation service of one node.
+pub struct Federation {
+    me: ServerKey,
+    state: Mutex<State>,
+    changed: Notify,
+    probe_now: Notify,
+    next_link: AtomicU64,
+    recomputations: AtomicU64,
+}
+
+impl Federation {
+    pub(crate) fn new(me: ServerKey, peers: &[ServerKey]) -> Federation {
+        let mut state = State::default();
+        state.servers.insert(me.clone());
+        state.servers.extend(peers.iter().cloned());
+        Federation {
+            me,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            probe_now: Notify::new(),
+            next_link: AtomicU64::new(1),
+            recomputations: AtomicU64::new(0),
+        }
+    }
+
+    /// This server's key.
+    pub fn me(&self) -> &ServerKey {
+        &self.me
+    }
+
+    /// Current view of the federation.
+    pub fn status(&self) -> FederationStatus {
+        let st = self.state.lock();
+        FederationStatus {
+            servers: st.servers.iter().map(key_string).collect(),
+            tree: st
+                .tree
+                .iter()
+                .map(|(a, b)| (key_string(a), key_string(b)))
+                .collect(),
+            links: {
+                let mut l: Vec<String> = st.links.keys().map(key_string).collect();
+                l.sort();
+                l
+            },
+            rtts: st
+                .rows
+                .get(&self.me)
+                .map(|r| {
+                    r.rtts
+                        .iter()
+                        .map(|(k, v)| (key_string(k), v.map(|us| us as f64 / 1000.0)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// How many times the tree was recomputed with a different result.
+    pub fn recomputations(&self) -> u64 {
+        self.recomputations.load(Ordering::Relaxed)
+    }
+
+    /// Queues `frame` to every link except `except`. Never waits: a peer that cannot keep up
+    /// is disconnected (and re-linked later) rather than holding up the others.
+    pub(crate) fn flood(&self, frame: &Bytes, except: Option<&ServerKey>) {
+        let st = self.state.lock();
+        for (key, link) in &st.links {
+            if Some(key) == except {
+                continue;
+            }
+            if link.tx.try_send((Instant::now(), frame.clone())).is_err() {
+                tracing::warn!(peer = %key_string(key), "server link queue full; dropping the link");
+                link.kill.cancel();
+            }
+        }
+    }
+
+    fn add_servers(&self, servers: impl IntoIterator<Item = ServerKey>) -> Vec<ServerKey> {
+        let mut st = self.state.lock();
+        let added: Vec<ServerKey> = servers
+            .into_iter()
+            .filter(|s| st.servers.insert(s.clone()))
+            .collect();
+        drop(st);
+        if !added.is_empty() {
+            self.changed.notify_one();
+            self.probe_now.notify_one();
+        }
+        added
+    }
+
+    fn remove_server(&self, key: &ServerKey) -> bool {
+        let mut st = self.state.lock();
+        let removed = st.servers.remove(key);
+        st.rows.remove(key);
+        for row in st.rows.values_mut() {
+            row.rtts.remove(key);
+        }
+        if let Some(link) = st.links.remove(key) {
+            link.kill.cancel();
+        }
+        drop(st);
+        if removed {
+            self.changed.notify_one();
+        }
+        removed
+    }
+
+    /// Stores a row if it is newer than the one held; returns whether it was.
+    fn store_row(&self, measurer: ServerKey, row: Row) -> bool {
+        let mut st = self.state.lock();
+        let newer = st.rows.get(&measurer).is_none_or(|r| row.seq > r.seq);
+        if newer {
+            let unknown: Vec<ServerKey> = row
+                .rtts
+                .keys()
+                .chain(std::iter::once(&measurer))
+                .filter(|k| !st.servers.contains(*k))
+                .cloned()
+                .collect();
+            st.servers.extend(unknown);
+            st.rows.insert(measurer, row);
+        }
+        drop(st);
+        if newer {
+            self.changed.notify_one();
+        }
+        newer
+    }
+
+    fn row_message(&self, measurer: &ServerKey, row: &Row) -> Bytes {
+        encode(m::UpdateRtts {
+            host: measurer.0.clone(),
+            port: measurer.1,
+            seq: row.seq,
+            rtts: row
+                .rtts
+                .iter()
+                .map(|(k, v)| m::RttEntry {
+                    host: k.0.clone(),
+                    port: k.1,
+                    ms: v.map(|us| us as f64 / 1000.0),
+                })
+                .collect(),
+        })
+    }
+
+    /// The graph of the current matrix. The weight of {a, b} is the larger of the two
+    /// directions' measurements (a link is as good as its worse direction), or the one present;
+    /// a direction reported dead removes the edge.
+    fn graph(st: &State) -> ServerGraph {
+        let mut edges = Vec::new();
+        let servers: Vec<&ServerKey> = st.servers.iter().collect();
+        for (i, a) in servers.iter().enumerate() {
+            for b in &servers[i + 1..] {
+                let ab = st.rows.get(*a).and_then(|r| r.rtts.get(*b)).copied();
+                let ba = st.rows.get(*b).and_then(|r| r.rtts.get(*a)).copied();
+                let w = match (ab, ba) {
+                    (Some(None), _) | (_, Some(None)) | (None, None) => continue,
+                    (Some(Some(x)), Some(Some(y))) => x.max(y),
+                    (Some(Some(x)), None) | (None, Some(Some(x))) => x,
+                };
+                edges.push(((*a).clone(), (*b).clone(), w));
+            }
+        }
+        ServerGraph::new(st.servers.iter().cloned(), edges)
+    }
+}
+
+/// How long a lock request waits for a subtree's answer before counting it as refused.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Federation {
+    /// Locks `uid` for `holder` on every reachable server (the spec's pessimistic scheme),
+    /// the caller having locked it locally. The request travels down the tree; each server
+    /// locks it (or refuses: stored already, or locked by someone else), asks its own subtree,
+    /// and answers once the whole subtree has. Granted only if every server granted.
+    pub(crate) async fn lock_network(
+        &self,
+        uid: gossip_common::UserId,
+        holder: &str,
+        ttl: Duration,
+    ) -> bool {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let msg = encode(m::LockUid {
+            uid,
+            holder: holder.to_owned(),
+            expires_s: ttl.as_secs().max(1),
+        });
+        {
+            let mut st = self.state.lock();
+            if st.links.is_empty() {
+                return true;
+            }
+            let waiting = st.links.len();
+            st.pending_locks.insert(
+                (uid, holder.to_owned()),
+                PendingLock {
+                    waiting,
+                    granted: true,
+                    reply: LockReply::Origin(done),
+                },
+            );
+        }
+        self.flood(&msg, None);
+        let granted = matches!(
+            tokio::time::timeout(LOCK_TIMEOUT + Duration::from_secs(1), rx).await,
+            Ok(Ok(true))
+        );
+        self.state
+            .lock()
+            .pending_locks
+            .remove(&(uid, holder.to_owned()));
+        granted
+    }
+
+    /// Releases `holder`'s lock on `uid` on every reachable server.
+    pub(crate) fn unlock_network(&self, uid: gossip_common::UserId, holder: &str) {
+        self.flood(
+            &encode(m::UnlockUid {
+                uid,
+                holder: Some(holder.to_owned()),
+            }),
+            None,
+        );
+    }
+
+    fn lock_answer(&self, uid: gossip_common::UserId, holder: &str, granted: bool) {
+        let mut st = self.state.lock();
+        let key = (uid, holder.to_owned());
+        let Some(p) = st.pending_locks.get_mut(&key) else {
+            return;
+        };
+        p.granted &= granted;
+        p.waiting = p.waiting.saturating_sub(1);
+        if p.waiting > 0 && p.granted {
+            return;
+        }
+        let p = st.pending_locks.remove(&key).expect("present");
+        match p.reply {
+            LockReply::Origin(done) => {
+                let _ = done.send(p.granted);
+            }
+            LockReply::Peer(parent) => {
+                if let Some(link) = st.links.get(&parent) {
+                    let result = encode(m::LockResult {
+                        uid,
+                        granted: u8::from(p.granted),
+                        holder: Some(holder.to_owned()),
+                    });
+                    let _ = link.tx.try_send((Instant::now(), result));
+                }
+            }
+        }
+    }
+}
+
+fn encode(body: impl Into<Body>) -> Bytes {
+    Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn resolve(key: &ServerKey, offset: u16) -> Option<SocketAddr> {
+    tokio::net::lookup_host((key.0.as_str(), key.1.checked_add(offset)?))
+        .await
+        .ok()?
+        .next()
+}
+
+/// Starts the federation tasks of `node`.
+pub(crate) fn start(
+    node: &Arc<Node>,
+    server_listener: tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    {
+        let (node, shutdown, t) = (Arc::clone(node), shutdown.clone(), tracker.clone());
+        tracker.spawn(crate::net::accept_loop(
+            server_listener,
+            shutdown.clone(),
+            "server",
+            move |stream, peer| {
+                let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
+                t.spawn(async move { run_link(node, stream, None, peer, shutdown).await });
+                std::future::ready(())
+            },
+        ));
+    }
+    tracker.spawn(prober_loop(Arc::clone(node), shutdown.clone()));
+    tracker.spawn(topology_loop(
+        Arc::clone(node),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+}
+
+/// Measures every known server once per `reprobe` (or sooner when asked), publishing the row
+/// when a value moved past the damping threshold.
+async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let me = key_string(&fed.me);
+    loop {
+        let servers: Vec<ServerKey> = fed
+            .state
+            .lock()
+            .servers
+            .iter()
+            .filter(|s| **s != fed.me)
+            .cloned()
+            .collect();
+        let mut targets = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for s in &servers {
+            match resolve(s, 2).await {
+                Some(addr) => {
+                    targets.insert(key_string(s), addr);
+                }
+                None => unresolved.push(s.clone()),
+            }
+        }
+        let results = if targets.is_empty() {
+            BTreeMap::new()
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rtt::probe(&targets, &me, &node.config.probe, &node.config.lab) => r.unwrap_or_default(),
+            }
+        };
+        let published = {
+            let mut st = fed.state.lock();
+            let old = st.rows.get(&fed.me).cloned().unwrap_or_default();
+            let mut row = old.clone();
+            for s in &servers {
+                let measured = match results.get(&key_string(s)) {
+                    Some(Rtt::Alive(d)) => Some(d.as_micros().max(1) as u64),
+                    _ => None,
+                };
+                let keep_old = match (old.rtts.get(s), measured) {
+                    (Some(Some(prev)), Some(now)) => {
+                        (now as f64 - *prev as f64).abs() <= DAMPING * *prev as f64
+                    }
+                    (Some(None), None) => true,
+                    _ => false,
+                };
+                if !keep_old {
+                    row.rtts.insert(s.clone(), measured);
+                }
+            }
+            row.rtts.retain(|k, _| st.servers.contains(k));
+            let changed = row.rtts != old.rtts || !st.rows.contains_key(&fed.me);
+            if changed {
+                row.seq = now_ms().max(old.seq + 1);
+                st.rows.insert(fed.me.clone(), row.clone());
+                Some(row)
+            } else {
+                None
+            }
+        };
+        if let Some(row) = published {
+            tracing::debug!(?row, "publishing RTT row");
+            fed.flood(&fed.row_message(&fed.me, &row), None);
+            fed.changed.notify_one();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(node.config.reprobe) => {}
+            _ = fed.probe_now.notified() => {}
+        }
+    }
+}
+
+/// Recomputes the tree when anything changed (and every second), opens links to neighbours
+/// and closes links that left the tree.
+async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let fed = &node.federation;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = fed.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (to_connect, to_close) = {
+            let mut st = fed.state.lock();
+            let tree = mst::minimum_spanning_tree(&Federation::graph(&st));
+            if tree != st.tree {
+                fed.recomputations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    tree = ?tree.iter().map(|(a, b)| format!("{}-{}", key_string(a), key_string(b))).collect::<Vec<_>>(),
+                    "spanning tree recomputed"
+                );
+                st.tree = tree;
+            }
+            let neighbours = mst::neighbours(&st.tree, &fed.me);
+            let now = Instant::now();
+            let to_connect: Vec<ServerKey> = neighbours
+                .iter()
+                .filter(|n| !st.links.contains_key(*n) && !st.connecting.contains(*n))
+                .filter(|n| st.backoff.get(*n).is_none_or(|(_, at)| *at <= now))
+                .cloned()
+                .collect();
+            for n in &to_connect {
+                st.connecting.insert(n.clone());
+            }
+            let to_close: Vec<ServerKey> = st
+                .links
+                .keys()
+                .filter(|k| !neighbours.contains(k))
+                .filter(|k| {
+                    st.rows.contains_key(*k)
+                        && st
+                            .rows
+                            .get(&fed.me)
+                            .is_some_and(|r| r.rtts.contains_key(*k))
+                })
+                .cloned()
+                .collect();
+            for k in &to_close {
+                if let Some(link) = st.links.get(k) {
+                    let _ = link.tx.try_send((
+                        now,
+                        encode(m::Disconnect {
+                            reason: Some("not a tree neighbour".into()),
+                        }),
+                    ));
+                    link.kill.cancel();
+                }
+            }
+            (to_connect, to_close)
+        };
+        for k in to_close {
+            tracing::info!(peer = %key_string(&k), "closing link: no longer a tree neighbour");
+        }
+        for peer in to_connect {
+            let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
+            tracker.spawn(async move {
+                let fed = &node.federation;
+                let result = async {
+                    let addr = resolve(&peer, 1).await.ok_or("cannot resolve")?;
+                    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| "connect timed out")?
+                        .map_err(|_| "connection refused")?;
+                    let _ = stream.set_nodelay(true);
+                    Ok::<_, &str>((stream, addr))
+                }
+                .await;
+                fed.state.lock().connecting.remove(&peer);
+                match result {
+                    Ok((stream, addr)) => {
+                        fed.state.lock().backoff.remove(&peer);
+                        run_link(Arc::clone(&node), stream, Some(peer), addr, shutdown).await;
+                    }
+                    Err(why) => {
+                        let mut st = fed.state.lock();
+                        let delay = st.backoff.get(&peer).map_or(Duration::from_millis(200), |(d, _)| (*d * 2).min(MAX_BACKOFF));
+                        tracing::info!(peer = %key_string(&peer), why, retry_in = ?delay, "cannot reach tree neighbour");
+                        st.backoff.insert(peer, (delay, Instant::now() + delay));
+                    }
+                }
+                fed.changed.notify_one();
+            });
+        }
+    }
+}
+
+/// Per-link sync progress: the peer's event counts, gathered until its last part.
+#[derive(Default)]
+struct SyncIn {
+    users: Vec<EcEntry>,
+    lists: Vec<EcEntry>,
+}
+
+/// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
+async fn run_link(
+    node: Arc<Node>,
+    stream: TcpStream,
+    expect: Option<ServerKey>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let fed = &node.federation;
+    let mut frames = FramedRead::new(rd, XmlFrameCodec::new(node.config.max_frame));
+    // Handshake: serverID first, both ways.
+    let hello = encode(m::ServerIdMsg {
+        host: fed.me.0.clone(),
+        port: fed.me.1,
+    });
+    if wr.write_all(&hello).await.is_err() || wr.write_all(b"\n").await.is_err() {
+        return;
+    }
+    let first = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+    let peer: ServerKey = match first {
+        Ok(Some(Ok(Ok(frame)))) => match Message::decode(&frame) {
+            Ok(Message {
+                body: Body::ServerId(id),
+                ..
+            }) => (id.host, id.port),
+            _ => {
+                tracing::info!(%addr, "server link refused: first message was not serverID");
+                let _ = wr
+                    .write_all(
+                        encode(m::Error {
+                            code: gossip_common::ErrorCode::NotAllowed,
+                            text: "the first message on a server link must be serverID".into(),
+                            current: None,
+                        })
+                        .as_ref(),
+                    )
+                    .await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
+        tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
+        return;
+    }
+    let span = tracing::info_span!("link", peer = %key_string(&peer));
+    let node = Arc::clone(&node);
+    async move {
+        let fed = &node.federation;
+        let opened_by = if expect.is_some() { fed.me.clone() } else { peer.clone() };
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let kill = CancellationToken::new();
+        let id = fed.next_link.fetch_add(1, Ordering::Relaxed);
+        // Register, resolving a simultaneous link from the other side deterministically.
+        {
+            let mut st = fed.state.lock();
+            let winner = fed.me.clone().min(peer.clone());
+            if let Some(existing) = st.links.get(&peer) {
+                if existing.opened_by == winner || opened_by != winner {
+                    tracing::debug!("duplicate link closed");
+                    return;
+                }
+                existing.kill.cancel();
+            }
+            st.links.insert(peer.clone(), Link { id, opened_by, tx: tx.clone(), kill: kill.clone() });
+        }
+        let learned = fed.add_servers([peer.clone()]);
+        if !learned.is_empty() {
+            fed.flood(&encode(m::AddServer { host: peer.0.clone(), port: peer.1 }), Some(&peer));
+        }
+        tracing::info!("server link up");
+        let delay = node.config.lab.to(&key_string(&peer));
+        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone()));
+        // Initial exchange: servers, every known row, and our event counts for sync.
+        let now = Instant::now();
+        let (servers, rows) = {
+            let st = fed.state.lock();
+            let servers: Vec<m::ServerAddr> = st.servers.iter().map(|(h, p)| m::ServerAddr { host: h.clone(), port: *p }).collect();
+            let rows: Vec<Bytes> = st.rows.iter().map(|(k, r)| fed.row_message(k, r)).collect();
+            (servers, rows)
+        };
+        let mut initial = vec![encode(m::ServerList { servers })];
+        initial.extend(rows);
+        initial.extend(event_count_messages(&node));
+        for frame in initial {
+            if tx.send((now, frame)).await.is_err() {
+                break;
+            }
+        }
+        let mut sync = SyncIn::default();
+        let idle = node.config.idle_timeout.max(Duration::from_secs(10));
+        let mut last_rx = Instant::now();
+        let mut pinged = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = tx.try_send((Instant::now(), encode(m::Disconnect { reason: Some("server shutting down".into()) })));
+                    break;
+                }
+                _ = kill.cancelled() => break,
+                _ = tokio::time::sleep_until(last_rx + idle / 3), if !pinged => {
+                    pinged = true;
+                    let _ = tx.try_send((Instant::now(), encode(m::Ping {})));
+                }
+                _ = tokio::time::sleep_until(last_rx + idle) => {
+                    tracing::info!("server link silent too long; closing");
+                    break;
+                }
+                item = frames.next() => {
+                    last_rx = Instant::now();
+                    pinged = false;
+                    let frame = match item {
+                        None => break,
+                        Some(Err(e)) => { tracing::info!(error = %e, "server link framing error"); break; }
+                        Some(Ok(Err(e))) => { tracing::info!(error = %e, "frame from peer refused"); continue; }
+                        Some(Ok(Ok(f))) => f,
+                    };
+                    match Message::decode(&frame) {
+                        Ok(msg) => {
+                            if handle_peer(&node, &peer, &tx, &mut sync, msg).await.is_break() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::info!(error = %e, "message from peer refused"),
+                    }
+                }
+            }
+        }
+        kill.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        {
+            let mut st = fed.state.lock();
+            if st.links.get(&peer).is_some_and(|l| l.id == id) {
+                st.links.remove(&peer);
+            }
+        }
+        tracing::info!("server link down");
+        fed.changed.notify_one();
+        fed.probe_now.notify_one();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Writes queued frames, each no earlier than its enqueue time plus the lab delay (a delay
+/// line: constant delay, order kept).
+async fn link_writer(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Instant, Bytes)>,
+    delay: Duration,
+    kill: CancellationToken,
+) {
+    let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    loop {
+        let (at, frame) = tokio::select! {
+            _ = kill.cancelled() => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep_until(at + delay).await;
+        }
+        let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
+        while ok {
+            match rx.try_recv() {
+                Ok((at, more)) => {
+                    if !delay.is_zero() && at + delay > Instant::now() {
+                        // Not due yet: flush what is, then wait for it.
+                        ok = wr.flush().await.is_ok();
+                        tokio::time::sleep_until(at + delay).await;
+                    }
+                    ok = ok
+                        && wr.write_all(&more).await.is_ok()
+                        && wr.write_all(b"\n").await.is_ok();
+                }
+                Err(_) => break,
+            }
+        }
+        if !ok || wr.flush().await.is_err() {
+            kill.cancel();
+            break;
+        }
+    }
+    // Deliver a queued goodbye, if any, before closing.
+    while let Ok((_, frame)) = rx.try_recv() {
+        if wr.write_all(&frame).await.is_err() || wr.write_all(b"\n").await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}
+
+/// `eventCounts` messages for everything this node holds (users, then lists; last one marked).
+fn event_count_messages(node: &Node) -> Vec<Bytes> {
+    let users = node.store.user_event_counts();
+    let lists = node.store.list_event_counts();
+    let mut out = Vec::new();
+    for chunk in users.chunks(EC_PER_MESSAGE) {
+        out.push(encode(m::EventCounts {
+            last: 0,
+            userdb: m::EcList {
+                entries: chunk.to_vec(),
+            },
+            contactlist: m::EcList::default(),
+        }));
+    }
+    for chunk in lists.chunks(EC_PER_MESSAGE) {
+        out.push(encode(m::EventCounts {
+            last: 0,
+            userdb: m::EcList::default(),
+            contactlist: m::EcList {
+                entries: chunk.to_vec(),
+            },
+        }));
+    }
+    out.push(encode(m::EventCounts {
+        last: 1,
+        ..Default::default()
+    }));
+    out
+}
+
+/// `changedEntries` messages carrying the records a peer lacks, split to fit frames.
+fn changed_entries_messages(
+    node: &Node,
+    users: &[gossip_common::UserId],
+    lists: &[gossip_common::UserId],
+) -> Vec<Bytes> {
+    let budget = node.config.max_frame * 3 / 4;
+    let mut out = Vec::new();
+    let mut msg = m::ChangedEntries::default();
+    let mut size = 0;
+    let flush = |msg: &mut m::ChangedEntries, size: &mut usize, out: &mut Vec<Bytes>| {
+        out.push(encode(std::mem::take(msg)));
+        *size = 0;
+    };
+    for uid in users {
+        if let Some(r) = node.store.user(*uid) {
+            let cost = r.raw().len() * 3 + 200;
+            if size + cost > budget && (!msg.userinfo.is_empty() || !msg.contactlists.is_empty()) {
+                flush(&mut msg, &mut size, &mut out);
+            }
+            size += cost;
+            msg.userinfo.push(r);
+        }
+    }
+    for uid in lists {
+        if let Some(r) = node.store.contact_list(*uid) {
+            let cost = r.raw().len() * 3 + 200;
+            if size + cost > budget && (!msg.userinfo.is_empty() || !msg.contactlists.is_empty()) {
+                flush(&mut msg, &mut size, &mut out);
+            }
+            size += cost;
+            msg.contactlists.push(r);
+        }
+    }
+    msg.last = 1;
+    flush(&mut msg, &mut size, &mut out);
+    out
+}
+
+async fn handle_peer(
+    node: &Arc<Node>,
+    peer: &ServerKey,
+    tx: &mpsc::Sender<(Instant, Bytes)>,
+    sync: &mut SyncIn,
+    msg: Message,
+) -> std::ops::ControlFlow<()> {
+    use std::ops::ControlFlow::{Break, Continue};
+    let fed = &node.federation;
+    let origin = format!("peer:{}", key_string(peer));
+    match msg.body {
+        Body::Ping(_) => {
+            let _ = tx.try_send((Instant::now(), encode(m::Pong {})));
+        }
+        Body::Pong(_) | Body::Ok(_) => {}
+        Body::Disconnect(d) => {
+            tracing::info!(reason = ?d.reason, "peer closed the link");
+            return Break(());
+        }
+        Body::ServerList(l) => {
+            fed.add_servers(l.servers.into_iter().map(|s| (s.host, s.port)));
+        }
+        Body::ReqServerList(_) => {
+            let servers = fed
+                .state
+                .lock()
+                .servers
+                .iter()
+                .map(|(h, p)| m::ServerAddr {
+                    host: h.clone(),
+                    port: *p,
+                })
+                .collect();
+            let _ = tx.try_send((Instant::now(), encode(m::ServerList { servers })));
+        }
+        Body::AddServer(a) => {
+            if !fed.add_servers([(a.host.clone(), a.port)]).is_empty() {
+                fed.flood(&encode(a), Some(peer));
+            }
+        }
+        Body::DeleteServer(d) => {
+            let key = (d.host.clone(), d.port);
+            if key != fed.me && fed.remove_server(&key) {
+                fed.flood(&encode(d), Some(peer));
+            }
+        }
+        Body::UpdateRtts(u) => {
+            let measurer = (u.host.clone(), u.port);
+            let row = Row {
+                seq: u.seq,
+                rtts: u
+                    .rtts
+                    .iter()
+                    .map(|e| {
+                        (
+                            (e.host.clone(), e.port),
+                            e.ms.map(|ms| (ms * 1000.0).round().max(1.0) as u64),
+                        )
+                    })
+                    .collect(),
+            };
+            if measurer != fed.me && fed.store_row(measurer, row) {
+                fed.flood(&encode(u), Some(peer));
+            }
+        }
+        Body::UserInfo(u) => apply_user(node, u.record, false, Some(peer), &origin).await,
+        Body::NewUser(n) => apply_user(node, n.record, true, Some(peer), &origin).await,
+        Body::ChangeCl(c) => apply_list(node, c.record, Some(peer), &origin).await,
+        Body::EventCounts(ec) => {
+            sync.users.extend(ec.userdb.entries);
+            sync.lists.extend(ec.contactlist.entries);
+            if ec.last != 0 {
+                let mut theirs = std::mem::take(sync);
+                theirs.users.sort_unstable_by_key(|e| e.uid);
+                theirs.lists.sort_unstable_by_key(|e| e.uid);
+                let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs.users);
+                let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs.lists);
+                tracing::info!(
+                    users = users.len(),
+                    lists = lists.len(),
+                    "sync: sending what the peer lacks"
+                );
+                for frame in changed_entries_messages(node, &users, &lists) {
+                    if tx.send((Instant::now(), frame)).await.is_err() {
+                        return Break(());
+                    }
+                }
+            }
+        }
+        Body::ChangedEntries(ce) => {
+            for r in ce.userinfo {
+                apply_user(node, r, false, Some(peer), &origin).await;
+            }
+            for r in ce.contactlists {
+                apply_list(node, r, Some(peer), &origin).await;
+            }
+        }
+        Body::LockUid(l) => {
+            let ttl =
+                Duration::from_secs(l.expires_s.clamp(1, node.config.uid_lock.as_secs().max(1)));
+            let local = !node.store.contains_user(l.uid)
+                && node.locks.try_lock(l.uid, &l.holder, ttl).is_ok();
+            let children: Vec<ServerKey> = {
+                let mut st = fed.state.lock();
+                let children: Vec<ServerKey> =
+                    st.links.keys().filter(|k| *k != peer).cloned().collect();
+                if local && !children.is_empty() {
+                    st.pending_locks.insert(
+                        (l.uid, l.holder.clone()),
+                        PendingLock {
+                            waiting: children.len(),
+                            granted: true,
+                            reply: LockReply::Peer(peer.clone()),
+                        },
+                    );
+                }
+                children
+            };
+            if !local || children.is_empty() {
+                let result = encode(m::LockResult {
+                    uid: l.uid,
+                    granted: u8::from(local),
+                    holder: Some(l.holder),
+                });
+                let _ = tx.try_send((Instant::now(), result));
+            } else {
+                fed.flood(&encode(l.clone()), Some(peer));
+                // A subtree that never answers counts as a refusal.
+                // Weak: a stopped node must not be kept alive (datafiles locked) by this timer.
+                let node = Arc::downgrade(node);
+                tokio::spawn(async move {
+                    tokio::time::sleep(LOCK_TIMEOUT).await;
+                    if let Some(node) = node.upgrade() {
+                        for _ in 0..children.len() {
+                            node.federation.lock_answer(l.uid, &l.holder, false);
+                        }
+                    }
+                });
+            }
+        }
+        Body::LockResult(r) => {
+            if let Some(holder) = r.holder {
+                fed.lock_answer(r.uid, &holder, r.granted != 0);
+            }
+        }
+        Body::UnlockUid(u) => {
+            if let Some(holder) = &u.holder {
+                node.locks.unlock(u.uid, holder);
+            }
+            fed.flood(&encode(u), Some(peer));
+        }
+        Body::Error(e) => tracing::info!(code = ?e.code, text = %e.text, "peer reported an error"),
+        other => tracing::debug!(msgtype = other.msgtype(), "ignored on a server link"),
+    }
+    Continue(())
+}
+
+/// Stores a UserInfo from a peer; if it is news, pushes it to local watchers and forwards it.
+async fn apply_user(
+    node: &Arc<Node>,
+    record: Signed<UserInfo>,
+    new: bool,
+    from: Option<&ServerKey>,
+    origin: &str,
+) {
+    match node
+        .store
+        .apply_user_info(record, Mode::Replicate, origin)
+        .await
+    {
+        Ok(applied) => node.user_changed_from(&applied.record, None, from, new),
+        Err(StoreError::Stale { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
+    }
+}
+
+async fn apply_list(
+    node: &Arc<Node>,
+    record: Signed<ContactList>,
+    from: Option<&ServerKey>,
+    origin: &str,
+) {
+    match node.store.apply_contact_list(record, origin).await {
+        Ok(applied) => node.list_changed_from(&applied.record, from),
+        Err(StoreError::Stale { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
+    }
+}
