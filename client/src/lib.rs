@@ -244,6 +244,62 @@ impl GossipClient {
         Ok((client, Events { rx: events_rx }))
     }
 
+    /// Measures the RTT to every server in `servers` (`host:port`, base ports) at once with the
+    /// spec's prober, then connects to the nearest live one, falling back to the next if it
+    /// refuses. Servers that did not answer probes are still tried, last (UDP may be filtered).
+    pub async fn connect_nearest(
+        servers: &[String],
+        key: Keypair,
+        probe: &gossip_common::rtt::ProbeConfig,
+    ) -> Result<(GossipClient, Events), ClientError> {
+        let mut targets = std::collections::BTreeMap::new();
+        for s in servers {
+            let Some((host, port)) = s.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let Some(rtt_port) = port.checked_add(2) else {
+                continue;
+            };
+            if let Ok(mut addrs) = tokio::net::lookup_host((host, rtt_port)).await {
+                if let Some(addr) = addrs.next() {
+                    targets.insert(s.clone(), addr);
+                }
+            }
+        }
+        let rtts = gossip_common::rtt::probe(&targets, "client", probe, &Default::default())
+            .await
+            .unwrap_or_default();
+        let mut order: Vec<(Option<Duration>, &String)> = servers
+            .iter()
+            .map(|s| match rtts.get(s) {
+                Some(gossip_common::rtt::Rtt::Alive(d)) => (Some(*d), s),
+                _ => (None, s),
+            })
+            .collect();
+        // Alive by RTT first, then the silent ones in the order given.
+        order.sort_by_key(|(d, _)| (d.is_none(), *d));
+        let mut last_err = None;
+        for (rtt, server) in order {
+            match GossipClient::connect(server, key.clone()).await {
+                Ok(c) => {
+                    tracing::info!(%server, ?rtt, "connected to the nearest reachable server");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::info!(%server, error = %e, "server unreachable; trying the next");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(ClientError::Connect {
+            addr: servers.join(","),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no server given"),
+        }))
+    }
+
     /// The server address this client is connected to.
     pub fn server(&self) -> &str {
         &self.server

@@ -42,8 +42,12 @@ use crate::store::{Mode, StoreError};
 use crate::Node;
 
 /// A server republishes its measurement of a peer only when it moved by more than this
-/// fraction (or the peer died or came back), so jitter never reshapes the tree.
+/// fraction *and* by more than [`DAMPING_FLOOR_US`] (or the peer died or came back), so jitter
+/// never reshapes the tree: the fraction covers WAN links, the floor covers LAN and loopback,
+/// where sub-millisecond noise is large relative to the RTT itself.
 const DAMPING: f64 = 0.20;
+/// Smallest RTT change, in microseconds, worth republishing.
+const DAMPING_FLOOR_US: f64 = 1000.0;
 /// Event-count entries per `eventCounts` message (about 40 bytes each).
 const EC_PER_MESSAGE: usize = 1000;
 /// Frames queued to one peer before the link counts as stuck and is dropped.
@@ -451,7 +455,8 @@ async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
                 };
                 let keep_old = match (old.rtts.get(s), measured) {
                     (Some(Some(prev)), Some(now)) => {
-                        (now as f64 - *prev as f64).abs() <= DAMPING * *prev as f64
+                        let moved = (now as f64 - *prev as f64).abs();
+                        moved <= DAMPING * *prev as f64 || moved <= DAMPING_FLOOR_US
                     }
                     (Some(None), None) => true,
                     _ => false,

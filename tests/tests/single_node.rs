@@ -373,3 +373,38 @@ async fn direct_messages_are_signed_and_verified() {
     assert!(!bob.is_contact_online(a));
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_logs_in_to_the_nearest_live_server() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The "far" node delays its echo replies to clients by 40 ms (lab emulation).
+    let mut far_cfg = Config::for_tests(d1.path(), random_base_port());
+    let mut delays = std::collections::HashMap::new();
+    delays.insert("client".to_owned(), Duration::from_millis(40));
+    far_cfg.lab = gossip_common::rtt::LabDelays::new(delays);
+    let far = gossip_server::start(far_cfg).await.unwrap();
+    let near = node(d2.path()).await;
+    let probe = gossip_common::rtt::ProbeConfig {
+        interval: Duration::from_millis(20),
+        replies: 3,
+        dead_after: Duration::from_millis(500),
+    };
+    let list = vec![
+        far.client_addr().to_string(),
+        near.client_addr().to_string(),
+    ];
+    let (c, _e) = GossipClient::connect_nearest(&list, Keypair::generate(), &probe)
+        .await
+        .unwrap();
+    assert_eq!(c.server(), near.client_addr().to_string());
+
+    // The nearest one goes away: the client falls back to the next.
+    let near_addr = near.client_addr().to_string();
+    near.stop().await.unwrap();
+    let list = vec![near_addr, far.client_addr().to_string()];
+    let (c, _e) = GossipClient::connect_nearest(&list, Keypair::generate(), &probe)
+        .await
+        .unwrap();
+    assert_eq!(c.server(), far.client_addr().to_string());
+    far.stop().await.unwrap();
+}

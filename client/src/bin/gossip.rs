@@ -25,8 +25,9 @@ struct Args {
     /// Profile directory holding the key and settings.
     #[arg(long, global = true, value_name = "DIR", env = "GOSSIP_HOME")]
     home: Option<PathBuf>,
-    /// Server to use, HOST:PORT (its base port); overrides the profile.
-    #[arg(long, short = 's', global = true, value_name = "HOST:PORT")]
+    /// Server(s) to use, HOST:PORT (base port), comma-separated; overrides the profile. With
+    /// several, the client measures their RTT and logs in to the nearest live one.
+    #[arg(long, short = 's', global = true, value_name = "HOST:PORT[,…]")]
     server: Option<String>,
     /// Machine-readable output: JSON (one object per line for streams).
     #[arg(long, global = true)]
@@ -188,12 +189,38 @@ fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_of(args: &Args, settings: &Settings) -> anyhow::Result<String> {
-    match (&args.server, settings.servers.first()) {
-        (Some(s), _) => Ok(s.clone()),
-        (None, Some(s)) => Ok(s.clone()),
-        (None, None) => bail!("no server: pass --server HOST:PORT"),
+fn servers_of(args: &Args, settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let list: Vec<String> = match &args.server {
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => settings.servers.clone(),
+    };
+    if list.is_empty() {
+        bail!("no server: pass --server HOST:PORT");
     }
+    Ok(list)
+}
+
+/// Connects to the only server, or to the nearest of several (RTT-probed, 200 ms apart).
+async fn connect(
+    servers: &[String],
+    key: gossip_common::Keypair,
+) -> anyhow::Result<(GossipClient, gossip_client::Events, String)> {
+    if let [only] = servers {
+        let (c, e) = GossipClient::connect(only, key).await?;
+        return Ok((c, e, only.clone()));
+    }
+    let probe = gossip_common::rtt::ProbeConfig {
+        interval: std::time::Duration::from_millis(200),
+        replies: 3,
+        dead_after: std::time::Duration::from_secs(3),
+    };
+    let (c, e) = GossipClient::connect_nearest(servers, key, &probe).await?;
+    let server = c.server().to_owned();
+    Ok((c, e, server))
 }
 
 async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
@@ -214,8 +241,7 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     if let Some(uid) = settings.uid {
         bail!("this profile is already registered as {uid}; use another --home for a new user");
     }
-    let server = server_of(args, &settings)?;
-    let (client, _events) = GossipClient::connect(&server, key).await?;
+    let (client, _events, server) = connect(&servers_of(args, &settings)?, key).await?;
     let uid = client
         .register(|u| {
             u.nick_name = nick.clone();
@@ -226,8 +252,10 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         })
         .await?;
     settings.uid = Some(uid.0);
-    if !settings.servers.contains(&server) {
-        settings.servers.insert(0, server.clone());
+    for s in servers_of(args, &settings)?.into_iter().rev() {
+        if !settings.servers.contains(&s) {
+            settings.servers.insert(0, s);
+        }
     }
     profile.save_settings(&settings)?;
     if args.json {
@@ -247,8 +275,7 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         .uid
         .map(UserId)
         .context("not registered yet: run `gossip register`")?;
-    let server = server_of(args, &settings)?;
-    let (client, mut events) = GossipClient::connect(&server, key).await?;
+    let (client, mut events, server) = connect(&servers_of(args, &settings)?, key).await?;
     client
         .login(uid)
         .await
