@@ -292,6 +292,19 @@ impl Federation {
         holder: &str,
         ttl: Duration,
     ) -> bool {
+        // A server that knows others but is not linked yet (just started, or relinking) waits a
+        // little for a link rather than deciding alone for the whole network.
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            let (known, linked) = {
+                let st = self.state.lock();
+                (st.servers.len() > 1, !st.links.is_empty())
+            };
+            if !known || linked || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (done, rx) = tokio::sync::oneshot::channel();
         let msg = encode(m::LockUid {
             uid,

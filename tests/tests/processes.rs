@@ -17,14 +17,23 @@ struct Daemon {
 
 impl Daemon {
     fn start(data: &Path, base_port: u16) -> Daemon {
+        Self::start_with(data, base_port, &[])
+    }
+
+    fn start_with(data: &Path, base_port: u16, extra: &[String]) -> Daemon {
         let mut child = Command::new(bin_path("gossipd"))
             .args(["--name", "127.0.0.1", "--bind", "127.0.0.1", "--base-port"])
             .arg(base_port.to_string())
             .arg("--data-dir")
             .arg(data)
             .args(["--keepalive", "0.5", "--idle-timeout", "2"])
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(data.with_extension("log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("spawn gossipd");
         // The one stdout line says which base port was bound (it may have moved).
@@ -245,4 +254,124 @@ fn server_kill_9_keeps_every_acknowledged_update() {
         &["--server", &daemon.addr, "--json", "contacts", "list"],
     );
     assert_eq!(json(&mine).as_array().unwrap().len(), 3);
+}
+
+/// Polls a `gossip` command until its JSON output satisfies `pred`.
+fn wait_json(home: &Path, args: &[&str], what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(bin_path("gossip"))
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                if pred(&v) {
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_killed_with_sigkill_catches_up_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three consecutive base ports, strict so the peer addresses are known in advance.
+    let fast = [
+        "--probe-interval-ms",
+        "20",
+        "--dead-after",
+        "0.5",
+        "--reprobe",
+        "0.3",
+        "--strict-ports",
+    ];
+    let base = random_base_port();
+    let ports = [base, base + 3, base + 6];
+    let start = |i: usize| {
+        let mut extra: Vec<String> = fast.iter().map(|s| s.to_string()).collect();
+        if i > 0 {
+            extra.push("--peer".into());
+            extra.push(format!("127.0.0.1:{}", ports[i - 1]));
+        }
+        Daemon::start_with(&dir.path().join(format!("n{i}")), ports[i], &extra)
+    };
+    let mut nodes: Vec<Daemon> = (0..3).map(start).collect();
+    // Wait until every node's log shows the tree spanning all three.
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("n{i}.log")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !logs.iter().all(|l| {
+        let text = std::fs::read_to_string(l).unwrap_or_default();
+        text.lines()
+            .rev()
+            .find(|line| line.contains("spanning tree recomputed"))
+            .is_some_and(|line| ports.iter().all(|p| line.contains(&format!(":{p}"))))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the three nodes never formed a tree"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    gossip(&alice, &["keygen"]);
+    gossip(&bob, &["keygen"]);
+    let a = json(&gossip(
+        &alice,
+        &[
+            "--json",
+            "register",
+            "--server",
+            &nodes[0].addr,
+            "--nick",
+            "alice",
+        ],
+    ))["uid"]
+        .as_u64()
+        .unwrap();
+    let b = json(&gossip(
+        &bob,
+        &[
+            "--json",
+            "register",
+            "--server",
+            &nodes[2].addr,
+            "--nick",
+            "bob",
+        ],
+    ))["uid"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(a, b);
+    gossip(&bob, &["contacts", "add", &a.to_string()]);
+    // Alice's record reaches bob's node across the federation.
+    wait_json(
+        &bob,
+        &["--json", "contacts", "list"],
+        "alice's record on node 3",
+        |v| v[0]["nick"] == "alice",
+    );
+
+    // Bob's node dies hard; Alice changes her status meanwhile.
+    nodes[2].kill9();
+    gossip(
+        &alice,
+        &["set-status", "busy", "--message", "while node 3 was dead"],
+    );
+
+    // Node 3 restarts on its data directory and catches up from its neighbour.
+    nodes[2] = start(2);
+    wait_json(
+        &bob,
+        &["--json", "contacts", "list"],
+        "alice's new status on the restarted node",
+        |v| v[0]["status"] == "busy" && v[0]["message"] == "while node 3 was dead",
+    );
 }
