@@ -8,6 +8,7 @@
 //!   the owner's exact bytes;
 //! * [`event_count`], [`user_id`], [`crypto`] — the small value types everything else uses.
 
+pub mod admin;
 pub mod codec;
 pub mod crypto;
 pub mod event_count;

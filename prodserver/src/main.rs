@@ -1,2 +1,301 @@
-//! prodserver
-fn main() {}
+//! `prodserver`: administer a running gossipd through its local admin socket (the spec's
+//! "prod": add a server after a netsplit, inspect RTTs and the tree, blacklist an address).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use gossip_common::admin::{AdminRequest, AdminResponse};
+use serde_json::Value;
+
+/// Administer a running gossipd through its local admin socket.
+///
+/// Talks JSON lines to DATA_DIR/admin.sock (mode 0600, every command) or, for read-only
+/// commands, to the status.sock beside it (mode 0660, the server's group may use it).
+/// Prints tables by default; --json prints the server's JSON document.
+#[derive(Debug, Parser)]
+#[command(name = "prodserver", version)]
+struct Args {
+    /// The server's admin socket.
+    #[arg(
+        long,
+        short = 's',
+        value_name = "PATH",
+        env = "GOSSIP_ADMIN_SOCKET",
+        default_value = "gossip-data/admin.sock"
+    )]
+    socket: PathBuf,
+    /// Print the JSON document instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Overview: name, ports, users, clients, peers, tree, uptime.
+    Status,
+    /// Known servers with RTT, liveness and whether they are linked.
+    Servers,
+    /// The RTT matrix: every server's published measurements.
+    Rtt,
+    /// The minimum spanning tree and this server's neighbours.
+    Mst,
+    /// Add a server (after a netsplit): resolved, measured, linked if it is a tree neighbour.
+    AddServer {
+        /// HOST:PORT (base port).
+        server: String,
+    },
+    /// Add every server listed in a gossipd config file (its `peers`), the spec's prodServer.
+    Prod {
+        /// A gossipd TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove a server from the federation.
+    DeleteServer {
+        /// HOST:PORT (base port).
+        server: String,
+    },
+    /// Re-measure every server and recompute the tree now.
+    Recalc,
+    /// Manage refused IPs and CIDR ranges.
+    Blacklist {
+        #[command(subcommand)]
+        action: BlacklistCmd,
+    },
+    /// Every stored user.
+    Users,
+    /// One stored record: event count, signature check, raw XML.
+    User {
+        /// UserID.
+        uid: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlacklistCmd {
+    /// Refuse an IP or CIDR range.
+    Add {
+        /// e.g. 192.0.2.7 or 198.51.100.0/24.
+        net: String,
+    },
+    /// Allow it again.
+    Remove {
+        /// As added.
+        net: String,
+    },
+    /// Show the list.
+    List,
+}
+
+fn call(socket: &PathBuf, req: &AdminRequest) -> anyhow::Result<Value> {
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "no admin socket at {}: is gossipd running with this data directory? (--socket PATH)",
+            socket.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {}: run as the server's user (or use status.sock for read-only commands)",
+            socket.display()
+        ),
+        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "{} exists but nobody is listening: gossipd is not running",
+            socket.display()
+        ),
+        _ => anyhow::anyhow!("cannot connect to {}: {e}", socket.display()),
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    (&stream).write_all(&line).context("sending the request")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    let resp: AdminResponse =
+        serde_json::from_str(&answer).context("gossipd sent an unreadable answer")?;
+    if !resp.ok {
+        bail!("gossipd refused: {}", resp.error.unwrap_or_default());
+    }
+    Ok(resp.data)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let req = match &args.command {
+        Cmd::Status => AdminRequest::Status,
+        Cmd::Servers => AdminRequest::Servers,
+        Cmd::Rtt => AdminRequest::Rtt,
+        Cmd::Mst => AdminRequest::Mst,
+        Cmd::Users => AdminRequest::Users,
+        Cmd::User { uid } => AdminRequest::User { uid: *uid },
+        Cmd::AddServer { server } => AdminRequest::AddServer {
+            server: server.clone(),
+        },
+        Cmd::DeleteServer { server } => AdminRequest::DeleteServer {
+            server: server.clone(),
+        },
+        Cmd::Recalc => AdminRequest::Recalc,
+        Cmd::Blacklist {
+            action: BlacklistCmd::Add { net },
+        } => AdminRequest::BlacklistAdd { net: net.clone() },
+        Cmd::Blacklist {
+            action: BlacklistCmd::Remove { net },
+        } => AdminRequest::BlacklistRemove { net: net.clone() },
+        Cmd::Blacklist {
+            action: BlacklistCmd::List,
+        } => AdminRequest::BlacklistList,
+        Cmd::Prod { config } => return prod(&args, config),
+    };
+    let data = call(&args.socket, &req)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    match &args.command {
+        Cmd::Status => {
+            println!(
+                "server    {} (base port {})",
+                data["identity"].as_str().unwrap_or("?"),
+                data["base_port"]
+            );
+            println!("uptime    {} s", data["uptime_s"]);
+            println!(
+                "users     {} (contact lists {})",
+                data["users"], data["contact_lists"]
+            );
+            println!("clients   {}", data["clients"]);
+            println!("digest    {}", data["digest"].as_str().unwrap_or("?"));
+            print_peers(&data["peers"]);
+            print_tree(&data["mst"]);
+        }
+        Cmd::Servers => print_peers(&data),
+        Cmd::Rtt => {
+            println!("{:<24} {:<24} {:>10}", "FROM", "TO", "RTT (ms)");
+            for row in data["matrix"].as_array().into_iter().flatten() {
+                for cell in row["rtts"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<24} {:>10}",
+                        row["from"].as_str().unwrap_or("?"),
+                        cell["to"].as_str().unwrap_or("?"),
+                        ms(&cell["rtt_ms"])
+                    );
+                }
+            }
+        }
+        Cmd::Mst => {
+            print_tree(&data["mst"]);
+            println!("neighbours: {}", join(&data["neighbours"]));
+            println!("linked:     {}", join(&data["links"]));
+        }
+        Cmd::Users => {
+            println!("{:<22} {:<16} {:<10} EVENTS", "UID", "NICK", "STATUS");
+            for u in data.as_array().into_iter().flatten() {
+                println!(
+                    "{:<22} {:<16} {:<10} {}",
+                    u["uid"],
+                    u["nick"].as_str().unwrap_or(""),
+                    u["status"].as_str().unwrap_or(""),
+                    u["event_count"]
+                );
+            }
+        }
+        Cmd::User { .. } => {
+            println!("uid              {}", data["uid"]);
+            println!(
+                "event count      {} (rollover {})",
+                data["event_count"], data["rollover"]
+            );
+            println!("signature valid  {}", data["signature_valid"]);
+            println!("contact list     {}", data["contact_list"]);
+            println!("record           {}", data["record"].as_str().unwrap_or(""));
+        }
+        Cmd::Blacklist {
+            action: BlacklistCmd::List,
+        } => {
+            for n in data.as_array().into_iter().flatten() {
+                println!("{}", n.as_str().unwrap_or(""));
+            }
+        }
+        _ => println!("{}", serde_json::to_string(&data)?),
+    }
+    Ok(())
+}
+
+fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    /// The part of a gossipd config this command reads; other keys are ignored.
+    #[derive(serde::Deserialize)]
+    struct PeersOnly {
+        #[serde(default)]
+        peers: Vec<String>,
+    }
+    let parsed: PeersOnly = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid config file", config.display()))?;
+    if parsed.peers.is_empty() {
+        bail!("{} lists no `peers`", config.display());
+    }
+    let mut results = Vec::new();
+    for server in parsed.peers {
+        let data = call(
+            &args.socket,
+            &AdminRequest::AddServer {
+                server: server.clone(),
+            },
+        )
+        .with_context(|| format!("adding {server}"))?;
+        results.push(serde_json::json!({"server": server, "result": data}));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in results {
+            println!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
+        }
+    }
+    Ok(())
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "dead".to_owned(), |m| format!("{m:.2}"))
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn print_peers(peers: &Value) {
+    println!("{:<24} {:>10} {:<6} LINKED", "PEER", "RTT (ms)", "ALIVE");
+    for p in peers.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:>10} {:<6} {}",
+            p["id"].as_str().unwrap_or("?"),
+            ms(&p["rtt_ms"]),
+            p["alive"],
+            p["linked"]
+        );
+    }
+}
+
+fn print_tree(mst: &Value) {
+    println!("spanning tree:");
+    for e in mst.as_array().into_iter().flatten() {
+        println!(
+            "  {} — {}",
+            e[0].as_str().unwrap_or("?"),
+            e[1].as_str().unwrap_or("?")
+        );
+    }
+}

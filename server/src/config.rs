@@ -53,6 +53,12 @@ pub struct FileConfig {
     pub uid_lock_s: Option<u64>,
     /// Servers to join at start, `host:port` (their base port).
     pub peers: Option<Vec<String>>,
+    /// Admin socket path (mode 0600). Default `<data_dir>/admin.sock`; the read-only
+    /// `status.sock` (mode 0660) is created beside it.
+    pub admin_socket: Option<PathBuf>,
+    /// IPs or CIDR ranges refused on the client and server ports (added to those saved with
+    /// `prodserver blacklist add`).
+    pub blacklist: Option<Vec<String>>,
     /// Milliseconds between RTT probe packets (spec: 2000).
     pub probe_interval_ms: Option<u64>,
     /// Seconds without an RTT reply after which a server counts as dead (spec: 30).
@@ -88,6 +94,8 @@ impl FileConfig {
             idle_timeout_s: over.idle_timeout_s.or(self.idle_timeout_s),
             uid_lock_s: over.uid_lock_s.or(self.uid_lock_s),
             peers: over.peers.or(self.peers),
+            admin_socket: over.admin_socket.or(self.admin_socket),
+            blacklist: over.blacklist.or(self.blacklist),
             probe_interval_ms: over.probe_interval_ms.or(self.probe_interval_ms),
             dead_after_s: over.dead_after_s.or(self.dead_after_s),
             reprobe_s: over.reprobe_s.or(self.reprobe_s),
@@ -123,6 +131,10 @@ pub struct Config {
     pub uid_lock: Duration,
     /// Servers to join at start.
     pub peers: Vec<(String, u16)>,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// Blacklist entries from the config file.
+    pub blacklist: Vec<String>,
     /// RTT prober settings.
     pub probe: gossip_common::rtt::ProbeConfig,
     /// Time between measurement rounds.
@@ -185,7 +197,12 @@ impl Config {
             let (host, port) = parse_server(&peer)?;
             lab.insert(format!("{host}:{port}"), Duration::from_millis(ms));
         }
+        let data_dir = f.data_dir.unwrap_or_else(|| PathBuf::from("gossip-data"));
         Ok(Config {
+            admin_socket: f
+                .admin_socket
+                .unwrap_or_else(|| data_dir.join("admin.sock")),
+            blacklist: f.blacklist.unwrap_or_default(),
             peers,
             probe,
             reprobe,
@@ -194,7 +211,7 @@ impl Config {
             base_port,
             strict_ports: f.strict_ports.unwrap_or(false),
             bind,
-            data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gossip-data")),
+            data_dir,
             max_frame,
             max_clients: f.max_clients.unwrap_or(18_000).max(1),
             outbound_queue: f.outbound_queue.unwrap_or(256).max(4),

@@ -95,6 +95,9 @@ struct State {
     backoff: HashMap<ServerKey, (Duration, Instant)>,
 }
 
+/// One measurer's row for display: (measured server, RTT in ms or `None` when dead).
+pub type RttCells = Vec<(String, Option<f64>)>;
+
 /// What a server reports about the federation (for status queries and tests).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FederationStatus {
@@ -164,6 +167,58 @@ impl Federation {
                 })
                 .unwrap_or_default(),
         }
+    }
+
+    /// Every row held: measurer → (measured → RTT in ms, `None` = dead), sorted.
+    pub fn matrix(&self) -> Vec<(String, RttCells)> {
+        let st = self.state.lock();
+        let mut rows: Vec<_> = st
+            .rows
+            .iter()
+            .map(|(from, row)| {
+                let cells = row
+                    .rtts
+                    .iter()
+                    .map(|(to, us)| (key_string(to), us.map(|us| us as f64 / 1000.0)))
+                    .collect();
+                (key_string(from), cells)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// An admin added a server: measure it, tell the others, recompute.
+    pub(crate) fn admin_add_server(&self, key: ServerKey) {
+        if !self.add_servers([key.clone()]).is_empty() {
+            self.flood(
+                &encode(m::AddServer {
+                    host: key.0,
+                    port: key.1,
+                }),
+                None,
+            );
+        }
+        self.probe_now.notify_one();
+    }
+
+    /// An admin removed a server: forget it here and everywhere.
+    pub(crate) fn admin_delete_server(&self, key: &ServerKey) -> bool {
+        let removed = self.remove_server(key);
+        self.flood(
+            &encode(m::DeleteServer {
+                host: key.0.clone(),
+                port: key.1,
+            }),
+            None,
+        );
+        removed
+    }
+
+    /// Re-measure now and recompute the tree.
+    pub(crate) fn recalc(&self) {
+        self.probe_now.notify_one();
+        self.changed.notify_one();
     }
 
     /// How many times the tree was recomputed with a different result.
@@ -411,6 +466,11 @@ pub(crate) fn start(
             shutdown.clone(),
             "server",
             move |stream, peer| {
+                if node.blacklist.contains(peer.ip()) {
+                    tracing::warn!(%peer, "server link from a blacklisted address dropped");
+                    drop(stream);
+                    return std::future::ready(());
+                }
                 let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
                 t.spawn(async move { run_link(node, stream, None, peer, shutdown).await });
                 std::future::ready(())

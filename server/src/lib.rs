@@ -5,6 +5,8 @@
 //! node's three ports and spawns its services; [`RunningNode::stop`] shuts everything down and
 //! flushes the datafiles.
 
+mod admin;
+pub mod blacklist;
 pub mod config;
 pub mod federation;
 pub mod metrics;
@@ -41,6 +43,9 @@ pub enum StartError {
     /// A port could not be bound (and fallback was off or exhausted).
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The blacklist file or the admin sockets could not be set up.
+    #[error("{0}")]
+    Admin(String),
     /// The datafiles could not be opened.
     #[error("cannot open datafiles in {dir}: {source}")]
     Store {
@@ -66,6 +71,8 @@ pub struct Node {
     pub locks: UidLocks,
     /// Server links, RTT matrix and spanning tree.
     pub federation: federation::Federation,
+    /// Refused IPs.
+    pub blacklist: blacklist::Blacklist,
     base_port: u16,
     started: Instant,
 }
@@ -253,9 +260,18 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         "datafiles loaded"
     );
     let listeners = net::bind(config.bind, config.base_port, config.strict_ports).await?;
+    let blacklist =
+        blacklist::Blacklist::load(&config.data_dir.join("blacklist.txt"), &config.blacklist)
+            .map_err(StartError::Admin)?;
+    let admin_path = config.admin_socket.clone();
+    let admin_listener = admin::bind(&admin_path, 0o600)
+        .map_err(|e| StartError::Admin(format!("admin socket {}: {e}", admin_path.display())))?;
+    let status_listener = admin::bind(&admin::status_path(&admin_path), 0o660)
+        .map_err(|e| StartError::Admin(format!("status socket: {e}")))?;
     let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
     let node = Arc::new(Node {
         federation: federation::Federation::new(me, &config.peers),
+        blacklist,
         base_port: listeners.base_port,
         config,
         store,
@@ -283,6 +299,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             shutdown.clone(),
             "client",
             move |stream, peer| {
+                if node.blacklist.contains(peer.ip()) {
+                    tracing::warn!(%peer, "client connection from a blacklisted address dropped");
+                    drop(stream);
+                    return std::future::ready(());
+                }
                 node.metrics.connections.inc();
                 match Arc::clone(&limit).try_acquire_owned() {
                     Ok(permit) => {
@@ -308,6 +329,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     }
     // Server links on P+1, RTT probing, tree maintenance.
     federation::start(&node, listeners.server, &shutdown, &tracker);
+    // Local administration.
+    admin::serve(&node, admin_listener, false, &shutdown, &tracker);
+    admin::serve(&node, status_listener, true, &shutdown, &tracker);
+    tracing::info!(admin = %admin_path.display(), "admin socket ready");
     // RTT echo on P+2, UDP and TCP.
     {
         let stop = shutdown.clone();

@@ -36,6 +36,10 @@ struct Args {
     /// Directory for datafiles and the transaction log [default: ./gossip-data].
     #[arg(long, short = 'd', value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Admin socket for prodserver (mode 0600; a read-only status.sock, mode 0660, is created
+    /// beside it) [default: DATA_DIR/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
     /// Largest accepted message frame in bytes [default: 65536].
     #[arg(long, value_name = "BYTES")]
     max_frame: Option<usize>,
@@ -88,6 +92,7 @@ impl Args {
             strict_ports: self.strict_ports.then_some(true),
             bind: self.bind,
             data_dir: self.data_dir,
+            admin_socket: self.admin_socket,
             max_frame: self.max_frame,
             max_clients: self.max_clients,
             keepalive_s: self.keepalive,

@@ -2,5 +2,6 @@
 
 mod durability;
 mod federation;
+mod operators;
 mod processes;
 mod single_node;

@@ -1,0 +1,260 @@
+//! The local admin socket that `prodserver` talks to (the spec's "prod": an admin adds a server
+//! after a netsplit, inspects RTTs and the tree, blacklists an IP).
+//!
+//! JSON lines over Unix sockets (see `gossip_common::admin`). Two sockets, two privilege levels,
+//! enforced by file permissions so no secret has to be managed:
+//! * `admin.sock`, mode 0600 — the server's user only; every command;
+//! * `status.sock`, mode 0660 — also the server's group; read-only commands.
+//!
+//! A path that exists and is not a socket is never removed: the server refuses to start. Every
+//! change made through the socket is written to the transaction log.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gossip_common::admin::{AdminRequest, AdminResponse};
+use gossip_common::UserId;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::mst::key_string;
+use crate::Node;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Binds a Unix socket at `path` with `mode`, replacing only a stale *socket*.
+pub(crate) fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// The read-only socket's path: `status.sock` beside the admin socket.
+pub(crate) fn status_path(admin: &Path) -> PathBuf {
+    admin.with_file_name("status.sock")
+}
+
+/// Serves one admin socket until shutdown.
+pub(crate) fn serve(
+    node: &Arc<Node>,
+    listener: UnixListener,
+    read_only: bool,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let (node, shutdown, t) = (Arc::clone(node), shutdown.clone(), tracker.clone());
+    tracker.spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let node = Arc::clone(&node);
+            t.spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut lines = BufReader::new(rd.take(16 * 1024 * 1024)).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let response = if line.len() > MAX_LINE {
+                        AdminResponse::err("request too long")
+                    } else {
+                        match serde_json::from_str::<AdminRequest>(&line) {
+                            Err(e) => AdminResponse::err(format!("bad request: {e}")),
+                            Ok(req) if read_only && !req.is_read_only() => AdminResponse::err(
+                                "permission denied: this is the read-only status socket; use admin.sock",
+                            ),
+                            Ok(req) => handle(&node, req).await,
+                        }
+                    };
+                    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                    out.push(b'\n');
+                    if wr.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+use tokio::io::AsyncReadExt;
+
+fn parse_server(s: &str) -> Result<(String, u16), String> {
+    crate::config::parse_server(s).map_err(|e| e.to_string())
+}
+
+async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
+    let fed = &node.federation;
+    match req {
+        AdminRequest::Status => AdminResponse::ok(status(node)),
+        AdminRequest::Servers => AdminResponse::ok(status(node)["peers"].clone()),
+        AdminRequest::Rtt => AdminResponse::ok(json!({
+            "me": key_string(fed.me()),
+            "matrix": fed.matrix().into_iter().map(|(from, row)| json!({
+                "from": from,
+                "rtts": row.into_iter().map(|(to, ms)| json!({"to": to, "rtt_ms": ms})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })),
+        AdminRequest::Mst => {
+            let st = fed.status();
+            let me = key_string(fed.me());
+            let neighbours: Vec<&String> = st
+                .tree
+                .iter()
+                .filter_map(|(a, b)| {
+                    if *a == me {
+                        Some(b)
+                    } else if *b == me {
+                        Some(a)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            AdminResponse::ok(json!({"mst": st.tree, "neighbours": neighbours, "links": st.links}))
+        }
+        AdminRequest::Users => {
+            let mut users: Vec<_> = node
+                .store
+                .all_users()
+                .into_iter()
+                .map(|u| json!({"uid": u.user_id.0, "nick": u.nick_name, "status": u.status, "event_count": u.event_count.count, "rollover": u.event_count.rollover}))
+                .collect();
+            users.sort_by_key(|u| u["uid"].as_u64());
+            AdminResponse::ok(json!(users))
+        }
+        AdminRequest::User { uid } => match node.store.user(UserId(uid)) {
+            None => AdminResponse::err(format!("no user {uid} here")),
+            Some(u) => AdminResponse::ok(json!({
+                "uid": uid,
+                "event_count": u.event_count.count,
+                "rollover": u.event_count.rollover,
+                "signature_valid": u.verify_self().is_ok(),
+                "record": u.raw(),
+                "contact_list": node.store.contact_list(UserId(uid)).map(|c| c.contacts.iter().map(|x| x.0).collect::<Vec<_>>()),
+            })),
+        },
+        AdminRequest::AddServer { server } => {
+            let key = match parse_server(&server) {
+                Ok(k) => k,
+                Err(e) => return AdminResponse::err(e),
+            };
+            // Resolve first, so one server is not added twice under two names.
+            let Some(addr) = resolve(&key).await else {
+                return AdminResponse::err(format!("cannot resolve {}", key.0));
+            };
+            for known in fed.status().servers {
+                if let Ok(k) = parse_server(&known) {
+                    if resolve(&k).await == Some(addr) {
+                        return AdminResponse::ok(
+                            json!({"added": false, "already_known_as": known}),
+                        );
+                    }
+                }
+            }
+            node.store
+                .audit("admin", &format!("add-server {}", key_string(&key)));
+            fed.admin_add_server(key.clone());
+            AdminResponse::ok(
+                json!({"added": true, "server": key_string(&key), "note": "measuring RTTs; the tree is recomputed when they arrive"}),
+            )
+        }
+        AdminRequest::DeleteServer { server } => {
+            let key = match parse_server(&server) {
+                Ok(k) => k,
+                Err(e) => return AdminResponse::err(e),
+            };
+            if key == *fed.me() {
+                return AdminResponse::err("cannot delete this server itself");
+            }
+            node.store
+                .audit("admin", &format!("delete-server {}", key_string(&key)));
+            let removed = fed.admin_delete_server(&key);
+            AdminResponse::ok(json!({"deleted": removed}))
+        }
+        AdminRequest::Recalc => {
+            node.store.audit("admin", "recalc");
+            fed.recalc();
+            AdminResponse::ok(json!({"recalc": "started"}))
+        }
+        AdminRequest::BlacklistAdd { net } => match node.blacklist.add(&net) {
+            Ok(added) => {
+                node.store.audit("admin", &format!("blacklist add {net}"));
+                AdminResponse::ok(json!({"added": added, "blacklist": node.blacklist.list()}))
+            }
+            Err(e) => AdminResponse::err(e),
+        },
+        AdminRequest::BlacklistRemove { net } => match node.blacklist.remove(&net) {
+            Ok(removed) => {
+                node.store
+                    .audit("admin", &format!("blacklist remove {net}"));
+                AdminResponse::ok(json!({"removed": removed, "blacklist": node.blacklist.list()}))
+            }
+            Err(e) => AdminResponse::err(e),
+        },
+        AdminRequest::BlacklistList => AdminResponse::ok(json!(node.blacklist.list())),
+    }
+}
+
+async fn resolve(key: &(String, u16)) -> Option<std::net::SocketAddr> {
+    tokio::net::lookup_host((key.0.as_str(), key.1))
+        .await
+        .ok()?
+        .next()
+}
+
+/// The `status` document.
+pub(crate) fn status(node: &Node) -> serde_json::Value {
+    let st = node.federation.status();
+    let me = key_string(node.federation.me());
+    let rtts: std::collections::HashMap<&String, Option<f64>> =
+        st.rtts.iter().map(|(k, v)| (k, *v)).collect();
+    let peers: Vec<_> = st
+        .servers
+        .iter()
+        .filter(|s| **s != me)
+        .map(|s| {
+            let rtt = rtts.get(s).copied().flatten();
+            json!({"id": s, "rtt_ms": rtt, "alive": rtt.is_some(), "linked": st.links.contains(s)})
+        })
+        .collect();
+    json!({
+        "name": node.config.name,
+        "identity": me,
+        "base_port": node.base_port(),
+        "users": node.store.user_count(),
+        "contact_lists": node.store.list_count(),
+        "clients": node.presence.session_count(),
+        "peers": peers,
+        "mst": st.tree.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        "uptime_s": node.uptime_s(),
+        "digest": node.store.digest(),
+    })
+}

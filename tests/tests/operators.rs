@@ -1,0 +1,217 @@
+//! `prodserver` against real gossipd processes: status fields, joining two nodes that started
+//! without knowing each other, blacklists, and the read-only privilege level.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gossip_tests::{bin_path, random_base_port};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon(data: &Path) -> Daemon {
+    for _ in 0..10 {
+        let port = random_base_port();
+        let child = Command::new(bin_path("gossipd"))
+            .args([
+                "--name",
+                "127.0.0.1",
+                "--bind",
+                "127.0.0.1",
+                "--strict-ports",
+            ])
+            .args([
+                "--probe-interval-ms",
+                "20",
+                "--dead-after",
+                "0.5",
+                "--reprobe",
+                "0.3",
+            ])
+            .arg("--base-port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, port };
+        // Ready when the admin socket answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = d.child.try_wait() {
+                break; // port taken: try another
+            }
+            if prod(data, &["status"]).0 {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = d.child.kill();
+    }
+    panic!("gossipd did not start");
+}
+
+/// Runs prodserver against `data`'s admin socket; (success, stdout, stderr).
+fn prod_on(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin_path("prodserver"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn prod(data: &Path, args: &[&str]) -> (bool, String, String) {
+    prod_on(&data.join("admin.sock"), args)
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    let (ok, out, err) = prod(data, &["--json", "status"]);
+    assert!(ok, "status failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn prodserver_joins_two_nodes_and_reports_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (daemon(&da), daemon(&db));
+    let s = status(&da);
+    for field in [
+        "name",
+        "base_port",
+        "users",
+        "clients",
+        "peers",
+        "mst",
+        "uptime_s",
+    ] {
+        assert!(!s[field].is_null(), "status lacks {field}: {s}");
+    }
+    assert_eq!(s["base_port"], a.port);
+    assert_eq!(s["peers"].as_array().unwrap().len(), 0, "started alone");
+
+    let (ok, _, err) = prod(&da, &["add-server", &format!("127.0.0.1:{}", b.port)]);
+    assert!(ok, "{err}");
+    // Adding it again under another name for the same address is a no-op.
+    let (ok, out, _) = prod(
+        &da,
+        &["--json", "add-server", &format!("localhost:{}", b.port)],
+    );
+    assert!(ok);
+    assert!(out.contains("already_known_as"), "{out}");
+
+    let want = serde_json::json!([[
+        format!("127.0.0.1:{}", a.port.min(b.port)),
+        format!("127.0.0.1:{}", a.port.max(b.port))
+    ]]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sa, sb) = (status(&da), status(&db));
+        if sa["mst"] == want
+            && sb["mst"] == want
+            && sa["peers"][0]["linked"] == true
+            && sb["peers"][0]["linked"] == true
+        {
+            let peer = &sa["peers"][0];
+            assert_eq!(peer["id"], format!("127.0.0.1:{}", b.port));
+            assert!(
+                peer["rtt_ms"].is_number() && peer["alive"] == true,
+                "{peer}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never agreed: {sa}\n{sb}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out, _) = prod(&da, &["mst"]);
+    assert!(ok && out.contains("neighbours:"), "{out}");
+    let (ok, out, _) = prod(&da, &["rtt"]);
+    assert!(
+        ok && out.contains(&format!("127.0.0.1:{}", b.port)),
+        "{out}"
+    );
+}
+
+#[test]
+fn blacklist_refuses_and_allows_again_and_read_only_cannot_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let node = daemon(&data);
+    let home = dir.path().join("u");
+    let gossip = |args: &[&str]| {
+        Command::new(bin_path("gossip"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(gossip(&["keygen"]).status.success());
+    let server = format!("127.0.0.1:{}", node.port);
+    assert!(gossip(&["register", "--server", &server, "--nick", "u"])
+        .status
+        .success());
+
+    // Read-only socket: status works, changes are refused.
+    let status_sock = data.join("status.sock");
+    assert!(prod_on(&status_sock, &["status"]).0);
+    let (ok, _, err) = prod_on(&status_sock, &["blacklist", "add", "127.0.0.1"]);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("admin.sock"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Blacklisted: clients and server links are refused at accept.
+    assert!(prod(&data, &["blacklist", "add", "127.0.0.0/8"]).0);
+    let out = gossip(&["contacts", "list"]);
+    assert!(!out.status.success(), "a blacklisted client was served");
+    let mut link = std::net::TcpStream::connect(("127.0.0.1", node.port + 1)).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut link, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "a blacklisted server link was not closed at once");
+    let (_, listed, _) = prod(&data, &["blacklist", "list"]);
+    assert!(listed.contains("127.0.0.0/8"));
+
+    // Removed: served again.
+    assert!(prod(&data, &["blacklist", "remove", "127.0.0.0/8"]).0);
+    assert!(gossip(&["contacts", "list"]).status.success());
+    let log = std::fs::read_to_string(data.join("transactions.log")).unwrap();
+    assert!(
+        log.contains("admin blacklist add 127.0.0.0/8") && log.contains("admin blacklist remove"),
+        "{log}"
+    );
+}
+
+#[test]
+fn clear_errors_when_the_server_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = prod(dir.path(), &["status"]);
+    assert!(!ok && err.contains("no admin socket"), "{err}");
+    // A stale socket file with nobody listening.
+    let sock = dir.path().join("admin.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let (ok, _, err) = prod(dir.path(), &["status"]);
+    assert!(!ok && err.contains("not running"), "{err}");
+}
