@@ -54,6 +54,8 @@ pub enum AdminRequest {
     },
     /// The blacklist.
     BlacklistList,
+    /// Counters and gauges in the Prometheus text format (`data.text`).
+    Metrics,
 }
 
 impl AdminRequest {
@@ -68,6 +70,7 @@ impl AdminRequest {
                 | AdminRequest::Users
                 | AdminRequest::User { .. }
                 | AdminRequest::BlacklistList
+                | AdminRequest::Metrics
         )
     }
 }

@@ -74,6 +74,9 @@ enum Cmd {
         /// UserID.
         uid: u64,
     },
+    /// Counters and gauges, Prometheus text format (pipe into a file for node_exporter's
+    /// textfile collector if you run Prometheus).
+    Metrics,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             server: server.clone(),
         },
         Cmd::Recalc => AdminRequest::Recalc,
+        Cmd::Metrics => AdminRequest::Metrics,
         Cmd::Blacklist {
             action: BlacklistCmd::Add { net },
         } => AdminRequest::BlacklistAdd { net: net.clone() },
@@ -153,6 +157,10 @@ fn main() -> anyhow::Result<()> {
     let data = call(&args.socket, &req)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    if let Cmd::Metrics = args.command {
+        print!("{}", data["text"].as_str().unwrap_or(""));
         return Ok(());
     }
     match &args.command {

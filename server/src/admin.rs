@@ -220,6 +220,9 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             Err(e) => AdminResponse::err(e),
         },
         AdminRequest::BlacklistList => AdminResponse::ok(json!(node.blacklist.list())),
+        AdminRequest::Metrics => {
+            AdminResponse::ok(json!({"text": crate::metrics::Metrics::render(node)}))
+        }
     }
 }
 

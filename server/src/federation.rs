@@ -72,7 +72,8 @@ struct Link {
 
 /// A network-wide lock request waiting for the answers of this node's subtree.
 struct PendingLock {
-    waiting: usize,
+    /// Neighbours the request reached and that have not answered yet.
+    waiting_on: BTreeSet<ServerKey>,
     granted: bool,
     reply: LockReply,
 }
@@ -119,6 +120,7 @@ pub struct Federation {
     probe_now: Notify,
     next_link: AtomicU64,
     recomputations: AtomicU64,
+    link_drops: AtomicU64,
 }
 
 impl Federation {
@@ -133,6 +135,7 @@ impl Federation {
             probe_now: Notify::new(),
             next_link: AtomicU64::new(1),
             recomputations: AtomicU64::new(0),
+            link_drops: AtomicU64::new(0),
         }
     }
 
@@ -221,6 +224,11 @@ impl Federation {
         self.changed.notify_one();
     }
 
+    /// Server links dropped because their queue was full.
+    pub fn link_drops(&self) -> u64 {
+        self.link_drops.load(Ordering::Relaxed)
+    }
+
     /// How many times the tree was recomputed with a different result.
     pub fn recomputations(&self) -> u64 {
         self.recomputations.load(Ordering::Relaxed)
@@ -235,6 +243,7 @@ impl Federation {
                 continue;
             }
             if link.tx.try_send((Instant::now(), frame.clone())).is_err() {
+                self.link_drops.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %key_string(key), "server link queue full; dropping the link");
                 link.kill.cancel();
             }
@@ -366,22 +375,9 @@ impl Federation {
             holder: holder.to_owned(),
             expires_s: ttl.as_secs().max(1),
         });
-        {
-            let mut st = self.state.lock();
-            if st.links.is_empty() {
-                return true;
-            }
-            let waiting = st.links.len();
-            st.pending_locks.insert(
-                (uid, holder.to_owned()),
-                PendingLock {
-                    waiting,
-                    granted: true,
-                    reply: LockReply::Origin(done),
-                },
-            );
+        if !self.send_lock_request(&msg, uid, holder, None, LockReply::Origin(done)) {
+            return true; // nobody to ask: this server alone decides
         }
-        self.flood(&msg, None);
         let granted = matches!(
             tokio::time::timeout(LOCK_TIMEOUT + Duration::from_secs(1), rx).await,
             Ok(Ok(true))
@@ -404,15 +400,66 @@ impl Federation {
         );
     }
 
-    fn lock_answer(&self, uid: gossip_common::UserId, holder: &str, granted: bool) {
+    /// Sends a lock request to every link but `except`, remembering which ones it reached.
+    /// Returns false when it reached nobody (the caller answers by itself).
+    fn send_lock_request(
+        &self,
+        msg: &Bytes,
+        uid: gossip_common::UserId,
+        holder: &str,
+        except: Option<&ServerKey>,
+        reply: LockReply,
+    ) -> bool {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let waiting_on: BTreeSet<ServerKey> = st
+            .links
+            .iter()
+            .filter(|(k, _)| Some(*k) != except)
+            .filter(|(_, l)| l.tx.try_send((now, msg.clone())).is_ok())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if waiting_on.is_empty() {
+            return false;
+        }
+        st.pending_locks.insert(
+            (uid, holder.to_owned()),
+            PendingLock {
+                waiting_on,
+                granted: true,
+                reply,
+            },
+        );
+        true
+    }
+
+    /// Records `from`'s answer (`None`: give up on everyone still silent, as a refusal) and,
+    /// once the whole subtree has answered or anyone refused, answers upwards.
+    fn lock_answer(
+        &self,
+        uid: gossip_common::UserId,
+        holder: &str,
+        granted: bool,
+        from: Option<&ServerKey>,
+    ) {
         let mut st = self.state.lock();
         let key = (uid, holder.to_owned());
         let Some(p) = st.pending_locks.get_mut(&key) else {
             return;
         };
-        p.granted &= granted;
-        p.waiting = p.waiting.saturating_sub(1);
-        if p.waiting > 0 && p.granted {
+        match from {
+            Some(peer) => {
+                if !p.waiting_on.remove(peer) {
+                    return; // not waiting on that neighbour (late or duplicate answer)
+                }
+                p.granted &= granted;
+            }
+            None => {
+                p.granted = false;
+                p.waiting_on.clear();
+            }
+        }
+        if !p.waiting_on.is_empty() && p.granted {
             return;
         }
         let p = st.pending_locks.remove(&key).expect("present");
@@ -430,6 +477,22 @@ impl Federation {
                     let _ = link.tx.try_send((Instant::now(), result));
                 }
             }
+        }
+    }
+
+    /// A link went down: every lock request waiting on that neighbour is refused at once
+    /// rather than timing out (the subtree behind it cannot be confirmed).
+    fn link_lost_for_locks(&self, peer: &ServerKey) {
+        let waiting: Vec<(gossip_common::UserId, String)> = self
+            .state
+            .lock()
+            .pending_locks
+            .iter()
+            .filter(|(_, p)| p.waiting_on.contains(peer))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (uid, holder) in waiting {
+            self.lock_answer(uid, &holder, false, Some(peer));
         }
     }
 }
@@ -467,6 +530,7 @@ pub(crate) fn start(
             "server",
             move |stream, peer| {
                 if node.blacklist.contains(peer.ip()) {
+                    node.metrics.refused_blacklisted.inc();
                     tracing::warn!(%peer, "server link from a blacklisted address dropped");
                     drop(stream);
                     return std::future::ready(());
@@ -783,6 +847,7 @@ async fn run_link(
                     };
                     match Message::decode(&frame) {
                         Ok(msg) => {
+                            node.metrics.messages_in.add(msg.msgtype(), 1);
                             if handle_peer(&node, &peer, &tx, &mut sync, msg).await.is_break() {
                                 break;
                             }
@@ -801,6 +866,7 @@ async fn run_link(
             }
         }
         tracing::info!("server link down");
+        fed.link_lost_for_locks(&peer);
         fed.changed.notify_one();
         fed.probe_now.notify_one();
     }
@@ -1007,6 +1073,9 @@ async fn handle_peer(
                     lists = lists.len(),
                     "sync: sending what the peer lacks"
                 );
+                node.metrics
+                    .sync_records_sent
+                    .add((users.len() + lists.len()) as u64);
                 for frame in changed_entries_messages(node, &users, &lists) {
                     if tx.send((Instant::now(), frame)).await.is_err() {
                         return Break(());
@@ -1015,6 +1084,9 @@ async fn handle_peer(
             }
         }
         Body::ChangedEntries(ce) => {
+            node.metrics
+                .sync_records_received
+                .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
             for r in ce.userinfo {
                 apply_user(node, r, false, Some(peer), &origin).await;
             }
@@ -1027,23 +1099,15 @@ async fn handle_peer(
                 Duration::from_secs(l.expires_s.clamp(1, node.config.uid_lock.as_secs().max(1)));
             let local = !node.store.contains_user(l.uid)
                 && node.locks.try_lock(l.uid, &l.holder, ttl).is_ok();
-            let children: Vec<ServerKey> = {
-                let mut st = fed.state.lock();
-                let children: Vec<ServerKey> =
-                    st.links.keys().filter(|k| *k != peer).cloned().collect();
-                if local && !children.is_empty() {
-                    st.pending_locks.insert(
-                        (l.uid, l.holder.clone()),
-                        PendingLock {
-                            waiting: children.len(),
-                            granted: true,
-                            reply: LockReply::Peer(peer.clone()),
-                        },
-                    );
-                }
-                children
-            };
-            if !local || children.is_empty() {
+            let forwarded = local
+                && fed.send_lock_request(
+                    &encode(l.clone()),
+                    l.uid,
+                    &l.holder,
+                    Some(peer),
+                    LockReply::Peer(peer.clone()),
+                );
+            if !forwarded {
                 let result = encode(m::LockResult {
                     uid: l.uid,
                     granted: u8::from(local),
@@ -1051,23 +1115,20 @@ async fn handle_peer(
                 });
                 let _ = tx.try_send((Instant::now(), result));
             } else {
-                fed.flood(&encode(l.clone()), Some(peer));
-                // A subtree that never answers counts as a refusal.
-                // Weak: a stopped node must not be kept alive (datafiles locked) by this timer.
+                // A subtree that never answers counts as a refusal. Weak: a stopped node must
+                // not be kept alive (datafiles locked) by this timer.
                 let node = Arc::downgrade(node);
                 tokio::spawn(async move {
                     tokio::time::sleep(LOCK_TIMEOUT).await;
                     if let Some(node) = node.upgrade() {
-                        for _ in 0..children.len() {
-                            node.federation.lock_answer(l.uid, &l.holder, false);
-                        }
+                        node.federation.lock_answer(l.uid, &l.holder, false, None);
                     }
                 });
             }
         }
         Body::LockResult(r) => {
             if let Some(holder) = r.holder {
-                fed.lock_answer(r.uid, &holder, r.granted != 0);
+                fed.lock_answer(r.uid, &holder, r.granted != 0, Some(peer));
             }
         }
         Body::UnlockUid(u) => {

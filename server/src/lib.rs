@@ -104,7 +104,12 @@ impl Node {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut uid = UserId::allocate(now, ip);
+        // Bounded well inside a client's request timeout: better "try again" than a hang.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(15);
         for _ in 0..1_000 {
+            if std::time::Instant::now() > give_up {
+                break;
+            }
             let free_here = !self.store.contains_user(uid)
                 && self
                     .locks
@@ -196,6 +201,7 @@ impl Node {
             .to_xml(),
         );
         let n = self.presence.publish(record.user_id, &frame);
+        self.metrics.messages_out.add("UserInfo", n as u64);
         self.presence
             .send_to_user(record.user_id, from_session, &frame);
         tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
@@ -300,6 +306,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             "client",
             move |stream, peer| {
                 if node.blacklist.contains(peer.ip()) {
+                    node.metrics.refused_blacklisted.inc();
                     tracing::warn!(%peer, "client connection from a blacklisted address dropped");
                     drop(stream);
                     return std::future::ready(());

@@ -1,6 +1,11 @@
-//! Counters the server keeps about itself. Local only: nothing is ever sent anywhere.
+//! Counters the server keeps about itself, rendered in the Prometheus text format on request
+//! through the admin socket (`prodserver metrics`). Local only: nothing is ever sent anywhere,
+//! and no HTTP port is opened. `docs/operations.md` lists every metric.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use gossip_common::message::MSGTYPES;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -12,9 +17,41 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counter per message type (index = position in `MSGTYPES`).
+#[derive(Debug)]
+pub struct PerMsgtype(Vec<AtomicU64>);
+
+impl Default for PerMsgtype {
+    fn default() -> Self {
+        PerMsgtype((0..MSGTYPES.len()).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl PerMsgtype {
+    /// Counts `n` messages of `msgtype`.
+    pub fn add(&self, msgtype: &str, n: u64) {
+        if let Some(i) = MSGTYPES.iter().position(|t| *t == msgtype) {
+            self.0[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn nonzero(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        MSGTYPES
+            .iter()
+            .zip(&self.0)
+            .map(|(t, c)| (*t, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
     }
 }
 
@@ -25,6 +62,8 @@ pub struct Metrics {
     pub connections: Counter,
     /// Connections refused because the server was full.
     pub refused_full: Counter,
+    /// Connections dropped at accept because the address is blacklisted.
+    pub refused_blacklisted: Counter,
     /// Successful logins (including the implicit one after registration).
     pub logins: Counter,
     /// Login attempts whose challenge response did not verify.
@@ -33,4 +72,129 @@ pub struct Metrics {
     pub registrations: Counter,
     /// Last wills published after a connection dropped.
     pub last_wills: Counter,
+    /// Records refused for a bad signature or a key other than the bound one.
+    pub signature_failures: Counter,
+    /// Messages received, by type (clients and servers).
+    pub messages_in: PerMsgtype,
+    /// Messages sent to clients, by type (replies and pushes).
+    pub messages_out: PerMsgtype,
+    /// Records sent to peers in `changedEntries`.
+    pub sync_records_sent: Counter,
+    /// Records received from peers in `changedEntries`.
+    pub sync_records_received: Counter,
+}
+
+impl Metrics {
+    /// Renders every metric of `node` in the Prometheus text exposition format.
+    pub fn render(node: &crate::Node) -> String {
+        let m = &node.metrics;
+        let mut out = String::with_capacity(4096);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP gossip_{name} {help}\n# TYPE gossip_{name} counter\ngossip_{name} {v}"
+            );
+        };
+        counter(
+            "connections_total",
+            "Client connections accepted.",
+            m.connections.get(),
+        );
+        counter(
+            "refused_full_total",
+            "Client connections refused at the connection limit.",
+            m.refused_full.get(),
+        );
+        counter(
+            "refused_blacklisted_total",
+            "Connections dropped because the address is blacklisted.",
+            m.refused_blacklisted.get(),
+        );
+        counter("logins_total", "Successful logins.", m.logins.get());
+        counter(
+            "auth_failures_total",
+            "Login attempts whose challenge response did not verify.",
+            m.auth_failures.get(),
+        );
+        counter(
+            "registrations_total",
+            "New users registered on this server.",
+            m.registrations.get(),
+        );
+        counter(
+            "last_wills_total",
+            "Last wills published after a connection dropped.",
+            m.last_wills.get(),
+        );
+        counter(
+            "signature_failures_total",
+            "Records refused for a bad signature or key.",
+            m.signature_failures.get(),
+        );
+        counter(
+            "presence_pushes_total",
+            "Presence pushes queued to clients.",
+            node.presence.pushes(),
+        );
+        counter(
+            "slow_consumer_drops_total",
+            "Clients disconnected because their queue was full.",
+            node.presence.slow_consumers_dropped(),
+        );
+        counter(
+            "link_queue_drops_total",
+            "Server links dropped because their queue was full.",
+            node.federation.link_drops(),
+        );
+        counter(
+            "sync_records_sent_total",
+            "Records sent to peers during sync.",
+            m.sync_records_sent.get(),
+        );
+        counter(
+            "sync_records_received_total",
+            "Records received from peers during sync.",
+            m.sync_records_received.get(),
+        );
+        counter(
+            "mst_recomputations_total",
+            "Times the spanning tree changed.",
+            node.federation.recomputations(),
+        );
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP gossip_{name} {help}\n# TYPE gossip_{name} gauge\ngossip_{name} {v}"
+            );
+        };
+        gauge(
+            "clients",
+            "Logged-in client sessions.",
+            node.presence.session_count() as u64,
+        );
+        gauge(
+            "users",
+            "UserInfo records stored.",
+            node.store.user_count() as u64,
+        );
+        gauge(
+            "contact_lists",
+            "ContactList records stored.",
+            node.store.list_count() as u64,
+        );
+        gauge("uptime_seconds", "Seconds since start.", node.uptime_s());
+        for (dir, per) in [("in", &m.messages_in), ("out", &m.messages_out)] {
+            let _ = writeln!(out, "# HELP gossip_messages_{dir}_total Messages {}, by type.\n# TYPE gossip_messages_{dir}_total counter", if dir == "in" { "received" } else { "sent" });
+            for (t, n) in per.nonzero() {
+                let _ = writeln!(out, "gossip_messages_{dir}_total{{msgtype=\"{t}\"}} {n}");
+            }
+        }
+        let _ = writeln!(out, "# HELP gossip_peer_rtt_ms Last published RTT to each peer (absent when dead).\n# TYPE gossip_peer_rtt_ms gauge");
+        for (peer, rtt) in node.federation.status().rtts {
+            if let Some(ms) = rtt {
+                let _ = writeln!(out, "gossip_peer_rtt_ms{{peer=\"{peer}\"}} {ms}");
+            }
+        }
+        out
+    }
 }

@@ -182,6 +182,7 @@ impl Session {
                         Some(Ok(Ok(frame))) => match Message::decode(&frame) {
                             Ok(msg) => {
                                 tracing::trace!(msgtype = msg.msgtype(), "received");
+                                self.node.metrics.messages_in.add(msg.msgtype(), 1);
                                 if self.handle(msg).await.is_break() {
                                     return "client disconnected";
                                 }
@@ -198,6 +199,8 @@ impl Session {
     }
 
     fn encode(&self, body: impl Into<Body>, re: Option<u64>) -> Bytes {
+        let body = body.into();
+        self.node.metrics.messages_out.add(body.msgtype(), 1);
         Bytes::from(Message::new(self.local_ip, body).in_reply_to(re).to_xml())
     }
 
@@ -240,6 +243,9 @@ impl Session {
             _ => None,
         };
         tracing::info!(error = %e, "update refused");
+        if matches!(e.code(), ErrorCode::BadSignature | ErrorCode::KeyMismatch) {
+            self.node.metrics.signature_failures.inc();
+        }
         self.error(re, e.code(), e.to_string(), current).await;
     }
 

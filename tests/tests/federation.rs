@@ -29,7 +29,7 @@ fn config(dir: &std::path::Path, ports: &[u16], i: usize) -> Config {
     c.probe = ProbeConfig {
         interval: Duration::from_millis(20),
         replies: 3,
-        dead_after: Duration::from_millis(400),
+        dead_after: Duration::from_millis(1000),
     };
     c.reprobe = Duration::from_millis(250);
     let mut lab = HashMap::new();

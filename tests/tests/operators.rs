@@ -34,9 +34,9 @@ fn daemon(data: &Path) -> Daemon {
                 "--probe-interval-ms",
                 "20",
                 "--dead-after",
-                "0.5",
+                "2",
                 "--reprobe",
-                "0.3",
+                "0.5",
             ])
             .arg("--base-port")
             .arg(port.to_string())
@@ -193,6 +193,24 @@ fn blacklist_refuses_and_allows_again_and_read_only_cannot_change_it() {
     assert_eq!(n, 0, "a blacklisted server link was not closed at once");
     let (_, listed, _) = prod(&data, &["blacklist", "list"]);
     assert!(listed.contains("127.0.0.0/8"));
+    // Metrics (read-only socket) count the refusals and the registration.
+    let (ok, metrics, _) = prod_on(&status_sock, &["metrics"]);
+    assert!(ok);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(value("gossip_refused_blacklisted_total") >= 2);
+    assert_eq!(value("gossip_registrations_total"), 1);
+    assert_eq!(value("gossip_users"), 1);
+    assert!(
+        metrics.contains("gossip_messages_in_total{msgtype=\"register\"} 1"),
+        "{metrics}"
+    );
 
     // Removed: served again.
     assert!(prod(&data, &["blacklist", "remove", "127.0.0.0/8"]).0);

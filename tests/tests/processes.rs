@@ -286,9 +286,9 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
         "--probe-interval-ms",
         "20",
         "--dead-after",
-        "0.5",
+        "2",
         "--reprobe",
-        "0.3",
+        "0.5",
         "--strict-ports",
     ];
     let base = random_base_port();
