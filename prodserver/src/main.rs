@@ -74,9 +74,23 @@ enum Cmd {
         /// UserID.
         uid: u64,
     },
+    /// Work with a protocol trace written by `gossipd --trace FILE` (offline; no socket needed).
+    Trace {
+        #[command(subcommand)]
+        action: TraceCmd,
+    },
     /// Counters and gauges, Prometheus text format (pipe into a file for node_exporter's
     /// textfile collector if you run Prometheus).
     Metrics,
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCmd {
+    /// Counts per message type and direction, and request → reply latencies (p50, p99, max).
+    Summarize {
+        /// The trace file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +167,9 @@ fn main() -> anyhow::Result<()> {
             action: BlacklistCmd::List,
         } => AdminRequest::BlacklistList,
         Cmd::Prod { config } => return prod(&args, config),
+        Cmd::Trace {
+            action: TraceCmd::Summarize { file },
+        } => return summarize(file, args.json),
     };
     let data = call(&args.socket, &req)?;
     if args.json {
@@ -265,6 +282,120 @@ fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
             println!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
         }
     }
+    Ok(())
+}
+
+/// Summarises a trace: per message type, frames in and out, and the time from each request
+/// received (`id`) to the reply that closed it (a final reply with the same `re`, same peer).
+fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
+    use gossip_common::{Body, Message};
+    use std::collections::{BTreeMap, HashMap};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    #[derive(Default)]
+    struct Row {
+        frames_in: u64,
+        frames_out: u64,
+        latencies_ms: Vec<f64>,
+    }
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut open: HashMap<(String, u64), (f64, String)> = HashMap::new();
+    let (mut lines, mut unreadable, mut dropped) = (0u64, 0u64, 0u64);
+    for line in text.lines() {
+        lines += 1;
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            unreadable += 1;
+            continue;
+        };
+        if let Some(d) = v["dropped"].as_u64() {
+            dropped += d;
+            continue;
+        }
+        let (Some(t), Some(dir), Some(peer), Some(frame)) = (
+            v["t"].as_f64(),
+            v["dir"].as_str(),
+            v["peer"].as_str(),
+            v["frame"].as_str(),
+        ) else {
+            unreadable += 1;
+            continue;
+        };
+        let Ok(msg) = Message::decode(frame.as_bytes()) else {
+            unreadable += 1;
+            continue;
+        };
+        let row = rows.entry(msg.msgtype().to_owned()).or_default();
+        if dir == "in" {
+            row.frames_in += 1;
+            if let Some(id) = msg.header.id {
+                open.insert((peer.to_owned(), id), (t, msg.msgtype().to_owned()));
+            }
+        } else {
+            row.frames_out += 1;
+            let last = matches!(
+                msg.body,
+                Body::Ok(_)
+                    | Body::Error(_)
+                    | Body::Challenge(_)
+                    | Body::UserIdGrant(_)
+                    | Body::Pong(_)
+            );
+            if let (Some(re), true) = (msg.header.re, last) {
+                if let Some((t0, req)) = open.remove(&(peer.to_owned(), re)) {
+                    rows.entry(req)
+                        .or_default()
+                        .latencies_ms
+                        .push((t - t0) * 1000.0);
+                }
+            }
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Some(v[((v.len() - 1) as f64 * p).round() as usize])
+    };
+    let mut out = Vec::new();
+    for (t, mut r) in rows {
+        let (p50, p99, max) = (
+            pct(&mut r.latencies_ms, 0.5),
+            pct(&mut r.latencies_ms, 0.99),
+            pct(&mut r.latencies_ms, 1.0),
+        );
+        out.push(serde_json::json!({"msgtype": t, "in": r.frames_in, "out": r.frames_out, "replies": r.latencies_ms.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"lines": lines, "unreadable": unreadable, "dropped_by_server": dropped, "types": out})
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "MSGTYPE", "IN", "OUT", "REPLIES", "P50 ms", "P99 ms", "MAX ms"
+    );
+    let f = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+    };
+    for r in &out {
+        println!(
+            "{:<18} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            r["msgtype"].as_str().unwrap_or(""),
+            r["in"],
+            r["out"],
+            r["replies"],
+            f(&r["p50_ms"]),
+            f(&r["p99_ms"]),
+            f(&r["max_ms"])
+        );
+    }
+    println!("{lines} lines, {unreadable} unreadable, {dropped} frames dropped by the server while tracing");
     Ok(())
 }
 

@@ -59,6 +59,8 @@ pub struct FileConfig {
     /// IPs or CIDR ranges refused on the client and server ports (added to those saved with
     /// `prodserver blacklist add`).
     pub blacklist: Option<Vec<String>>,
+    /// Record every frame sent and received to this file (JSON lines), for debugging.
+    pub trace: Option<PathBuf>,
     /// Milliseconds between RTT probe packets (spec: 2000).
     pub probe_interval_ms: Option<u64>,
     /// Seconds without an RTT reply after which a server counts as dead (spec: 30).
@@ -96,6 +98,7 @@ impl FileConfig {
             peers: over.peers.or(self.peers),
             admin_socket: over.admin_socket.or(self.admin_socket),
             blacklist: over.blacklist.or(self.blacklist),
+            trace: over.trace.or(self.trace),
             probe_interval_ms: over.probe_interval_ms.or(self.probe_interval_ms),
             dead_after_s: over.dead_after_s.or(self.dead_after_s),
             reprobe_s: over.reprobe_s.or(self.reprobe_s),
@@ -135,6 +138,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Blacklist entries from the config file.
     pub blacklist: Vec<String>,
+    /// Protocol trace file, if enabled.
+    pub trace: Option<PathBuf>,
     /// RTT prober settings.
     pub probe: gossip_common::rtt::ProbeConfig,
     /// Time between measurement rounds.
@@ -203,6 +208,7 @@ impl Config {
                 .admin_socket
                 .unwrap_or_else(|| data_dir.join("admin.sock")),
             blacklist: f.blacklist.unwrap_or_default(),
+            trace: f.trace,
             peers,
             probe,
             reprobe,

@@ -800,7 +800,8 @@ async fn run_link(
         }
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
-        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone()));
+        let traced = node.trace.is_some().then(|| (Arc::clone(&node), addr));
+        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), traced));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
         let (servers, rows) = {
@@ -845,6 +846,9 @@ async fn run_link(
                         Some(Ok(Err(e))) => { tracing::info!(error = %e, "frame from peer refused"); continue; }
                         Some(Ok(Ok(f))) => f,
                     };
+                    if let Some(t) = &node.trace {
+                        t.record(crate::trace::Dir::In, addr, "server", &frame);
+                    }
                     match Message::decode(&frame) {
                         Ok(msg) => {
                             node.metrics.messages_in.add(msg.msgtype(), 1);
@@ -881,8 +885,16 @@ async fn link_writer(
     mut rx: mpsc::Receiver<(Instant, Bytes)>,
     delay: Duration,
     kill: CancellationToken,
+    traced: Option<(Arc<Node>, SocketAddr)>,
 ) {
     let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    let trace = |frame: &Bytes| {
+        if let Some((node, peer)) = &traced {
+            if let Some(t) = &node.trace {
+                t.record(crate::trace::Dir::Out, *peer, "server", frame);
+            }
+        }
+    };
     loop {
         let (at, frame) = tokio::select! {
             _ = kill.cancelled() => break,
@@ -891,6 +903,7 @@ async fn link_writer(
         if !delay.is_zero() {
             tokio::time::sleep_until(at + delay).await;
         }
+        trace(&frame);
         let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
         while ok {
             match rx.try_recv() {
@@ -900,6 +913,7 @@ async fn link_writer(
                         ok = wr.flush().await.is_ok();
                         tokio::time::sleep_until(at + delay).await;
                     }
+                    trace(&more);
                     ok = ok
                         && wr.write_all(&more).await.is_ok()
                         && wr.write_all(b"\n").await.is_ok();

@@ -17,6 +17,7 @@ pub mod registration;
 mod session;
 pub mod store;
 pub mod sync;
+pub mod trace;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Node {
     pub federation: federation::Federation,
     /// Refused IPs.
     pub blacklist: blacklist::Blacklist,
+    /// Protocol trace, when enabled.
+    pub trace: Option<trace::Trace>,
     base_port: u16,
     started: Instant,
 }
@@ -274,10 +277,18 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::Admin(format!("admin socket {}: {e}", admin_path.display())))?;
     let status_listener = admin::bind(&admin::status_path(&admin_path), 0o660)
         .map_err(|e| StartError::Admin(format!("status socket: {e}")))?;
+    let trace = match &config.trace {
+        Some(path) => Some(
+            trace::Trace::open(path)
+                .map_err(|e| StartError::Admin(format!("trace file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
     let node = Arc::new(Node {
         federation: federation::Federation::new(me, &config.peers),
         blacklist,
+        trace,
         base_port: listeners.base_port,
         config,
         store,

@@ -36,6 +36,10 @@ struct Args {
     /// Directory for datafiles and the transaction log [default: ./gossip-data].
     #[arg(long, short = 'd', value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Record every frame sent and received to FILE (JSON lines; summarise with
+    /// `prodserver trace summarize FILE`).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Admin socket for prodserver (mode 0600; a read-only status.sock, mode 0660, is created
     /// beside it) [default: DATA_DIR/admin.sock].
     #[arg(long, value_name = "PATH")]
@@ -93,6 +97,7 @@ impl Args {
             bind: self.bind,
             data_dir: self.data_dir,
             admin_socket: self.admin_socket,
+            trace: self.trace,
             max_frame: self.max_frame,
             max_clients: self.max_clients,
             keepalive_s: self.keepalive,

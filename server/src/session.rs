@@ -80,7 +80,8 @@ pub(crate) async fn serve(
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(node.config.outbound_queue);
         let kill = CancellationToken::new();
-        let writer = tokio::spawn(write_loop(wr, rx, kill.clone()));
+        let traced = node.trace.is_some().then(|| (Arc::clone(&node), peer));
+        let writer = tokio::spawn(write_loop(wr, rx, kill.clone(), traced));
         let mut session = Session {
             node: Arc::clone(&node),
             sid,
@@ -111,17 +112,33 @@ pub(crate) async fn serve(
 }
 
 /// Drains the outbound queue into the socket, batching whatever is ready into one write.
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, kill: CancellationToken) {
+async fn write_loop(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    kill: CancellationToken,
+    traced: Option<(Arc<Node>, SocketAddr)>,
+) {
     let mut wr = tokio::io::BufWriter::with_capacity(8 * 1024, wr);
+    let trace = |frame: &Bytes| {
+        if let Some((node, peer)) = &traced {
+            if let Some(t) = &node.trace {
+                t.record(crate::trace::Dir::Out, *peer, "client", frame);
+            }
+        }
+    };
     loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => break,
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
+        trace(&frame);
         let mut result = write_frame(&mut wr, &frame).await;
         while result.is_ok() {
             match rx.try_recv() {
-                Ok(more) => result = write_frame(&mut wr, &more).await,
+                Ok(more) => {
+                    trace(&more);
+                    result = write_frame(&mut wr, &more).await
+                }
                 Err(_) => break,
             }
         }
@@ -179,19 +196,24 @@ impl Session {
                             tracing::info!(error = %e, "frame refused");
                             self.error(None, e.code(), e.to_string(), None).await;
                         }
-                        Some(Ok(Ok(frame))) => match Message::decode(&frame) {
-                            Ok(msg) => {
-                                tracing::trace!(msgtype = msg.msgtype(), "received");
-                                self.node.metrics.messages_in.add(msg.msgtype(), 1);
-                                if self.handle(msg).await.is_break() {
-                                    return "client disconnected";
+                        Some(Ok(Ok(frame))) => {
+                            if let Some(t) = &self.node.trace {
+                                t.record(crate::trace::Dir::In, self.peer, "client", &frame);
+                            }
+                            match Message::decode(&frame) {
+                                Ok(msg) => {
+                                    tracing::trace!(msgtype = msg.msgtype(), "received");
+                                    self.node.metrics.messages_in.add(msg.msgtype(), 1);
+                                    if self.handle(msg).await.is_break() {
+                                        return "client disconnected";
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::info!(error = %e, "message refused");
+                                    self.error(None, e.code(), e.to_string(), None).await;
                                 }
                             }
-                            Err(e) => {
-                                tracing::info!(error = %e, "message refused");
-                                self.error(None, e.code(), e.to_string(), None).await;
-                            }
-                        },
+                        }
                     }
                 }
             }

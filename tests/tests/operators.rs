@@ -20,6 +20,10 @@ impl Drop for Daemon {
 }
 
 fn daemon(data: &Path) -> Daemon {
+    daemon_with(data, &[])
+}
+
+fn daemon_with(data: &Path, extra: &[&str]) -> Daemon {
     for _ in 0..10 {
         let port = random_base_port();
         let child = Command::new(bin_path("gossipd"))
@@ -42,6 +46,7 @@ fn daemon(data: &Path) -> Daemon {
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -232,4 +237,62 @@ fn clear_errors_when_the_server_is_not_there() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let (ok, _, err) = prod(dir.path(), &["status"]);
     assert!(!ok && err.contains("not running"), "{err}");
+}
+
+#[test]
+fn protocol_trace_records_frames_and_summarizes_latencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let trace = dir.path().join("trace.jsonl");
+    let node = daemon_with(&data, &["--trace", trace.to_str().unwrap()]);
+    let home = dir.path().join("u");
+    let gossip = |args: &[&str]| {
+        let out = Command::new(bin_path("gossip"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    gossip(&["keygen"]);
+    gossip(&[
+        "register",
+        "--server",
+        &format!("127.0.0.1:{}", node.port),
+        "--nick",
+        "t",
+    ]);
+    gossip(&["set-status", "away"]);
+    // The trace is written by a background thread: wait for the last reply to land.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let summary = loop {
+        let out = Command::new(bin_path("prodserver"))
+            .args(["--json", "trace", "summarize"])
+            .arg(&trace)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let types = v["types"].as_array().cloned().unwrap_or_default();
+        let find = |t: &str| types.iter().find(|r| r["msgtype"] == t).cloned();
+        if let (Some(reg), Some(ui)) = (find("register"), find("UserInfo")) {
+            if reg["replies"] == 1 && ui["replies"].as_u64() >= Some(1) {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace never showed the exchange: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(summary["unreadable"], 0);
+    let types = summary["types"].as_array().unwrap();
+    let newuser = types.iter().find(|r| r["msgtype"] == "newuser").unwrap();
+    assert_eq!(newuser["in"], 1);
+    assert!(newuser["p50_ms"].as_f64().unwrap() >= 0.0);
 }
