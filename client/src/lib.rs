@@ -158,6 +158,9 @@ pub struct GossipClient {
     /// Whether the server holds a last will for this connection, which every update makes
     /// stale and so must be followed by a fresh one.
     will_active: std::sync::atomic::AtomicBool,
+    /// Cancelled by the reader task when the connection ends, so a request made after that
+    /// fails at once instead of waiting out its timeout.
+    closed: tokio_util::sync::CancellationToken,
     request_timeout: Duration,
 }
 
@@ -184,6 +187,7 @@ impl GossipClient {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
         let state: Arc<Mutex<State>> = Arc::default();
+        let closed = tokio_util::sync::CancellationToken::new();
 
         // Writer task.
         tokio::spawn(async move {
@@ -198,11 +202,12 @@ impl GossipClient {
         {
             // A weak sender, so dropping the client closes the connection (which makes the
             // server publish the last will) even while this task still runs.
-            let (pending, state, events, out) = (
+            let (pending, state, events, out, closed) = (
                 Arc::clone(&pending),
                 Arc::clone(&state),
                 events_tx.clone(),
                 out.downgrade(),
+                closed.clone(),
             );
             tokio::spawn(async move {
                 let mut frames = FramedRead::new(rd, XmlFrameCodec::default());
@@ -225,6 +230,7 @@ impl GossipClient {
                     };
                     route(msg, &pending, &state, &events, &out).await;
                 };
+                closed.cancel();
                 pending.lock().expect("lock").clear();
                 let _ = events.send(Event::Disconnected(reason)).await;
             });
@@ -239,6 +245,7 @@ impl GossipClient {
             events_tx,
             direct_addr: Mutex::new(None),
             will_active: std::sync::atomic::AtomicBool::new(false),
+            closed,
             request_timeout: Duration::from_secs(30),
         };
         Ok((client, Events { rx: events_rx }))
@@ -376,6 +383,14 @@ impl GossipClient {
                 }
             }
             Err(ClientError::Closed)
+        };
+        let closed = self.closed.clone();
+        let collect = async move {
+            tokio::select! {
+                biased;
+                r = collect => r,
+                _ = closed.cancelled() => Err(ClientError::Closed),
+            }
         };
         let result = tokio::time::timeout(self.request_timeout, collect).await;
         self.pending.lock().expect("lock").remove(&id);

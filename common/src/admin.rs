@@ -56,6 +56,9 @@ pub enum AdminRequest {
     BlacklistList,
     /// Counters and gauges in the Prometheus text format (`data.text`).
     Metrics,
+    /// Everything for a bug report: version, config (secrets redacted), status, RTT matrix,
+    /// tree, metrics, recent log lines. Never contains keys or secrets.
+    Diagnostics,
 }
 
 impl AdminRequest {
@@ -71,6 +74,7 @@ impl AdminRequest {
                 | AdminRequest::User { .. }
                 | AdminRequest::BlacklistList
                 | AdminRequest::Metrics
+                | AdminRequest::Diagnostics
         )
     }
 }

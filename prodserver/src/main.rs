@@ -74,6 +74,13 @@ enum Cmd {
         /// UserID.
         uid: u64,
     },
+    /// Write one archive (.tar.gz) for a bug report: version, config (secrets redacted),
+    /// status, RTT matrix, tree, metrics and recent log lines. Contains no keys or secrets.
+    Diagnostics {
+        /// Where to write the archive.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Work with a protocol trace written by `gossipd --trace FILE` (offline; no socket needed).
     Trace {
         #[command(subcommand)]
@@ -167,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             action: BlacklistCmd::List,
         } => AdminRequest::BlacklistList,
         Cmd::Prod { config } => return prod(&args, config),
+        Cmd::Diagnostics { out } => return diagnostics(&args.socket, out),
         Cmd::Trace {
             action: TraceCmd::Summarize { file },
         } => return summarize(file, args.json),
@@ -282,6 +290,63 @@ fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
             println!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
         }
     }
+    Ok(())
+}
+
+/// Writes the diagnostics archive: one file per part, so a reader can open just what they need.
+fn diagnostics(socket: &PathBuf, out: &PathBuf) -> anyhow::Result<()> {
+    let data = call(socket, &AdminRequest::Diagnostics)?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mut add = |name: &str, bytes: Vec<u8>| -> anyhow::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        header.set_cksum();
+        tar.append_data(
+            &mut header,
+            format!("gossip-diagnostics/{name}"),
+            bytes.as_slice(),
+        )?;
+        Ok(())
+    };
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    add(
+        "version.txt",
+        format!(
+            "gossipd {}\nprodserver {}\n",
+            data["version"].as_str().unwrap_or("?"),
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes(),
+    )?;
+    add("config.json", pretty(&data["config"]))?;
+    add("status.json", pretty(&data["status"]))?;
+    add("rtt.json", pretty(&data["rtt"]))?;
+    add(
+        "mst.json",
+        pretty(&serde_json::json!({"mst": data["mst"], "links": data["links"]})),
+    )?;
+    add(
+        "metrics.prom",
+        data["metrics"].as_str().unwrap_or("").as_bytes().to_vec(),
+    )?;
+    let log: Vec<&str> = data["recent_log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect();
+    add("recent.log", (log.join("\n") + "\n").into_bytes())?;
+    tar.into_inner()?.finish()?;
+    println!("wrote {} ({} log lines)", out.display(), log.len());
     Ok(())
 }
 

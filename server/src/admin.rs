@@ -220,6 +220,32 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             Err(e) => AdminResponse::err(e),
         },
         AdminRequest::BlacklistList => AdminResponse::ok(json!(node.blacklist.list())),
+        AdminRequest::Diagnostics => {
+            let c = &node.config;
+            // The server holds no private keys; the config's only sensitive-ish parts are
+            // paths and addresses, kept because they are what a bug report needs.
+            let config = json!({
+                "name": c.name, "base_port_requested": c.base_port, "strict_ports": c.strict_ports,
+                "bind": c.bind.to_string(), "data_dir": c.data_dir, "admin_socket": c.admin_socket,
+                "max_frame": c.max_frame, "max_clients": c.max_clients, "outbound_queue": c.outbound_queue,
+                "keepalive_s": c.keepalive.as_secs_f64(), "idle_timeout_s": c.idle_timeout.as_secs_f64(),
+                "uid_lock_s": c.uid_lock.as_secs(), "peers": c.peers.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>(),
+                "probe_interval_ms": c.probe.interval.as_millis() as u64, "dead_after_s": c.probe.dead_after.as_secs_f64(),
+                "reprobe_s": c.reprobe.as_secs_f64(), "lab_link_delay": !c.lab.is_empty(),
+                "trace": c.trace.is_some(), "blacklist_entries": node.blacklist.list().len(),
+            });
+            let st = fed.status();
+            AdminResponse::ok(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": config,
+                "status": status(node),
+                "rtt": fed.matrix(),
+                "mst": st.tree,
+                "links": st.links,
+                "metrics": crate::metrics::Metrics::render(node),
+                "recent_log": crate::logring::recent(),
+            }))
+        }
         AdminRequest::Metrics => {
             AdminResponse::ok(json!({"text": crate::metrics::Metrics::render(node)}))
         }

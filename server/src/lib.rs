@@ -9,6 +9,7 @@ mod admin;
 pub mod blacklist;
 pub mod config;
 pub mod federation;
+pub mod logring;
 pub mod metrics;
 pub mod mst;
 mod net;

@@ -225,6 +225,47 @@ fn blacklist_refuses_and_allows_again_and_read_only_cannot_change_it() {
         log.contains("admin blacklist add 127.0.0.0/8") && log.contains("admin blacklist remove"),
         "{log}"
     );
+
+    // Diagnostics: one archive with the expected parts and no secret in it.
+    let archive = dir.path().join("diag.tar.gz");
+    let (ok, _, err) = prod_on(
+        &status_sock,
+        &["diagnostics", "--out", archive.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let unpacked = dir.path().join("diag");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let root = unpacked.join("gossip-diagnostics");
+    let mut everything = String::new();
+    for part in [
+        "version.txt",
+        "config.json",
+        "status.json",
+        "rtt.json",
+        "mst.json",
+        "metrics.prom",
+        "recent.log",
+    ] {
+        let text =
+            std::fs::read_to_string(root.join(part)).unwrap_or_else(|e| panic!("{part}: {e}"));
+        everything.push_str(&text);
+    }
+    assert!(std::fs::read_to_string(root.join("recent.log"))
+        .unwrap()
+        .contains("admin socket ready"));
+    let secret = std::fs::read_to_string(home.join("key")).unwrap();
+    assert!(
+        !everything.contains(secret.trim()),
+        "the archive contains a private key"
+    );
 }
 
 #[test]
