@@ -87,6 +87,9 @@ enum LockReply {
 
 #[derive(Default)]
 struct State {
+    /// Servers an admin deleted: not re-learned from links, lists or rows, and their links are
+    /// refused, until an admin adds them again.
+    deleted: BTreeSet<ServerKey>,
     pending_locks: HashMap<(gossip_common::UserId, String), PendingLock>,
     servers: BTreeSet<ServerKey>,
     rows: HashMap<ServerKey, Row>,
@@ -193,6 +196,7 @@ impl Federation {
 
     /// An admin added a server: measure it, tell the others, recompute.
     pub(crate) fn admin_add_server(&self, key: ServerKey) {
+        self.state.lock().deleted.remove(&key);
         if !self.add_servers([key.clone()]).is_empty() {
             self.flood(
                 &encode(m::AddServer {
@@ -207,7 +211,7 @@ impl Federation {
 
     /// An admin removed a server: forget it here and everywhere.
     pub(crate) fn admin_delete_server(&self, key: &ServerKey) -> bool {
-        let removed = self.remove_server(key);
+        // Tell everyone (the deleted server included, while its link is still up) first.
         self.flood(
             &encode(m::DeleteServer {
                 host: key.0.clone(),
@@ -215,7 +219,7 @@ impl Federation {
             }),
             None,
         );
-        removed
+        self.remove_server(key)
     }
 
     /// Re-measure now and recompute the tree.
@@ -251,12 +255,15 @@ impl Federation {
     }
 
     fn add_servers(&self, servers: impl IntoIterator<Item = ServerKey>) -> Vec<ServerKey> {
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let (deleted, known) = (&st.deleted, &mut st.servers);
         let added: Vec<ServerKey> = servers
             .into_iter()
-            .filter(|s| st.servers.insert(s.clone()))
+            .filter(|s| !deleted.contains(s))
+            .filter(|s| known.insert(s.clone()))
             .collect();
-        drop(st);
+        drop(guard);
         if !added.is_empty() {
             self.changed.notify_one();
             self.probe_now.notify_one();
@@ -266,6 +273,7 @@ impl Federation {
 
     fn remove_server(&self, key: &ServerKey) -> bool {
         let mut st = self.state.lock();
+        st.deleted.insert(key.clone());
         let removed = st.servers.remove(key);
         st.rows.remove(key);
         for row in st.rows.values_mut() {
@@ -284,13 +292,14 @@ impl Federation {
     /// Stores a row if it is newer than the one held; returns whether it was.
     fn store_row(&self, measurer: ServerKey, row: Row) -> bool {
         let mut st = self.state.lock();
-        let newer = st.rows.get(&measurer).is_none_or(|r| row.seq > r.seq);
+        let newer = !st.deleted.contains(&measurer)
+            && st.rows.get(&measurer).is_none_or(|r| row.seq > r.seq);
         if newer {
             let unknown: Vec<ServerKey> = row
                 .rtts
                 .keys()
                 .chain(std::iter::once(&measurer))
-                .filter(|k| !st.servers.contains(*k))
+                .filter(|k| !st.servers.contains(*k) && !st.deleted.contains(*k))
                 .cloned()
                 .collect();
             st.servers.extend(unknown);
@@ -769,6 +778,10 @@ async fn run_link(
         },
         _ => return,
     };
+    if fed.state.lock().deleted.contains(&peer) {
+        tracing::info!(%addr, peer = %key_string(&peer), "server link refused: deleted by an admin");
+        return;
+    }
     if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
         tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
         return;

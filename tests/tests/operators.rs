@@ -153,6 +153,54 @@ fn prodserver_joins_two_nodes_and_reports_the_same_tree() {
         ok && out.contains(&format!("127.0.0.1:{}", b.port)),
         "{out}"
     );
+    let (ok, metrics, _) = prod(&da, &["metrics"]);
+    let rtt_gauge = format!("gossip_peer_rtt_ms{{peer=\"127.0.0.1:{}\"}}", b.port);
+    assert!(ok && metrics.contains(&rtt_gauge), "{metrics}");
+    assert!(
+        metrics.contains("gossip_mst_recomputations_total"),
+        "{metrics}"
+    );
+
+    // delete-server forgets B (here and, flooded, on B itself); prod --config adds it back.
+    let b_id = format!("127.0.0.1:{}", b.port);
+    let (ok, _, err) = prod(&da, &["delete-server", &b_id]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&da)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == b_id.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B still listed after delete-server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = dir.path().join("prod.toml");
+    std::fs::write(
+        &config,
+        format!("name = \"ignored\"\npeers = [\"{b_id}\"]\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = prod(&da, &["prod", "--config", config.to_str().unwrap()]);
+    assert!(ok && out.contains(&b_id), "{out}{err}");
+    assert!(prod(&da, &["recalc"]).0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&da)["mst"] != want {
+        assert!(
+            Instant::now() < deadline,
+            "tree not rebuilt after prod --config"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Users: none yet; asking for an unknown one is a clear error.
+    let (ok, out, _) = prod(&da, &["--json", "users"]);
+    assert!(ok && out.trim() == "[]", "{out}");
+    let (ok, _, err) = prod(&da, &["user", "42"]);
+    assert!(!ok && err.contains("no user 42"), "{err}");
 }
 
 #[test]
