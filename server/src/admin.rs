@@ -287,3 +287,25 @@ pub(crate) fn status(node: &Node) -> serde_json::Value {
         "digest": node.store.digest(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_regular_file_is_never_replaced_but_a_stale_socket_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        std::fs::write(&path, "important").unwrap();
+        let err = bind(&path, 0o600).expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "important");
+
+        let sock = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let listener = bind(&sock, 0o600).expect("stale socket replaced");
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(listener);
+    }
+}
