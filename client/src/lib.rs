@@ -164,14 +164,6 @@ pub struct GossipClient {
     request_timeout: Duration,
 }
 
-/// Messages that end a request; anything else carrying `re` is part of a longer answer.
-fn is_final(body: &Body) -> bool {
-    matches!(
-        body,
-        Body::Ok(_) | Body::Error(_) | Body::Challenge(_) | Body::UserIdGrant(_) | Body::Pong(_)
-    )
-}
-
 impl GossipClient {
     /// Connects to `addr` (`host:port`, the server's base port) with the user's key.
     pub async fn connect(addr: &str, key: Keypair) -> Result<(GossipClient, Events), ClientError> {
@@ -376,7 +368,7 @@ impl GossipClient {
         let collect = async {
             let mut answers = Vec::new();
             while let Some(msg) = rx.recv().await {
-                let done = is_final(&msg.body);
+                let done = msg.body.ends_request();
                 answers.push(msg);
                 if done {
                     return Ok(answers);

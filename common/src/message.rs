@@ -576,6 +576,16 @@ macro_rules! bodies {
         pub const MSGTYPES: &[&str] = &[$( $tag ),*];
 
         impl Body {
+            /// Whether this message, sent as a reply (`re`), closes the request: `ok`, `error`,
+            /// `challenge`, `userID` and `pong` do; `UserInfo` and `contactlist` replies are
+            /// parts of a longer answer that one of those closes.
+            pub fn ends_request(&self) -> bool {
+                matches!(
+                    self,
+                    Body::Ok(_) | Body::Error(_) | Body::Challenge(_) | Body::UserIdGrant(_) | Body::Pong(_)
+                )
+            }
+
             /// The message type: the root element name on the wire.
             pub fn msgtype(&self) -> &'static str {
                 match self { $( Body::$variant(_) => $tag, )* }

@@ -353,7 +353,7 @@ fn diagnostics(socket: &PathBuf, out: &PathBuf) -> anyhow::Result<()> {
 /// Summarises a trace: per message type, frames in and out, and the time from each request
 /// received (`id`) to the reply that closed it (a final reply with the same `re`, same peer).
 fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
-    use gossip_common::{Body, Message};
+    use gossip_common::Message;
     use std::collections::{BTreeMap, HashMap};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -397,14 +397,7 @@ fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             }
         } else {
             row.frames_out += 1;
-            let last = matches!(
-                msg.body,
-                Body::Ok(_)
-                    | Body::Error(_)
-                    | Body::Challenge(_)
-                    | Body::UserIdGrant(_)
-                    | Body::Pong(_)
-            );
+            let last = msg.body.ends_request();
             if let (Some(re), true) = (msg.header.re, last) {
                 if let Some((t0, req)) = open.remove(&(peer.to_owned(), re)) {
                     rows.entry(req)

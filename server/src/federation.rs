@@ -538,10 +538,7 @@ pub(crate) fn start(
             shutdown.clone(),
             "server",
             move |stream, peer| {
-                if node.blacklist.contains(peer.ip()) {
-                    node.metrics.refused_blacklisted.inc();
-                    tracing::warn!(%peer, "server link from a blacklisted address dropped");
-                    drop(stream);
+                if !node.admit(peer, "server") {
                     return std::future::ready(());
                 }
                 let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
@@ -813,8 +810,8 @@ async fn run_link(
         }
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
-        let traced = node.trace.is_some().then(|| (Arc::clone(&node), addr));
-        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), traced));
+        let tap = crate::trace::Tap::new(node.trace.as_ref(), addr, "server");
+        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), tap));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
         let (servers, rows) = {
@@ -898,14 +895,12 @@ async fn link_writer(
     mut rx: mpsc::Receiver<(Instant, Bytes)>,
     delay: Duration,
     kill: CancellationToken,
-    traced: Option<(Arc<Node>, SocketAddr)>,
+    tap: Option<crate::trace::Tap>,
 ) {
     let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
     let trace = |frame: &Bytes| {
-        if let Some((node, peer)) = &traced {
-            if let Some(t) = &node.trace {
-                t.record(crate::trace::Dir::Out, *peer, "server", frame);
-            }
+        if let Some(tap) = &tap {
+            tap.record(crate::trace::Dir::Out, frame);
         }
     };
     loop {

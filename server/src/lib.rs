@@ -76,7 +76,7 @@ pub struct Node {
     /// Refused IPs.
     pub blacklist: blacklist::Blacklist,
     /// Protocol trace, when enabled.
-    pub trace: Option<trace::Trace>,
+    pub trace: Option<Arc<trace::Trace>>,
     base_port: u16,
     started: Instant,
 }
@@ -90,6 +90,17 @@ impl Node {
     /// The base port actually bound (may differ from the configured one after fallback).
     pub fn base_port(&self) -> u16 {
         self.base_port
+    }
+
+    /// Whether a connection from `peer` may be served on the `what` port ("client",
+    /// "server"). Blacklisted addresses are refused, counted and logged here, once for both.
+    pub(crate) fn admit(&self, peer: std::net::SocketAddr, what: &str) -> bool {
+        if self.blacklist.contains(peer.ip()) {
+            self.metrics.refused_blacklisted.inc();
+            tracing::warn!(%peer, port = what, "connection from a blacklisted address dropped");
+            return false;
+        }
+        true
     }
 
     /// Seconds since start.
@@ -279,10 +290,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let status_listener = admin::bind(&admin::status_path(&admin_path), 0o660)
         .map_err(|e| StartError::Admin(format!("status socket: {e}")))?;
     let trace = match &config.trace {
-        Some(path) => Some(
-            trace::Trace::open(path)
-                .map_err(|e| StartError::Admin(format!("trace file {}: {e}", path.display())))?,
-        ),
+        Some(path) => Some(Arc::new(trace::Trace::open(path).map_err(|e| {
+            StartError::Admin(format!("trace file {}: {e}", path.display()))
+        })?)),
         None => None,
     };
     let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
@@ -317,10 +327,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             shutdown.clone(),
             "client",
             move |stream, peer| {
-                if node.blacklist.contains(peer.ip()) {
-                    node.metrics.refused_blacklisted.inc();
-                    tracing::warn!(%peer, "client connection from a blacklisted address dropped");
-                    drop(stream);
+                if !node.admit(peer, "client") {
                     return std::future::ready(());
                 }
                 node.metrics.connections.inc();

@@ -80,8 +80,8 @@ pub(crate) async fn serve(
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(node.config.outbound_queue);
         let kill = CancellationToken::new();
-        let traced = node.trace.is_some().then(|| (Arc::clone(&node), peer));
-        let writer = tokio::spawn(write_loop(wr, rx, kill.clone(), traced));
+        let tap = crate::trace::Tap::new(node.trace.as_ref(), peer, "client");
+        let writer = tokio::spawn(write_loop(wr, rx, kill.clone(), tap));
         let mut session = Session {
             node: Arc::clone(&node),
             sid,
@@ -116,14 +116,12 @@ async fn write_loop(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
-    traced: Option<(Arc<Node>, SocketAddr)>,
+    tap: Option<crate::trace::Tap>,
 ) {
     let mut wr = tokio::io::BufWriter::with_capacity(8 * 1024, wr);
     let trace = |frame: &Bytes| {
-        if let Some((node, peer)) = &traced {
-            if let Some(t) = &node.trace {
-                t.record(crate::trace::Dir::Out, *peer, "client", frame);
-            }
+        if let Some(tap) = &tap {
+            tap.record(crate::trace::Dir::Out, frame);
         }
     };
     loop {

@@ -24,6 +24,35 @@ pub enum Dir {
     Out,
 }
 
+/// One connection's view of the trace: which peer and which kind of link to record frames
+/// under. Writers hold this, not the whole node.
+#[derive(Clone)]
+pub struct Tap {
+    trace: std::sync::Arc<Trace>,
+    peer: SocketAddr,
+    link: &'static str,
+}
+
+impl Tap {
+    /// A tap for `peer` on a `link` ("client" or "server") connection, if tracing is on.
+    pub fn new(
+        trace: Option<&std::sync::Arc<Trace>>,
+        peer: SocketAddr,
+        link: &'static str,
+    ) -> Option<Tap> {
+        trace.map(|t| Tap {
+            trace: std::sync::Arc::clone(t),
+            peer,
+            link,
+        })
+    }
+
+    /// Records one frame.
+    pub fn record(&self, dir: Dir, frame: &[u8]) {
+        self.trace.record(dir, self.peer, self.link, frame);
+    }
+}
+
 /// Handle for recording frames; cheap to share.
 pub struct Trace {
     tx: mpsc::SyncSender<String>,

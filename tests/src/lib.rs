@@ -133,14 +133,7 @@ impl RawConn {
             if msg.header.re != Some(id) {
                 continue;
             }
-            let done = matches!(
-                msg.body,
-                Body::Ok(_)
-                    | Body::Error(_)
-                    | Body::Challenge(_)
-                    | Body::UserIdGrant(_)
-                    | Body::Pong(_)
-            );
+            let done = msg.body.ends_request();
             out.push(msg);
             if done {
                 return out;
