@@ -333,21 +333,24 @@ impl Federation {
     /// directions' measurements (a link is as good as its worse direction), or the one present;
     /// a direction reported dead removes the edge.
     fn graph(st: &State) -> ServerGraph {
-        let mut edges = Vec::new();
+        // `servers` iterates in order, so positions are the graph's indices: no key is cloned
+        // per edge and each row is looked up once per server.
         let servers: Vec<&ServerKey> = st.servers.iter().collect();
+        let rows: Vec<Option<&Row>> = servers.iter().map(|s| st.rows.get(*s)).collect();
+        let mut edges = Vec::new();
         for (i, a) in servers.iter().enumerate() {
-            for b in &servers[i + 1..] {
-                let ab = st.rows.get(*a).and_then(|r| r.rtts.get(*b)).copied();
-                let ba = st.rows.get(*b).and_then(|r| r.rtts.get(*a)).copied();
+            for (j, b) in servers.iter().enumerate().skip(i + 1) {
+                let ab = rows[i].and_then(|r| r.rtts.get(*b)).copied();
+                let ba = rows[j].and_then(|r| r.rtts.get(*a)).copied();
                 let w = match (ab, ba) {
                     (Some(None), _) | (_, Some(None)) | (None, None) => continue,
                     (Some(Some(x)), Some(Some(y))) => x.max(y),
                     (Some(Some(x)), None) | (None, Some(Some(x))) => x,
                 };
-                edges.push(((*a).clone(), (*b).clone(), w));
+                edges.push((i, j, w));
             }
         }
-        ServerGraph::new(st.servers.iter().cloned(), edges)
+        ServerGraph::from_indexed(st.servers.iter().cloned().collect(), edges)
     }
 }
 
@@ -811,7 +814,7 @@ async fn run_link(
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
         let tap = crate::trace::Tap::new(node.trace.as_ref(), addr, "server");
-        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), tap));
+        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), tap, Arc::clone(&node)));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
         let (servers, rows) = {
@@ -856,6 +859,7 @@ async fn run_link(
                         Some(Ok(Err(e))) => { tracing::info!(error = %e, "frame from peer refused"); continue; }
                         Some(Ok(Ok(f))) => f,
                     };
+                    node.metrics.link_bytes_in.add(frame.len() as u64 + 1);
                     if let Some(t) = &node.trace {
                         t.record(crate::trace::Dir::In, addr, "server", &frame);
                     }
@@ -896,9 +900,11 @@ async fn link_writer(
     delay: Duration,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
+    node: Arc<Node>,
 ) {
     let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
     let trace = |frame: &Bytes| {
+        node.metrics.link_bytes_out.add(frame.len() as u64 + 1);
         if let Some(tap) = &tap {
             tap.record(crate::trace::Dir::Out, frame);
         }

@@ -82,6 +82,10 @@ pub struct Metrics {
     pub sync_records_sent: Counter,
     /// Records received from peers in `changedEntries`.
     pub sync_records_received: Counter,
+    /// Bytes received on server links (frames and their separators).
+    pub link_bytes_in: Counter,
+    /// Bytes sent on server links.
+    pub link_bytes_out: Counter,
 }
 
 impl Metrics {
@@ -155,6 +159,16 @@ impl Metrics {
             "sync_records_received_total",
             "Records received from peers during sync.",
             m.sync_records_received.get(),
+        );
+        counter(
+            "link_bytes_in_total",
+            "Bytes received on server links.",
+            m.link_bytes_in.get(),
+        );
+        counter(
+            "link_bytes_out_total",
+            "Bytes sent on server links.",
+            m.link_bytes_out.get(),
         );
         counter(
             "mst_recomputations_total",

@@ -149,6 +149,29 @@ pub(crate) fn recover(
     Ok(report)
 }
 
+/// Writes a new datafile `path` (`header` plus `lines`) through a temporary file, so a crash
+/// never leaves a half-written datafile behind.
+pub(crate) fn write_new(
+    path: &Path,
+    header: &str,
+    lines: impl Iterator<Item = Vec<u8>>,
+) -> io::Result<u64> {
+    let tmp = path.with_extension("new.tmp");
+    let mut w = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    w.write_all(header.as_bytes())?;
+    w.write_all(b"\n")?;
+    for line in lines {
+        w.write_all(&line)?;
+    }
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    let len = f.metadata()?.len();
+    drop(f);
+    fs::rename(&tmp, path)?;
+    sync_dir(path)?;
+    Ok(len)
+}
+
 /// Replaces `path` by `header` plus `lines`, crash-safely: temp file, fsync, rename, fsync dir.
 /// A crash at any point leaves either the old file or the new one, never a mix.
 pub(crate) fn write_compacted<'a>(

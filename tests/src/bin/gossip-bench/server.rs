@@ -1,0 +1,244 @@
+//! Real `gossipd` processes for the benchmark: start (optionally pinned to a CPU), talk to
+//! through the admin socket, read resident memory and CPU time from `/proc`, stop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use gossip_common::admin::{AdminRequest, AdminResponse};
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    /// Base port to try first (the node may move up if it is taken).
+    pub(crate) base_port: u16,
+    /// Data directory (datafiles, admin socket, log).
+    pub(crate) data_dir: PathBuf,
+    /// CPU to pin the process to.
+    pub(crate) cpu: Option<usize>,
+    /// Further gossipd flags.
+    pub(crate) extra: Vec<String>,
+}
+
+/// A running gossipd process; killed when dropped.
+pub(crate) struct Node {
+    child: Child,
+    /// Base port it bound.
+    pub(crate) base_port: u16,
+    /// Its data directory.
+    pub(crate) data_dir: PathBuf,
+}
+
+impl Node {
+    /// Starts gossipd and waits until it has loaded its datafiles and bound its ports.
+    pub(crate) fn start(spec: &NodeSpec) -> anyhow::Result<Node> {
+        let gossipd = sibling_binary("gossipd")?;
+        std::fs::create_dir_all(&spec.data_dir)?;
+        let mut cmd = match spec.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&gossipd);
+                c
+            }
+            None => Command::new(&gossipd),
+        };
+        let log = std::fs::File::create(spec.data_dir.join("gossipd.log"))?;
+        cmd.args(["--name", "127.0.0.1", "--bind", "127.0.0.1", "--base-port"])
+            .arg(spec.base_port.to_string())
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(&spec.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("GOSSIP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", gossipd.display()))?;
+        // Its one stdout line names the bound base port; it comes after the datafiles loaded.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let Some(port) = line.rsplit(' ').next().and_then(|p| p.trim().parse().ok()) else {
+            let _ = child.kill();
+            bail!(
+                "gossipd did not start (stdout {line:?}); see {}",
+                spec.data_dir.join("gossipd.log").display()
+            );
+        };
+        Ok(Node {
+            child,
+            base_port: port,
+            data_dir: spec.data_dir.clone(),
+        })
+    }
+
+    /// `127.0.0.1:P`, the client address.
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.base_port)
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One admin request; the response's `data`.
+    pub(crate) fn admin(&self, req: &AdminRequest) -> anyhow::Result<serde_json::Value> {
+        let path = self.data_dir.join("admin.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("admin socket {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut line = serde_json::to_string(req)?;
+        line.push('\n');
+        s.write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer)?;
+        let resp: AdminResponse = serde_json::from_str(&answer)?;
+        if !resp.ok {
+            bail!("admin {req:?} refused: {:?}", resp.error);
+        }
+        Ok(resp.data)
+    }
+
+    /// A counter or gauge from the node's metrics (`gossip_<name>`).
+    pub(crate) fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self.admin(&AdminRequest::Metrics)?;
+        let text = text["text"].as_str().unwrap_or_default();
+        let want = format!("gossip_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("metric gossip_{name} missing"))
+    }
+
+    /// Resident memory in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// CPU seconds used so far (user + system).
+    pub(crate) fn cpu_s(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    /// Graceful stop (SIGTERM), then wait; killed if it takes over 30 s.
+    pub(crate) fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace next to the benchmark's own executable, built if missing.
+pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    Ok(gossip_tests::bin_path(name))
+}
+
+/// Resident set size of `pid` in KiB (0 if gone).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of `pid` (0 if gone); `/proc/PID/stat` fields 14 and 15.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may contain spaces; fields are counted after its ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Pins every thread of this process (and so everything it starts later) to `cpu`.
+pub(crate) fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the load generator")?;
+    if !status.success() {
+        bail!("taskset could not pin the benchmark to CPU {cpu}");
+    }
+    Ok(())
+}
+
+/// Polls `check` every 20 ms until it yields `Some`, or fails after `timeout`.
+pub(crate) fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh directory for one run's nodes, removed afterwards unless `--keep`.
+pub(crate) fn run_dir(base: &Path, name: &str) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(base)?;
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(base)?)
+}

@@ -1,0 +1,209 @@
+//! Scenario `sync`: node A holds M users and M contact lists (pre-signed, cached on disk); an
+//! empty node B links to it. Measures full-sync time, records/s and bytes on the wire. Then the
+//! link is cut (`delete-server`, as an operator would during a netsplit), d users change status
+//! at A, and the link is restored (`add-server`): resync time, records moved and bytes, once
+//! with no change (the cost of the event-count lists alone) and once with d changes, so the
+//! bytes that depend on d are separated from those that depend on M.
+
+use std::time::{Duration, Instant};
+
+use gossip_client::GossipClient;
+use gossip_common::admin::AdminRequest;
+use serde_json::json;
+
+use crate::dataset::Dataset;
+use crate::report::{self, Table};
+use crate::server::{self, Node, NodeSpec};
+use crate::Args;
+
+/// Runs the scenario.
+pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let m = args.sync_records;
+    let d = args.sync_changes.min(m);
+    let data = Dataset {
+        users: m,
+        contacts: args.sync_contacts,
+        seed: args.seed,
+    };
+    report::phase(&format!(
+        "sync: {m} users + {m} contact lists, then {d} changes"
+    ));
+    let dir = server::run_dir(args.work_dir(), "sync")?;
+    let a_dir = dir.path().join("a");
+    data.install(args.cache(), &a_dir)?;
+    let probe = ["--probe-interval-ms".to_string(), "100".into()];
+    let load_start = Instant::now();
+    let a = Node::start(&NodeSpec {
+        base_port: args.base_port + 300,
+        data_dir: a_dir,
+        // The sending side is the load here; the receiving node gets the server CPU.
+        cpu: args.load_cpu(),
+        extra: probe.to_vec(),
+    })?;
+    let a_load_s = load_start.elapsed().as_secs_f64();
+    report::phase(&format!(
+        "sync: node A loaded and verified {m} users in {a_load_s:.1} s"
+    ));
+
+    let bar = report::bar(2 * m as u64, "full sync to an empty node");
+    let start = Instant::now();
+    let b = Node::start(&NodeSpec {
+        base_port: args.base_port + 310,
+        data_dir: dir.path().join("b"),
+        cpu: args.server_cpu(),
+        extra: [probe.to_vec(), vec!["--peer".into(), a.addr()]].concat(),
+    })?;
+    let b_cpu0 = b.cpu_s();
+    let a_cpu0 = a.cpu_s();
+    server::wait_until("B to hold every record", Duration::from_secs(3600), || {
+        let n = b.metric("users")? + b.metric("contact_lists")?;
+        bar.set_position(n);
+        Ok((n >= 2 * m as u64).then_some(()))
+    })?;
+    let full_s = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let full_bytes = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
+    let (b_cpu, a_cpu) = (b.cpu_s() - b_cpu0, a.cpu_s() - a_cpu0);
+    let same =
+        a.admin(&AdminRequest::Status)?["digest"] == b.admin(&AdminRequest::Status)?["digest"];
+    anyhow::ensure!(same, "after the full sync A and B hold different records");
+    let rate = 2.0 * m as f64 / full_s;
+
+    let quiet = resync(&a, &b, &data, 0).await?;
+    let changed = resync(&a, &b, &data, d).await?;
+    let same =
+        a.admin(&AdminRequest::Status)?["digest"] == b.admin(&AdminRequest::Status)?["digest"];
+    anyhow::ensure!(same, "after the resync A and B hold different records");
+    a.stop();
+    b.stop();
+
+    let per_change = (changed.bytes as f64 - quiet.bytes as f64) / d.max(1) as f64;
+    let mut t = Table::new(
+        &format!("sync: {m} users + {m} contact lists"),
+        &[
+            "phase",
+            "records moved",
+            "time s",
+            "records/s",
+            "bytes on wire",
+            "B CPU",
+            "A CPU",
+        ],
+    );
+    t.row(vec![
+        "full sync".into(),
+        (2 * m).to_string(),
+        format!("{full_s:.2}"),
+        report::rate(rate),
+        full_bytes.to_string(),
+        format!("{b_cpu:.1} s"),
+        format!("{a_cpu:.1} s"),
+    ]);
+    for (name, r) in [
+        ("resync, no change", &quiet),
+        ("resync, d changes", &changed),
+    ] {
+        t.row(vec![
+            name.into(),
+            r.records.to_string(),
+            format!("{:.3}", r.seconds),
+            "-".into(),
+            r.bytes.to_string(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
+    t.print();
+    println!(
+        "  event-count lists: {} bytes for {m} users (≈{:.0} B/user, both directions); \
+         each changed record adds ≈{per_change:.0} bytes",
+        quiet.bytes,
+        quiet.bytes as f64 / m as f64
+    );
+    let judged = !args.quick;
+    let o_d = changed.records == d as u64;
+    Ok(json!({
+        "scenario": "sync",
+        "params": {"users": m, "contacts_per_user": args.sync_contacts, "changes": d},
+        "results": {
+            "a_load_s": a_load_s, "full_sync_s": full_s, "records": 2 * m, "records_per_s": rate,
+            "full_sync_bytes": full_bytes, "receiver_cpu_s": b_cpu, "sender_cpu_s": a_cpu,
+            "resync_no_change": {"seconds": quiet.seconds, "records": quiet.records, "bytes": quiet.bytes},
+            "resync_changes": {"seconds": changed.seconds, "records": changed.records, "bytes": changed.bytes},
+            "bytes_per_changed_record": per_change,
+        },
+        "targets": [
+            report::target("full_sync_records_per_s", ">= 40,000 records/s", report::rate(rate),
+                judged.then_some(rate >= 40_000.0)),
+            report::target("resync_moves_o_d", "records moved == d; bytes beyond the event-count lists ∝ d",
+                format!("{} records for d = {d}, {per_change:.0} B per change", changed.records),
+                Some(o_d)),
+        ],
+    }))
+}
+
+struct Resync {
+    seconds: f64,
+    records: u64,
+    bytes: u64,
+}
+
+/// Cuts the A–B link, makes `changes` status changes at A, restores the link and waits until B
+/// has them all.
+async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::Result<Resync> {
+    let b_id = format!("127.0.0.1:{}", b.base_port);
+    a.admin(&AdminRequest::DeleteServer {
+        server: b_id.clone(),
+    })?;
+    server::wait_until("the A–B link to go down", Duration::from_secs(30), || {
+        let links = a.admin(&AdminRequest::Mst)?["links"].clone();
+        let links: Vec<String> = serde_json::from_value(links).unwrap_or_default();
+        Ok((!links.contains(&b_id)).then_some(()))
+    })?;
+    let mut expect = Vec::new();
+    for i in 0..changes {
+        let (c, _events) = GossipClient::connect(&a.addr(), data.key(i)).await?;
+        c.login(data.uid(i)).await?;
+        c.set_status("online", Some("changed during the partition"))
+            .await?;
+        expect.push((data.uid(i), c.me().expect("own record").event_count.count));
+    }
+    let bytes0 = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
+    let got0 = b.metric("sync_records_received_total")?;
+    let start = Instant::now();
+    a.admin(&AdminRequest::AddServer { server: b_id })?;
+    let a_id = format!("127.0.0.1:{}", a.base_port);
+    server::wait_until("B to catch up", Duration::from_secs(600), || {
+        let links: Vec<String> =
+            serde_json::from_value(b.admin(&AdminRequest::Mst)?["links"].clone())
+                .unwrap_or_default();
+        if !links.contains(&a_id)
+            || b.metric("sync_records_received_total")? < got0 + changes as u64
+        {
+            return Ok(None);
+        }
+        for (uid, ec) in &expect {
+            let u = b.admin(&AdminRequest::User { uid: uid.0 })?;
+            if u["event_count"].as_u64() != Some(u64::from(*ec)) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    // Both sides have sent their event counts once the records moved; wait for the byte
+    // counters to settle (A's lists reach B while B's reach A) before reading them.
+    let mut last = 0;
+    server::wait_until("the link to go quiet", Duration::from_secs(120), || {
+        let now = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
+        let quiet = now == last;
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(quiet.then_some(()))
+    })?;
+    Ok(Resync {
+        seconds,
+        records: b.metric("sync_records_received_total")? - got0,
+        bytes: last - bytes0,
+    })
+}
