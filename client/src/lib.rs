@@ -176,6 +176,12 @@ impl GossipClient {
                 addr: addr.to_owned(),
                 source,
             })?;
+        Ok(GossipClient::with_stream(stream, addr, key))
+    }
+
+    /// Runs the protocol over a connection the caller opened (to bind a source address, or
+    /// set socket options first). `addr` names the server in errors and [`Self::server`].
+    pub fn with_stream(stream: TcpStream, addr: &str, key: Keypair) -> (GossipClient, Events) {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (out, mut out_rx) = mpsc::channel::<Message>(64);
@@ -243,7 +249,7 @@ impl GossipClient {
             closed,
             request_timeout: Duration::from_secs(30),
         };
-        Ok((client, Events { rx: events_rx }))
+        (client, Events { rx: events_rx })
     }
 
     /// Measures the RTT to every server in `servers` (`host:port`, base ports) at once with the

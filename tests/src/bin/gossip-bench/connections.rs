@@ -64,6 +64,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             .args(["--contacts", &args.contacts.to_string()])
             .args(["--seed", &args.seed.to_string()])
             .args(["--from", &from.to_string(), "--to", &to.to_string()])
+            .args(["--lane", &g.to_string()])
             .args([
                 "--concurrency",
                 &(args.login_concurrency.div_ceil(gens)).max(1).to_string(),
@@ -214,12 +215,22 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
 /// Connects one client more than the node admits; describes what happened.
 async fn over_limit(addr: &str, data: &Dataset) -> String {
-    let Ok((c, _events)) = GossipClient::connect(addr, data.key(0)).await else {
+    let Ok((c, mut events)) = GossipClient::connect(addr, data.key(0)).await else {
         return "connection refused".into();
     };
     match tokio::time::timeout(Duration::from_secs(10), c.login(data.uid(0))).await {
         Ok(Err(ClientError::Refused { code, .. })) => format!("refused with {code:?}"),
-        Ok(Err(e)) => format!("failed: {e}"),
+        Ok(Err(e)) => {
+            // The refusal comes unsolicited, right after accept, before the connection closes.
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_secs(1), events.next()).await
+            {
+                if let gossip_client::Event::Error { code, text } = ev {
+                    return format!("refused with {code:?} ({text})");
+                }
+            }
+            format!("failed: {e}")
+        }
         Ok(Ok(())) => "ADMITTED (limit not enforced)".into(),
         Err(_) => "no answer in 10 s".into(),
     }
@@ -244,11 +255,13 @@ pub(crate) fn generator(g: &GeneratorArgs) -> anyhow::Result<()> {
         std::io::stdin().read_line(&mut line)?;
         let start = Instant::now();
         let server = g.server.clone();
+        let lane = g.lane;
         let mut logins = futures::stream::iter(keys)
             .map(|(i, key)| {
                 let server = server.clone();
                 async move {
-                    let (client, events) = GossipClient::connect(&server, key).await?;
+                    let (client, events) =
+                        crate::server::connect_client(&server, lane, i, key).await?;
                     client.login(data.uid(i)).await?;
                     Ok::<_, ClientError>((client, events))
                 }

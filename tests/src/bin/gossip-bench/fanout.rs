@@ -64,7 +64,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         .map(|i| {
             let addr = addr.clone();
             async move {
-                let (c, events) = GossipClient::connect(&addr, data.key(i)).await?;
+                let (c, events) = server::connect_client(&addr, 10, i, data.key(i)).await?;
                 c.trust_server_pushes();
                 c.login(data.uid(i)).await?;
                 Ok::<_, gossip_client::ClientError>((i, c, events))
@@ -137,7 +137,11 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 next += 1;
                 sent += 1;
                 let errors = Arc::clone(&errors);
-                let status = if next.is_multiple_of(2) { "online" } else { "away" };
+                let status = if next.is_multiple_of(2) {
+                    "online"
+                } else {
+                    "away"
+                };
                 tokio::spawn(async move {
                     let t = format!("t={}", epoch.elapsed().as_nanos());
                     if c.set_status(status, Some(&t)).await.is_err() {

@@ -152,6 +152,9 @@ pub(crate) struct GeneratorArgs {
     to: usize,
     #[arg(long)]
     concurrency: usize,
+    /// Which generator this is (picks its source address).
+    #[arg(long)]
+    lane: u8,
 }
 
 impl Args {

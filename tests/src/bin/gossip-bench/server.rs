@@ -242,3 +242,38 @@ pub(crate) fn run_dir(base: &Path, name: &str) -> anyhow::Result<tempfile::TempD
         .prefix(&format!("{name}-"))
         .tempdir_in(base)?)
 }
+
+/// Connects client number `i` of a load generator, from its own source address.
+///
+/// One process opening ten thousand connections to one server port makes the kernel search
+/// the ephemeral port range for a free 4-tuple on every `connect`, which grows with the number
+/// already open (`__inet_hash_connect`: at 19,000 connections it cost the generators more than
+/// the logins themselves). Real clients come from many addresses; here each generator `lane`
+/// gets its own loopback source address and every client an explicit port, so nothing is
+/// searched. Falls back to an ordinary connect if that address is unusable.
+pub(crate) async fn connect_client(
+    server: &str,
+    lane: u8,
+    i: usize,
+    key: gossip_common::Keypair,
+) -> Result<(gossip_client::GossipClient, gossip_client::Events), gossip_client::ClientError> {
+    let Ok(dst) = server.parse::<std::net::SocketAddr>() else {
+        return gossip_client::GossipClient::connect(server, key).await;
+    };
+    let src = std::net::SocketAddr::from((
+        [127, 1 + lane, (i / 40_000) as u8, 1],
+        20_000 + (i % 40_000) as u16,
+    ));
+    let explicit = async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.set_reuseaddr(true)?;
+        sock.bind(src)?;
+        sock.connect(dst).await
+    };
+    match explicit.await {
+        Ok(stream) => Ok(gossip_client::GossipClient::with_stream(
+            stream, server, key,
+        )),
+        Err(_) => gossip_client::GossipClient::connect(server, key).await,
+    }
+}
