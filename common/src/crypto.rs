@@ -156,7 +156,9 @@ impl PublicKey {
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0.as_bytes()))
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0.as_bytes(), &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -196,7 +198,11 @@ impl Signature {
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0.to_bytes()))
+        // `encode_to_slice` is a table lookup per byte; `hex::encode` builds a String one char
+        // at a time, which showed up in sync profiles.
+        let mut buf = [0u8; 128];
+        hex::encode_to_slice(self.0.to_bytes(), &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -254,6 +254,31 @@ impl Federation {
         }
     }
 
+    /// Like [`Self::flood`], but waits for room in each link's queue instead of dropping a
+    /// link whose queue is full: for bulk transfers, which a slow link should slow down, not
+    /// lose.
+    pub(crate) async fn flood_wait(
+        &self,
+        frame: impl FnOnce() -> Bytes,
+        except: Option<&ServerKey>,
+    ) {
+        let targets: Vec<mpsc::Sender<(Instant, Bytes)>> = {
+            let st = self.state.lock();
+            st.links
+                .iter()
+                .filter(|(k, _)| Some(*k) != except)
+                .map(|(_, l)| l.tx.clone())
+                .collect()
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let frame = frame();
+        for tx in targets {
+            let _ = tx.send((Instant::now(), frame.clone())).await;
+        }
+    }
+
     fn add_servers(&self, servers: impl IntoIterator<Item = ServerKey>) -> Vec<ServerKey> {
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -729,10 +754,26 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
 }
 
 /// Per-link sync progress: the peer's event counts, gathered until its last part.
-#[derive(Default)]
 struct SyncIn {
     users: Vec<EcEntry>,
     lists: Vec<EcEntry>,
+    /// `changedEntries` batches being verified and written at once: verifying the next batch
+    /// while the previous one waits for its `fdatasync` keeps both the CPU and the disk busy;
+    /// the bound keeps a fast sender from queueing unbounded work.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// `changedEntries` batches a link applies concurrently.
+const SYNC_BATCHES_IN_FLIGHT: usize = 8;
+
+impl Default for SyncIn {
+    fn default() -> Self {
+        SyncIn {
+            users: Vec::new(),
+            lists: Vec::new(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(SYNC_BATCHES_IN_FLIGHT)),
+        }
+    }
 }
 
 /// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
@@ -863,6 +904,14 @@ async fn run_link(
                     if let Some(t) = &node.trace {
                         t.record(crate::trace::Dir::In, addr, "server", &frame);
                     }
+                    if is_changed_entries(&frame) {
+                        // Bulk sync data is decoded, verified and stored by a task of its own
+                        // (bounded by `in_flight`), so several batches are worked on at once,
+                        // on every core the node has, while this reader goes on reading.
+                        let Ok(slot) = Arc::clone(&sync.in_flight).acquire_owned().await else { break };
+                        tokio::spawn(apply_changed_entries(Arc::clone(&node), peer.clone(), frame, slot));
+                        continue;
+                    }
                     match Message::decode(&frame) {
                         Ok(msg) => {
                             node.metrics.messages_in.add(msg.msgtype(), 1);
@@ -980,43 +1029,161 @@ fn event_count_messages(node: &Node) -> Vec<Bytes> {
     out
 }
 
-/// `changedEntries` messages carrying the records a peer lacks, split to fit frames.
-fn changed_entries_messages(
-    node: &Node,
-    users: &[gossip_common::UserId],
-    lists: &[gossip_common::UserId],
-) -> Vec<Bytes> {
+/// Sends the records a peer lacks as `changedEntries` messages, each filled to about 3/4 of
+/// the frame limit, built one at a time as the link's queue takes them (a million records are
+/// never all encoded at once).
+async fn send_changed_entries(
+    node: Arc<Node>,
+    users: Vec<gossip_common::UserId>,
+    lists: Vec<gossip_common::UserId>,
+    tx: mpsc::Sender<(Instant, Bytes)>,
+) {
     let budget = node.config.max_frame * 3 / 4;
-    let mut out = Vec::new();
     let mut msg = m::ChangedEntries::default();
     let mut size = 0;
-    let flush = |msg: &mut m::ChangedEntries, size: &mut usize, out: &mut Vec<Bytes>| {
-        out.push(encode(std::mem::take(msg)));
-        *size = 0;
-    };
-    for uid in users {
-        if let Some(r) = node.store.user(*uid) {
-            let cost = r.raw().len() * 3 + 200;
-            if size + cost > budget && (!msg.userinfo.is_empty() || !msg.contactlists.is_empty()) {
-                flush(&mut msg, &mut size, &mut out);
+    let records = users
+        .iter()
+        .map(|u| (true, *u))
+        .chain(lists.iter().map(|u| (false, *u)));
+    for (is_user, uid) in records {
+        let cost = if is_user {
+            match node.store.user(uid) {
+                Some(r) => {
+                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
+                    msg.userinfo.push(r);
+                    cost
+                }
+                None => continue,
             }
-            size += cost;
-            msg.userinfo.push(r);
-        }
-    }
-    for uid in lists {
-        if let Some(r) = node.store.contact_list(*uid) {
-            let cost = r.raw().len() * 3 + 200;
-            if size + cost > budget && (!msg.userinfo.is_empty() || !msg.contactlists.is_empty()) {
-                flush(&mut msg, &mut size, &mut out);
+        } else {
+            match node.store.contact_list(uid) {
+                Some(r) => {
+                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
+                    msg.contactlists.push(r);
+                    cost
+                }
+                None => continue,
             }
-            size += cost;
-            msg.contactlists.push(r);
+        };
+        size += cost;
+        if size > budget {
+            // Over budget: send all but the record just added, which starts the next message.
+            let carry = (msg.userinfo.len() + msg.contactlists.len() > 1).then(|| {
+                let mut next = m::ChangedEntries::default();
+                if is_user {
+                    next.userinfo.extend(msg.userinfo.pop());
+                } else {
+                    next.contactlists.extend(msg.contactlists.pop());
+                }
+                next
+            });
+            let full = std::mem::replace(&mut msg, carry.unwrap_or_default());
+            size = if msg.userinfo.is_empty() && msg.contactlists.is_empty() {
+                0
+            } else {
+                cost
+            };
+            if tx.send((Instant::now(), encode(full))).await.is_err() {
+                return;
+            }
         }
     }
     msg.last = 1;
-    flush(&mut msg, &mut size, &mut out);
-    out
+    let _ = tx.send((Instant::now(), encode(msg))).await;
+}
+
+/// Decodes one `changedEntries` frame, stores what is news and passes that on to the other
+/// neighbours as one batch. Holds `slot` (a place among the link's batches in flight) until the
+/// batch is durable and forwarded.
+async fn apply_changed_entries(
+    node: Arc<Node>,
+    peer: ServerKey,
+    frame: Bytes,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let origin = format!("peer:{}", key_string(&peer));
+    let ce = match Message::decode(&frame) {
+        Ok(Message {
+            body: Body::ChangedEntries(ce),
+            ..
+        }) => ce,
+        Ok(other) => {
+            tracing::info!(
+                msgtype = other.msgtype(),
+                "unexpected message in a sync frame"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "sync message from peer refused");
+            return;
+        }
+    };
+    node.metrics.messages_in.add("changedEntries", 1);
+    node.metrics
+        .sync_records_received
+        .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
+    let done = node
+        .store
+        .apply_replicated(ce.userinfo, ce.contactlists, &origin)
+        .await;
+    // What was news here is news for the rest of this side of the tree too: it goes
+    // on as one batch, with backpressure (a large sync must not overflow the
+    // neighbours' queues, which would cut their links).
+    let mut forward = m::ChangedEntries::default();
+    for r in done.users {
+        match r {
+            Ok(applied) => {
+                node.user_changed_locally(&applied.record);
+                forward.userinfo.push(applied.record);
+            }
+            Err(StoreError::Stale { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
+        }
+    }
+    for r in done.lists {
+        match r {
+            Ok(applied) => {
+                node.list_changed_locally(&applied.record);
+                forward.contactlists.push(applied.record);
+            }
+            Err(StoreError::Stale { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
+        }
+    }
+    if !forward.userinfo.is_empty() || !forward.contactlists.is_empty() {
+        node.federation
+            .flood_wait(|| encode(forward), Some(&peer))
+            .await;
+    }
+    drop(slot);
+}
+
+/// Whether a frame is a `changedEntries` message (its root tag), without decoding it.
+fn is_changed_entries(frame: &[u8]) -> bool {
+    const TAG: &[u8] = b"<changedEntries";
+    frame.starts_with(TAG)
+        && matches!(
+            frame.get(TAG.len()),
+            Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
+        )
+}
+
+/// Bytes a record's signature, attributes and tags add inside `changedEntries`.
+const RECORD_OVERHEAD: usize = 256;
+
+/// Length of `raw` once XML-escaped as element text (`<` becomes `&lt;`, and so on).
+fn escaped_len(raw: &str) -> usize {
+    raw.len()
+        + raw
+            .bytes()
+            .map(|b| match b {
+                b'<' | b'>' => 3,
+                b'&' => 4,
+                b'"' | b'\'' => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 async fn handle_peer(
@@ -1091,7 +1258,11 @@ async fn handle_peer(
             sync.users.extend(ec.userdb.entries);
             sync.lists.extend(ec.contactlist.entries);
             if ec.last != 0 {
-                let mut theirs = std::mem::take(sync);
+                let mut theirs = SyncIn {
+                    users: std::mem::take(&mut sync.users),
+                    lists: std::mem::take(&mut sync.lists),
+                    in_flight: Arc::clone(&sync.in_flight),
+                };
                 theirs.users.sort_unstable_by_key(|e| e.uid);
                 theirs.lists.sort_unstable_by_key(|e| e.uid);
                 let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs.users);
@@ -1104,23 +1275,19 @@ async fn handle_peer(
                 node.metrics
                     .sync_records_sent
                     .add((users.len() + lists.len()) as u64);
-                for frame in changed_entries_messages(node, &users, &lists) {
-                    if tx.send((Instant::now(), frame)).await.is_err() {
-                        return Break(());
-                    }
-                }
+                // Sent by a task of its own: a large sync takes a while, and this link's reader
+                // must keep reading meanwhile, or two nodes syncing to each other could each
+                // wait for the other to read.
+                tokio::spawn(send_changed_entries(
+                    Arc::clone(node),
+                    users,
+                    lists,
+                    tx.clone(),
+                ));
             }
         }
-        Body::ChangedEntries(ce) => {
-            node.metrics
-                .sync_records_received
-                .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
-            for r in ce.userinfo {
-                apply_user(node, r, false, Some(peer), &origin).await;
-            }
-            for r in ce.contactlists {
-                apply_list(node, r, Some(peer), &origin).await;
-            }
+        Body::ChangedEntries(_) => {
+            // Routed to `apply_changed_entries` before decoding; never reaches here.
         }
         Body::LockUid(l) => {
             let ttl =

@@ -183,6 +183,12 @@ impl Node {
         self.federation.flood(&frame, from_peer);
     }
 
+    /// A ContactList arrived in a sync batch: update who watches whom (the batch is forwarded
+    /// as a whole by the caller).
+    pub fn list_changed_locally(&self, record: &Signed<gossip_common::ContactList>) {
+        self.presence.set_contacts(record.owner, &record.contacts);
+    }
+
     /// A stored UserInfo changed: push it to every session watching that user (and the user's
     /// other sessions, so all their clients agree) and forward it to every tree neighbour but
     /// the one it came from.
@@ -193,20 +199,8 @@ impl Node {
         from_peer: Option<&mst::ServerKey>,
         new_user: bool,
     ) {
-        let forward = if new_user {
-            gossip_common::Body::from(gossip_common::message::NewUser {
-                record: record.clone(),
-            })
-        } else {
-            gossip_common::Body::from(UserInfoMsg {
-                record: record.clone(),
-            })
-        };
-        self.federation.flood(
-            &Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, forward).to_xml()),
-            from_peer,
-        );
-        let frame = Bytes::from(
+        // One encoding serves the push and the forward, unless the forward must say "new".
+        let push = Bytes::from(
             Message::new(
                 std::net::Ipv6Addr::UNSPECIFIED,
                 UserInfoMsg {
@@ -215,10 +209,46 @@ impl Node {
             )
             .to_xml(),
         );
-        let n = self.presence.publish(record.user_id, &frame);
+        let forward = if new_user {
+            Bytes::from(
+                Message::new(
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    gossip_common::message::NewUser {
+                        record: record.clone(),
+                    },
+                )
+                .to_xml(),
+            )
+        } else {
+            push.clone()
+        };
+        self.federation.flood(&forward, from_peer);
+        self.push_local(record, from_session, &push);
+    }
+
+    /// Pushes a changed UserInfo to this node's watchers of it and to the user's other
+    /// sessions; encodes the push only if someone here will receive it. For records that are
+    /// forwarded to peers some other way (sync batches).
+    pub fn user_changed_locally(&self, record: &Signed<UserInfo>) {
+        if self.presence.has_audience(record.user_id) {
+            let push = Bytes::from(
+                Message::new(
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    UserInfoMsg {
+                        record: record.clone(),
+                    },
+                )
+                .to_xml(),
+            );
+            self.push_local(record, None, &push);
+        }
+    }
+
+    fn push_local(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>, push: &Bytes) {
+        let n = self.presence.publish(record.user_id, push);
         self.metrics.messages_out.add("UserInfo", n as u64);
         self.presence
-            .send_to_user(record.user_id, from_session, &frame);
+            .send_to_user(record.user_id, from_session, push);
         tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
     }
 }

@@ -140,6 +140,13 @@ impl Presence {
         }
     }
 
+    /// Whether a change of `uid` would be pushed to anyone here (a watcher, or a session of
+    /// `uid` itself), so callers can skip encoding a push nobody receives.
+    pub fn has_audience(&self, uid: UserId) -> bool {
+        let inner = self.inner.read();
+        inner.watchers.get(&uid).is_some_and(|w| !w.is_empty()) || inner.by_user.contains_key(&uid)
+    }
+
     /// Whether `uid` has at least one session here.
     pub fn is_logged_in(&self, uid: UserId) -> bool {
         self.inner.read().by_user.contains_key(&uid)

@@ -243,3 +243,61 @@ async fn a_key_swapped_into_the_datafile_is_refused_on_load() {
     assert_eq!(u.public_key, alice.public());
     assert_eq!(u.status, "offline");
 }
+
+#[tokio::test]
+async fn replicated_batches_follow_the_same_rules_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (alice, bob, mallory) = (
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+    );
+    store
+        .apply_user_info(info(&bob, 2, 3, "online"), Mode::Create, "t")
+        .await
+        .unwrap();
+    // A forged copy of alice's record: her key in it, mallory's signature.
+    let good = info(&alice, 1, 0, "online");
+    let forged = Signed::<UserInfo>::from_parts(
+        good.raw().to_owned(),
+        *info(&mallory, 1, 0, "online").signature(),
+    )
+    .unwrap();
+    let users = vec![
+        good.clone(),
+        forged,                         // bad signature
+        info(&bob, 2, 2, "away"),       // older than stored: stale
+        info(&mallory, 2, 9, "online"), // bob's UserID, another key
+        info(&alice, 3, 0, "online"),   // new user, fine
+    ];
+    let lists = vec![
+        list(&alice, 1, 0, &[2]),   // owner arrives in the same batch
+        list(&mallory, 3, 0, &[1]), // signed by the wrong key
+        list(&bob, 9, 0, &[1]),     // unknown owner
+    ];
+    let r = store.apply_replicated(users, lists, "peer:test").await;
+    let ok: Vec<bool> = r.users.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, false, false, true]);
+    assert!(matches!(
+        r.users[1],
+        Err(StoreError::Record(RecordError::BadSignature))
+    ));
+    assert!(matches!(r.users[2], Err(StoreError::Stale { .. })));
+    assert!(matches!(
+        r.users[3],
+        Err(StoreError::Record(RecordError::KeyMismatch { .. }))
+    ));
+    let ok: Vec<bool> = r.lists.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, false]);
+    assert_eq!(store.user(UserId(1)).unwrap(), good);
+    assert_eq!(store.user(UserId(2)).unwrap().event_count.count, 3);
+    let digest = store.digest();
+    store.close().await.unwrap();
+    let (store, report) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        (report.users, report.lists, report.bad_signatures),
+        (3, 1, 0)
+    );
+    assert_eq!(store.digest(), digest, "the batch was durable");
+}

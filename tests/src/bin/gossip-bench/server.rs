@@ -148,14 +148,14 @@ impl Drop for Node {
     }
 }
 
-/// A binary of this workspace next to the benchmark's own executable, built if missing.
+/// A binary of this workspace next to the benchmark's own executable. Under `cargo run` the
+/// workspace's binaries are (re)built first, so a stale `gossipd` is never measured.
 pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if path.exists() {
-        return Ok(path);
+    let path = std::env::current_exe()?.with_file_name(name);
+    if std::env::var_os("CARGO").is_some() || !path.exists() {
+        return Ok(gossip_tests::bin_path(name));
     }
-    Ok(gossip_tests::bin_path(name))
+    Ok(path)
 }
 
 /// Resident set size of `pid` in KiB (0 if gone).
