@@ -94,7 +94,7 @@ pub(crate) async fn serve(
         };
         let reason = session.read_loop(rd, &shutdown).await;
         tracing::debug!(%reason, "session ending");
-        session.finish().await;
+        Box::pin(session.finish()).await;
         if reason == "server shutting down" {
             session
                 .send(m::Disconnect {
@@ -111,36 +111,39 @@ pub(crate) async fn serve(
     .await
 }
 
-/// Drains the outbound queue into the socket, batching whatever is ready into one write.
+/// Drains the outbound queue into the socket: whatever is queued goes out in one vectored
+/// write, straight from the shared frames. No write buffer is kept per connection (an idle
+/// client costs no buffer memory, and a push encoded once is never copied per recipient).
 async fn write_loop(
-    wr: OwnedWriteHalf,
+    mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
 ) {
-    let mut wr = tokio::io::BufWriter::with_capacity(8 * 1024, wr);
-    let trace = |frame: &Bytes| {
-        if let Some(tap) = &tap {
-            tap.record(crate::trace::Dir::Out, frame);
-        }
-    };
+    /// Frames per write; more stay queued for the next one.
+    const BATCH: usize = 32;
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => break,
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
-        trace(&frame);
-        let mut result = write_frame(&mut wr, &frame).await;
-        while result.is_ok() {
+        batch.push(frame);
+        while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(more) => {
-                    trace(&more);
-                    result = write_frame(&mut wr, &more).await
-                }
+                Ok(more) => batch.push(more),
                 Err(_) => break,
             }
         }
-        if result.is_err() || wr.flush().await.is_err() {
+        if let Some(tap) = &tap {
+            for f in &batch {
+                tap.record(crate::trace::Dir::Out, f);
+            }
+        }
+        let written = write_frames(&mut wr, &batch).await;
+        // Dropped, not cleared: an idle connection holds no batch memory.
+        batch = Vec::new();
+        if written.is_err() {
             kill.cancel();
             break;
         }
@@ -148,12 +151,25 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn write_frame(
-    wr: &mut tokio::io::BufWriter<OwnedWriteHalf>,
-    frame: &[u8],
+/// Writes `frames`, each followed by a newline, with as few `writev` calls as the socket allows.
+pub(crate) async fn write_frames(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frames: &[Bytes],
 ) -> std::io::Result<()> {
-    wr.write_all(frame).await?;
-    wr.write_all(b"\n").await
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        slices.push(std::io::IoSlice::new(f));
+        slices.push(std::io::IoSlice::new(b"\n"));
+    }
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = wr.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 impl Session {
@@ -202,7 +218,10 @@ impl Session {
                                 Ok(msg) => {
                                     tracing::trace!(msgtype = msg.msgtype(), "received");
                                     self.node.metrics.messages_in.add(msg.msgtype(), 1);
-                                    if self.handle(msg).await.is_break() {
+                                    // Boxed: handling a message needs a large future
+                                    // (store writes, registration locks); boxing it keeps
+                                    // that memory out of every idle connection's task.
+                                    if Box::pin(self.handle(msg)).await.is_break() {
                                         return "client disconnected";
                                     }
                                 }
