@@ -964,7 +964,7 @@ async fn link_writer(
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
         if !delay.is_zero() {
-            tokio::time::sleep_until(at + delay).await;
+            lab_sleep_until(&node, at + delay).await;
         }
         trace(&frame);
         let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
@@ -974,7 +974,7 @@ async fn link_writer(
                     if !delay.is_zero() && at + delay > Instant::now() {
                         // Not due yet: flush what is, then wait for it.
                         ok = wr.flush().await.is_ok();
-                        tokio::time::sleep_until(at + delay).await;
+                        lab_sleep_until(&node, at + delay).await;
                     }
                     trace(&more);
                     ok = ok
@@ -997,6 +997,14 @@ async fn link_writer(
     }
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
+}
+
+/// Waits out an emulated link delay, precisely when the node has its lab clock.
+async fn lab_sleep_until(node: &Node, deadline: Instant) {
+    match &node.lab_clock {
+        Some(clock) => clock.sleep_until(deadline).await,
+        None => tokio::time::sleep_until(deadline).await,
+    }
 }
 
 /// `eventCounts` messages for everything this node holds (users, then lists; last one marked).
@@ -1346,12 +1354,16 @@ async fn apply_user(
     from: Option<&ServerKey>,
     origin: &str,
 ) {
+    // Pushed and forwarded as soon as it is verified, not after this node's disk flush: a
+    // flush per hop would add up along the tree (see `Store::apply_user_info_then`).
     match node
         .store
-        .apply_user_info(record, Mode::Replicate, origin)
+        .apply_user_info_then(record, Mode::Replicate, origin, |r| {
+            node.user_changed_from(r, None, from, new)
+        })
         .await
     {
-        Ok(applied) => node.user_changed_from(&applied.record, None, from, new),
+        Ok(_) => {}
         Err(StoreError::Stale { .. }) => {}
         Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
     }

@@ -9,6 +9,7 @@ mod admin;
 pub mod blacklist;
 pub mod config;
 pub mod federation;
+mod lab;
 pub mod logring;
 pub mod metrics;
 pub mod mst;
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The blacklist file or the admin sockets could not be set up.
     #[error("{0}")]
     Admin(String),
+    /// A helper thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// The datafiles could not be opened.
     #[error("cannot open datafiles in {dir}: {source}")]
     Store {
@@ -77,6 +81,8 @@ pub struct Node {
     pub blacklist: blacklist::Blacklist,
     /// Protocol trace, when enabled.
     pub trace: Option<Arc<trace::Trace>>,
+    /// Precise timer for emulated link delays, when any is configured.
+    lab_clock: Option<lab::LabClock>,
     base_port: u16,
     started: Instant,
 }
@@ -326,7 +332,13 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         None => None,
     };
     let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
+    let lab_clock = if config.lab.is_empty() {
+        None
+    } else {
+        Some(lab::LabClock::start().map_err(StartError::Thread)?)
+    };
     let node = Arc::new(Node {
+        lab_clock,
         federation: federation::Federation::new(me, &config.peers),
         blacklist,
         trace,

@@ -517,16 +517,17 @@ impl Session {
             );
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
-        match self
-            .node
+        // Contacts and peers get the change as soon as it is verified; the client's `ok`
+        // waits for the disk (see `Store::apply_user_info_then`).
+        let (node, sid) = (&self.node, self.sid);
+        match node
             .store
-            .apply_user_info(record, Mode::Update, &self.origin())
+            .apply_user_info_then(record, Mode::Update, &self.origin(), |r| {
+                node.user_changed(r, Some(sid))
+            })
             .await
         {
-            Ok(applied) => {
-                self.node.user_changed(&applied.record, Some(self.sid));
-                self.stored(re, applied.record.event_count).await;
-            }
+            Ok(applied) => self.stored(re, applied.record.event_count).await,
             Err(e) => self.store_error(re, e).await,
         }
     }

@@ -246,7 +246,27 @@ impl Store {
         mode: Mode,
         origin: &str,
     ) -> Result<Applied<UserInfo>, StoreError> {
-        self.apply_user_inner(record, mode, origin, false).await
+        self.apply_user_inner(record, mode, origin, false, |_| {})
+            .await
+    }
+
+    /// [`Store::apply_user_info`], calling `announce` with the record as soon as it is
+    /// verified and accepted (in memory, its write queued) instead of after the `fdatasync`.
+    ///
+    /// Used to push and forward changes without putting a disk flush on every hop of the
+    /// tree: a peer or a watching client may safely see a record before it is durable here,
+    /// because it is signed by its owner and valid on its own; what must wait for the disk is
+    /// the acknowledgement to the client that sent it, which is this call's return. If the
+    /// write then fails, the record is taken back here and comes back through sync.
+    pub async fn apply_user_info_then(
+        &self,
+        record: Signed<UserInfo>,
+        mode: Mode,
+        origin: &str,
+        announce: impl FnOnce(&Signed<UserInfo>),
+    ) -> Result<Applied<UserInfo>, StoreError> {
+        self.apply_user_inner(record, mode, origin, false, announce)
+            .await
     }
 
     /// Applies a batch of records from a peer (sync): the same rules as
@@ -284,7 +304,7 @@ impl Store {
             if !ok {
                 return Err(RecordError::BadSignature.into());
             }
-            self.apply_user_inner(r, Mode::Replicate, origin, true)
+            self.apply_user_inner(r, Mode::Replicate, origin, true, |_| {})
                 .await
         });
         let list_futs = lists
@@ -311,6 +331,7 @@ impl Store {
         mode: Mode,
         origin: &str,
         signature_checked: bool,
+        announce: impl FnOnce(&Signed<UserInfo>),
     ) -> Result<Applied<UserInfo>, StoreError> {
         let uid = record.user_id;
         // Cheap checks under a read lock, the expensive signature check under none.
@@ -361,6 +382,7 @@ impl Store {
             );
             (done, previous.map(|p| p.0))
         };
+        announce(&record);
         self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.users)
             .await?;
         self.maybe_compact(FileKind::Users).await;
