@@ -66,9 +66,20 @@ struct Link {
     id: u64,
     /// Who opened it; decides which of two simultaneous links survives.
     opened_by: ServerKey,
+    /// Control and propagation: never waited on (a link whose queue is full is cut).
     tx: mpsc::Sender<(Instant, Bytes)>,
+    /// Bulk sync traffic (event-count lists, `changedEntries`): senders wait for room. A queue
+    /// of its own, written after the control queue, so a large sync can neither delay nor
+    /// overflow the control traffic (which would cut the link and restart the sync).
+    bulk: mpsc::Sender<(Instant, Bytes)>,
     kill: CancellationToken,
 }
+
+/// The receiving end of a link queue: frames with the time they were queued.
+type LinkQueue = mpsc::Receiver<(Instant, Bytes)>;
+
+/// Frames a link's bulk queue holds (each at most one frame limit, 64 KiB by default).
+const BULK_QUEUE: usize = 16;
 
 /// A network-wide lock request waiting for the answers of this node's subtree.
 struct PendingLock {
@@ -267,7 +278,7 @@ impl Federation {
             st.links
                 .iter()
                 .filter(|(k, _)| Some(*k) != except)
-                .map(|(_, l)| l.tx.clone())
+                .map(|(_, l)| l.bulk.clone())
                 .collect()
         };
         if targets.is_empty() {
@@ -757,6 +768,8 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
 struct SyncIn {
     users: Vec<EcEntry>,
     lists: Vec<EcEntry>,
+    /// The link's bulk queue, for the records the peer lacks.
+    bulk: mpsc::Sender<(Instant, Bytes)>,
     /// `changedEntries` batches being verified and written at once: verifying the next batch
     /// while the previous one waits for its `fdatasync` keeps both the CPU and the disk busy;
     /// the bound keeps a fast sender from queueing unbounded work.
@@ -766,11 +779,12 @@ struct SyncIn {
 /// `changedEntries` batches a link applies concurrently.
 const SYNC_BATCHES_IN_FLIGHT: usize = 8;
 
-impl Default for SyncIn {
-    fn default() -> Self {
+impl SyncIn {
+    fn new(bulk: mpsc::Sender<(Instant, Bytes)>) -> Self {
         SyncIn {
             users: Vec::new(),
             lists: Vec::new(),
+            bulk,
             in_flight: Arc::new(tokio::sync::Semaphore::new(SYNC_BATCHES_IN_FLIGHT)),
         }
     }
@@ -833,6 +847,7 @@ async fn run_link(
         let fed = &node.federation;
         let opened_by = if expect.is_some() { fed.me.clone() } else { peer.clone() };
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
         let kill = CancellationToken::new();
         let id = fed.next_link.fetch_add(1, Ordering::Relaxed);
         // Register, resolving a simultaneous link from the other side deterministically.
@@ -846,7 +861,7 @@ async fn run_link(
                 }
                 existing.kill.cancel();
             }
-            st.links.insert(peer.clone(), Link { id, opened_by, tx: tx.clone(), kill: kill.clone() });
+            st.links.insert(peer.clone(), Link { id, opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
         }
         let learned = fed.add_servers([peer.clone()]);
         if !learned.is_empty() {
@@ -855,7 +870,7 @@ async fn run_link(
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
         let tap = crate::trace::Tap::new(node.trace.as_ref(), addr, "server");
-        let writer = tokio::spawn(link_writer(wr, rx, delay, kill.clone(), tap, Arc::clone(&node)));
+        let writer = tokio::spawn(link_writer(wr, (rx, bulk_rx), delay, kill.clone(), tap, Arc::clone(&node)));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
         let (servers, rows) = {
@@ -866,13 +881,24 @@ async fn run_link(
         };
         let mut initial = vec![encode(m::ServerList { servers })];
         initial.extend(rows);
-        initial.extend(event_count_messages(&node));
         for frame in initial {
             if tx.send((now, frame)).await.is_err() {
                 break;
             }
         }
-        let mut sync = SyncIn::default();
+        // Our event counts go by the bulk queue, from a task: they are a million entries for a
+        // million users, and this task must start reading the peer's meanwhile.
+        {
+            let (node, bulk) = (Arc::clone(&node), bulk.clone());
+            tokio::spawn(async move {
+                for frame in event_count_messages(&node) {
+                    if bulk.send((Instant::now(), frame)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut sync = SyncIn::new(bulk);
         let idle = node.config.idle_timeout.max(Duration::from_secs(10));
         let mut last_rx = Instant::now();
         let mut pinged = false;
@@ -945,7 +971,7 @@ async fn run_link(
 /// line: constant delay, order kept).
 async fn link_writer(
     wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<(Instant, Bytes)>,
+    (mut rx, mut bulk): (LinkQueue, LinkQueue),
     delay: Duration,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
@@ -958,10 +984,16 @@ async fn link_writer(
             tap.record(crate::trace::Dir::Out, frame);
         }
     };
+    let mut bulk_open = true;
     loop {
         let (at, frame) = tokio::select! {
+            biased;
             _ = kill.cancelled() => break,
             f = rx.recv() => match f { Some(f) => f, None => break },
+            f = bulk.recv(), if bulk_open => match f {
+                Some(f) => f,
+                None => { bulk_open = false; continue }
+            },
         };
         if !delay.is_zero() {
             lab_sleep_until(&node, at + delay).await;
@@ -969,7 +1001,8 @@ async fn link_writer(
         trace(&frame);
         let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
         while ok {
-            match rx.try_recv() {
+            // Control frames first; bulk frames only when no control frame waits.
+            match rx.try_recv().or_else(|_| bulk.try_recv()) {
                 Ok((at, more)) => {
                     if !delay.is_zero() && at + delay > Instant::now() {
                         // Not due yet: flush what is, then wait for it.
@@ -1266,15 +1299,12 @@ async fn handle_peer(
             sync.users.extend(ec.userdb.entries);
             sync.lists.extend(ec.contactlist.entries);
             if ec.last != 0 {
-                let mut theirs = SyncIn {
-                    users: std::mem::take(&mut sync.users),
-                    lists: std::mem::take(&mut sync.lists),
-                    in_flight: Arc::clone(&sync.in_flight),
-                };
-                theirs.users.sort_unstable_by_key(|e| e.uid);
-                theirs.lists.sort_unstable_by_key(|e| e.uid);
-                let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs.users);
-                let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs.lists);
+                let mut theirs_users = std::mem::take(&mut sync.users);
+                let mut theirs_lists = std::mem::take(&mut sync.lists);
+                theirs_users.sort_unstable_by_key(|e| e.uid);
+                theirs_lists.sort_unstable_by_key(|e| e.uid);
+                let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs_users);
+                let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs_lists);
                 tracing::info!(
                     users = users.len(),
                     lists = lists.len(),
@@ -1283,6 +1313,7 @@ async fn handle_peer(
                 node.metrics
                     .sync_records_sent
                     .add((users.len() + lists.len()) as u64);
+                node.metrics.sync_rounds.inc();
                 // Sent by a task of its own: a large sync takes a while, and this link's reader
                 // must keep reading meanwhile, or two nodes syncing to each other could each
                 // wait for the other to read.
@@ -1290,7 +1321,7 @@ async fn handle_peer(
                     Arc::clone(node),
                     users,
                     lists,
-                    tx.clone(),
+                    sync.bulk.clone(),
                 ));
             }
         }

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub sync_records_sent: Counter,
     /// Records received from peers in `changedEntries`.
     pub sync_records_received: Counter,
+    /// Sync rounds answered: a peer's complete event-count list was diffed against ours and
+    /// what it lacks was queued to it.
+    pub sync_rounds: Counter,
     /// Bytes received on server links (frames and their separators).
     pub link_bytes_in: Counter,
     /// Bytes sent on server links.
@@ -159,6 +162,11 @@ impl Metrics {
             "sync_records_received_total",
             "Records received from peers during sync.",
             m.sync_records_received.get(),
+        );
+        counter(
+            "sync_rounds_total",
+            "Peer event-count lists diffed and answered.",
+            m.sync_rounds.get(),
         );
         counter(
             "link_bytes_in_total",

@@ -93,7 +93,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "2000,5000,10000,20000,50000,100000,150000,200000,250000,300000"
+        default_value = "2000,5000,10000,12500,15000,17500,20000,25000,30000,50000,100000,200000"
     )]
     rates: Vec<u64>,
     /// fanout: seconds per rate step.
@@ -218,6 +218,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("only {cpus} CPU available: not pinning");
         args.no_pin = true;
     }
+    if args.pinned() && !server::can_pin() {
+        eprintln!("taskset (util-linux) not found: not pinning");
+        args.no_pin = true;
+    }
+    // Read before pinning, which would make this process see one CPU.
+    let machine = machine();
     if args.pinned() {
         server::pin_self(1)?;
     }
@@ -226,7 +232,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.scenarios.clone()
     };
-    let machine = machine();
     println!(
         "gossip-bench {} on {} ({} CPUs){}{}",
         env!("CARGO_PKG_VERSION"),

@@ -19,7 +19,16 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_owned());
     if bar.is_hidden() {
-        eprintln!("  … {what} ({len})");
+        // No terminal (CI, a log file): a progress line every 10 s instead of the bar.
+        eprintln!("  … {what} (0/{len})");
+        let (bar, what) = (bar.clone(), what.to_owned());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            if bar.is_finished() {
+                break;
+            }
+            eprintln!("  … {what} ({}/{len})", bar.position());
+        });
     }
     bar
 }

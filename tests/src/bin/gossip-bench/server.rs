@@ -198,6 +198,16 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Whether `taskset` (util-linux) is there to pin processes with.
+pub(crate) fn can_pin() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Pins every thread of this process (and so everything it starts later) to `cpu`.
 pub(crate) fn pin_self(cpu: usize) -> anyhow::Result<()> {
     let status = Command::new("taskset")

@@ -183,6 +183,10 @@ async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::R
     }
     let bytes0 = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
     let got0 = b.metric("sync_records_received_total")?;
+    let rounds0 = (
+        a.metric("sync_rounds_total")?,
+        b.metric("sync_rounds_total")?,
+    );
     let start = Instant::now();
     a.admin(&AdminRequest::AddServer { server: b_id })?;
     let a_id = format!("127.0.0.1:{}", a.base_port);
@@ -190,7 +194,11 @@ async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::R
         let links: Vec<String> =
             serde_json::from_value(b.admin(&AdminRequest::Mst)?["links"].clone())
                 .unwrap_or_default();
+        // Both sides have diffed the other's complete event-count list (so both lists have
+        // crossed the link) and B has the changed records.
         if !links.contains(&a_id)
+            || a.metric("sync_rounds_total")? <= rounds0.0
+            || b.metric("sync_rounds_total")? <= rounds0.1
             || b.metric("sync_records_received_total")? < got0 + changes as u64
         {
             return Ok(None);
@@ -204,14 +212,13 @@ async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::R
         Ok(Some(()))
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    // Both sides have sent their event counts once the records moved; wait for the byte
-    // counters to settle (A's lists reach B while B's reach A) before reading them.
+    // Only the closing (small) changedEntries may still be in flight: let them land.
     let mut last = 0;
     server::wait_until("the link to go quiet", Duration::from_secs(120), || {
         let now = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
         let quiet = now == last;
         last = now;
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(300));
         Ok(quiet.then_some(()))
     })?;
     Ok(Resync {
