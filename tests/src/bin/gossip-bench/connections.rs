@@ -205,10 +205,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "first_error": first_error,
         },
         "targets": [
-            report::target("kib_per_idle_client", "<= 8 KiB", format!("{per_client_kib:.2} KiB"),
-                judged.then_some(per_client_kib <= 8.0)),
-            report::target("logins_per_s", ">= 10,000/s", report::rate(rate),
-                judged.then_some(rate >= 10_000.0)),
+            report::target("kib_per_idle_client", "<= 8 KiB", per_client_kib, "KiB", "<=", 8.0, judged),
+            report::target("logins_per_s", ">= 10,000/s", rate, "/s", ">=", 10_000.0, judged),
         ],
     }))
 }

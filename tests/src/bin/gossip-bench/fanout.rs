@@ -219,6 +219,6 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                     "step_s": args.step_secs, "rates": args.rates},
         "results": {"steps": steps, "best_pushes_per_s_p99_under_10ms": best_rate, "setup_logins_per_s": login_rate},
         "targets": [report::target("pushes_per_s_p99_under_10ms", ">= 200,000/s with p99 < 10 ms",
-            report::rate(best_rate), judged.then_some(best_rate >= 200_000.0))],
+            best_rate, "/s", ">=", 200_000.0, judged)],
     }))
 }

@@ -148,10 +148,41 @@ impl Table {
     }
 }
 
-/// A target check for the summary: `met` is `None` when the run was too small to judge
-/// (`--quick`), which is never counted as a pass.
-pub(crate) fn target(name: &str, goal: &str, measured: String, met: Option<bool>) -> Value {
-    json!({"target": name, "goal": goal, "measured": measured, "met": met})
+/// A target check for the summary: `value` compared with `bound` by `cmp` (`<=`, `>=`, `<`,
+/// `==`). `judged = false` (`--quick`: sizes too small) reports the value but never a pass or a
+/// failure. The comparison travels in the JSON so medians of repeated runs can be judged again.
+pub(crate) fn target(
+    name: &str,
+    goal: &str,
+    value: f64,
+    unit: &str,
+    cmp: &str,
+    bound: f64,
+    judged: bool,
+) -> Value {
+    json!({"target": name, "goal": goal, "value": value, "unit": unit, "cmp": cmp, "bound": bound,
+           "judged": judged, "measured": format_value(value, unit),
+           "met": judged.then(|| compare(value, cmp, bound))})
+}
+
+/// Whether `value cmp bound` holds.
+pub(crate) fn compare(value: f64, cmp: &str, bound: f64) -> bool {
+    match cmp {
+        "<=" => value <= bound,
+        ">=" => value >= bound,
+        "<" => value < bound,
+        "==" => (value - bound).abs() < 1e-9,
+        _ => false,
+    }
+}
+
+/// A value with its unit, rates with thousands separators.
+pub(crate) fn format_value(value: f64, unit: &str) -> String {
+    if value.abs() >= 1000.0 {
+        format!("{} {unit}", rate(value))
+    } else {
+        format!("{value:.2} {unit}")
+    }
 }
 
 /// Formats a rate with thousands separators.
