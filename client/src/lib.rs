@@ -366,6 +366,7 @@ impl GossipClient {
 
     /// Stops verifying the signatures of pushed records, and trusts the server for them.
     ///
+    /// Covers the contacts' records received at login too (call it before [`Self::login`]).
     /// Only for load generators such as `gossip-bench`, where one process plays thousands of
     /// clients and could not afford an ed25519 check per push (the server verified every record
     /// before storing it; real clients keep verifying so a rogue server cannot forge presence).
@@ -463,20 +464,48 @@ impl GossipClient {
         Ok(())
     }
 
+    /// Takes in what a login returned: the own record and contact list, which must be signed
+    /// by this client's key, and the contacts' records, which must verify against their own
+    /// keys (and a key already known for that contact). Like pushes, nothing the server sends
+    /// is taken on its word; a record that fails is dropped and logged.
     fn absorb_login(&self, answers: Vec<Message>) {
-        let mut state = self.state.lock().expect("lock");
+        let mut me = None;
+        let mut own_list = None;
+        let mut contacts = Vec::new();
         for msg in answers {
             match msg.body {
-                Body::UserInfo(u) => state.me = Some(u.record),
+                Body::UserInfo(u) => me = Some(u.record),
                 Body::ContactList(cl) => {
                     if cl.own.is_some() {
-                        state.list = cl.own;
+                        own_list = cl.own;
                     }
-                    for c in cl.contacts {
-                        state.contacts.insert(c.user_id, c);
-                    }
+                    contacts.extend(cl.contacts);
                 }
                 _ => {}
+            }
+        }
+        let mine = self.key.public();
+        let me = me.filter(|r| r.public_key == mine && r.verify(&mine).is_ok());
+        let own_list = own_list.filter(|l| l.verify(&mine).is_ok());
+        let trust = self.state.lock().expect("lock").trust_pushes;
+        let contacts = if trust {
+            contacts
+        } else {
+            verified_records(contacts)
+        };
+        let mut state = self.state.lock().expect("lock");
+        if me.is_some() {
+            state.me = me;
+        }
+        if own_list.is_some() {
+            state.list = own_list;
+        }
+        for c in contacts {
+            let known = state.contacts.get(&c.user_id);
+            if known.is_none_or(|k| k.public_key == c.public_key) {
+                state.contacts.insert(c.user_id, c);
+            } else {
+                tracing::warn!(uid = %c.user_id, "contact's record carries another key than before; ignored");
             }
         }
     }
@@ -741,6 +770,28 @@ impl direct::KeyLookup for StateKeys {
 }
 
 /// The offline twin of a record: same fields, status offline, no address, next event count.
+/// The records whose signatures verify against their own keys: one batch verification, one
+/// by one only if the batch fails.
+fn verified_records(records: Vec<Signed<UserInfo>>) -> Vec<Signed<UserInfo>> {
+    let batch: Vec<_> = records
+        .iter()
+        .map(|r| (&r.public_key, r.raw().as_bytes(), r.signature()))
+        .collect();
+    if records.is_empty() || gossip_common::PublicKey::verify_batch(&batch).is_ok() {
+        return records;
+    }
+    records
+        .into_iter()
+        .filter(|r| {
+            let ok = r.verify_self().is_ok();
+            if !ok {
+                tracing::warn!(uid = %r.user_id, "contact's record fails verification; ignored");
+            }
+            ok
+        })
+        .collect()
+}
+
 fn offline_version(current: &UserInfo) -> UserInfo {
     let mut info = current.clone();
     info.status = STATUS_OFFLINE.to_owned();
@@ -824,5 +875,103 @@ async fn route(
                 .await;
         }
         other => tracing::debug!(msgtype = other.msgtype(), "unsolicited message ignored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A scripted server answering one login with the given contacts' records.
+    async fn fake_server(
+        listener: TcpListener,
+        me: Signed<UserInfo>,
+        contacts: Vec<Signed<UserInfo>>,
+    ) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut framed = tokio_util::codec::Framed::new(stream, XmlFrameCodec::default());
+        let reply =
+            |re: Option<u64>, body: Body| Message::new(Ipv6Addr::LOCALHOST, body).in_reply_to(re);
+        while let Some(Ok(Ok(frame))) = framed.next().await {
+            let msg = Message::decode(&frame).unwrap();
+            let re = msg.header.id;
+            match msg.body {
+                Body::Authenticate(_) => {
+                    let ch = m::Challenge {
+                        nonce: "00".repeat(32),
+                        server: "fake:1".into(),
+                    };
+                    framed.send(&reply(re, ch.into())).await.unwrap();
+                }
+                Body::ChallengeResponse(_) => {
+                    let (me, contacts) = (me.clone(), contacts.clone());
+                    framed
+                        .send(&reply(re, m::UserInfoMsg { record: me }.into()))
+                        .await
+                        .unwrap();
+                    let cl = m::ContactListMsg {
+                        own: None,
+                        contacts,
+                    };
+                    framed.send(&reply(re, cl.into())).await.unwrap();
+                    framed
+                        .send(&reply(re, m::Ok { current: None }.into()))
+                        .await
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn record(key: &Keypair, uid: u64, nick: &str) -> Signed<UserInfo> {
+        let mut u = UserInfo::new(UserId(uid), key.public());
+        u.nick_name = nick.into();
+        Signed::sign(u, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn login_drops_contact_records_that_do_not_verify_unless_told_to_trust() {
+        let (me_key, bob, mallory) = (
+            Keypair::generate(),
+            Keypair::generate(),
+            Keypair::generate(),
+        );
+        let me = record(&me_key, 1, "me");
+        let good = record(&bob, 2, "bob");
+        // Carol's record as a rogue server would forge it: her claimed key, someone else's
+        // signature.
+        let carol = Keypair::generate();
+        let forged = Signed::<UserInfo>::from_parts(
+            record(&carol, 3, "carol").raw().to_owned(),
+            *record(&mallory, 3, "carol").signature(),
+        )
+        .unwrap();
+        for trust in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(fake_server(
+                listener,
+                me.clone(),
+                vec![good.clone(), forged.clone()],
+            ));
+            let (client, _events) = GossipClient::connect(&addr, me_key.clone()).await.unwrap();
+            if trust {
+                client.trust_server_pushes();
+            }
+            client.login(UserId(1)).await.unwrap();
+            let mut got: Vec<u64> = client
+                .state
+                .lock()
+                .unwrap()
+                .contacts
+                .keys()
+                .map(|u| u.0)
+                .collect();
+            got.sort();
+            let want: &[u64] = if trust { &[2, 3] } else { &[2] };
+            assert_eq!(got, want, "trust = {trust}");
+        }
     }
 }

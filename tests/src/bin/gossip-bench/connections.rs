@@ -260,6 +260,7 @@ pub(crate) fn generator(g: &GeneratorArgs) -> anyhow::Result<()> {
                 async move {
                     let (client, events) =
                         crate::server::connect_client(&server, lane, i, key).await?;
+                    client.trust_server_pushes();
                     client.login(data.uid(i)).await?;
                     Ok::<_, ClientError>((client, events))
                 }

@@ -17,6 +17,11 @@ use crate::report::{self, Table};
 use crate::server::{self, Node, NodeSpec};
 use crate::Args;
 
+/// RTT probe interval of the nodes. Short enough for the tree to form in seconds, long enough
+/// that 20 nodes probing each other (N·(N−1) probes per interval, all on one core) do not load
+/// the core the measured hops run on.
+const PROBE_MS: u64 = 1000;
+
 /// Runs the scenario for every N in `--fed-nodes`.
 pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let d = args.fed_delay_ms;
@@ -91,7 +96,7 @@ async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
     for i in 0..n {
         let node_dir = dir.path().join(format!("node{i}"));
         data.install(args.cache(), &node_dir)?;
-        let mut extra = vec!["--probe-interval-ms".to_string(), "100".into()];
+        let mut extra = vec!["--probe-interval-ms".to_string(), PROBE_MS.to_string()];
         if i > 0 {
             extra.push("--peer".into());
             extra.push(format!("127.0.0.1:{}", port(0)));
