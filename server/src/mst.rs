@@ -43,8 +43,11 @@ pub struct ServerGraph {
     /// Servers, sorted: a server's index is its rank by name.
     servers: Vec<ServerKey>,
     /// Adjacency of server `i`: `adj[start[i]..start[i + 1]]`, as (neighbour, weight).
+    /// Weights are stored in 32 bits (microseconds up to 71 minutes; longer saturates, the same
+    /// on every node): 8-byte entries halve the memory a complete graph's build writes, which
+    /// is most of its time.
     start: Vec<usize>,
-    adj: Vec<(u32, u64)>,
+    adj: Vec<(u32, u32)>,
 }
 
 impl ServerGraph {
@@ -90,8 +93,9 @@ impl ServerGraph {
             start[i + 1] += start[i];
         }
         let mut fill = start.clone();
-        let mut adj = vec![(0u32, 0u64); start[n]];
+        let mut adj = vec![(0u32, 0u32); start[n]];
         for (a, b, w) in edges.into_iter().filter(valid) {
+            let w = u32::try_from(w).unwrap_or(u32::MAX);
             adj[fill[a]] = (b as u32, w);
             fill[a] += 1;
             adj[fill[b]] = (a as u32, w);
@@ -124,7 +128,7 @@ impl ServerGraph {
         self.adj.len() / 2
     }
 
-    fn neighbours(&self, v: usize) -> &[(u32, u64)] {
+    fn neighbours(&self, v: usize) -> &[(u32, u32)] {
         &self.adj[self.start[v]..self.start[v + 1]]
     }
 }
@@ -187,7 +191,7 @@ fn prim_dense(g: &ServerGraph) -> Vec<(usize, usize)> {
             if in_tree[u] {
                 continue;
             }
-            let k = edge_key(w, u, v);
+            let k = edge_key(u64::from(w), u, v);
             if best[u].is_none_or(|(b, _)| k < b) {
                 best[u] = Some((k, v));
             }
@@ -222,7 +226,7 @@ fn prim_heap(g: &ServerGraph) -> Vec<(usize, usize)> {
                 if in_tree[u] {
                     continue;
                 }
-                let k = edge_key(w, u, v);
+                let k = edge_key(u64::from(w), u, v);
                 if best[u].is_none_or(|b| k < b.0) {
                     best[u] = Some((k, v));
                     heap.push(Reverse((k, u, v)));
