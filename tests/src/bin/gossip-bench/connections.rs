@@ -170,6 +170,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "RSS full",
             "KiB/client",
             "server CPU",
+            "server µs/login",
             "generator CPU",
         ],
     );
@@ -182,6 +183,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         format!("{} MiB", rss_full / 1024),
         format!("{per_client_kib:.2}"),
         format!("{login_cpu:.2} s"),
+        format!("{:.0}", 1e6 * login_cpu / ok.max(1) as f64),
         format!("{gen_cpu:.2} s"),
     ]);
     t.print();
@@ -201,6 +203,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "logged_in": connected, "failed": failed, "login_s": elapsed.as_secs_f64(),
             "logins_per_s": rate, "rss_empty_kib": rss_empty, "rss_full_kib": rss_full,
             "kib_per_client": per_client_kib, "server_cpu_s": login_cpu,
+            "server_cpu_us_per_login": 1e6 * login_cpu / ok.max(1) as f64,
             "generators_cpu_s": gen_cpu, "over_limit": refusal, "clients_after_refusal": still,
             "first_error": first_error,
         },

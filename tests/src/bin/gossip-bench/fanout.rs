@@ -113,6 +113,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "p99 ms",
             "max ms",
             "server CPU",
+            "server µs/push",
             "load CPU",
         ],
     );
@@ -184,6 +185,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             format!("{:.2}", report::ms(l.p99)),
             format!("{:.2}", report::ms(l.max)),
             format!("{:.0}%", 100.0 * srv / span),
+            format!("{:.1}", 1e6 * srv / delivered.max(1) as f64),
             format!("{:.0}%", 100.0 * me / span),
         ]);
         steps.push(json!({
@@ -191,6 +193,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "changes": sent, "update_errors": errs, "expected": expected, "delivered": delivered,
             "pushes_per_s": pushed_per_s, "latency": l.json(), "p99_under_10ms": ok,
             "server_cpu_s": srv, "load_cpu_s": me, "span_s": span,
+            "server_cpu_us_per_push": 1e6 * srv / delivered.max(1) as f64,
         }));
         eprintln!(
             "  … {} pushes/s offered: {} delivered/s, p99 {:.2} ms",
