@@ -206,15 +206,7 @@ impl Node {
         new_user: bool,
     ) {
         // One encoding serves the push and the forward, unless the forward must say "new".
-        let push = Bytes::from(
-            Message::new(
-                std::net::Ipv6Addr::UNSPECIFIED,
-                UserInfoMsg {
-                    record: record.clone(),
-                },
-            )
-            .to_xml(),
-        );
+        let push = user_info_frame(record);
         let forward = if new_user {
             Bytes::from(
                 Message::new(
@@ -237,16 +229,7 @@ impl Node {
     /// forwarded to peers some other way (sync batches).
     pub fn user_changed_locally(&self, record: &Signed<UserInfo>) {
         if self.presence.has_audience(record.user_id) {
-            let push = Bytes::from(
-                Message::new(
-                    std::net::Ipv6Addr::UNSPECIFIED,
-                    UserInfoMsg {
-                        record: record.clone(),
-                    },
-                )
-                .to_xml(),
-            );
-            self.push_local(record, None, &push);
+            self.push_local(record, None, &user_info_frame(record));
         }
     }
 
@@ -257,6 +240,19 @@ impl Node {
             .send_to_user(record.user_id, from_session, push);
         tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
     }
+}
+
+/// A `UserInfo` message carrying `record`, encoded once to be shared by every recipient.
+fn user_info_frame(record: &Signed<UserInfo>) -> Bytes {
+    Bytes::from(
+        Message::new(
+            std::net::Ipv6Addr::UNSPECIFIED,
+            UserInfoMsg {
+                record: record.clone(),
+            },
+        )
+        .to_xml(),
+    )
 }
 
 /// A node started by [`start`].

@@ -156,20 +156,7 @@ pub(crate) fn write_new(
     header: &str,
     lines: impl Iterator<Item = Vec<u8>>,
 ) -> io::Result<u64> {
-    let tmp = path.with_extension("new.tmp");
-    let mut w = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-    w.write_all(header.as_bytes())?;
-    w.write_all(b"\n")?;
-    for line in lines {
-        w.write_all(&line)?;
-    }
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    let len = f.metadata()?.len();
-    drop(f);
-    fs::rename(&tmp, path)?;
-    sync_dir(path)?;
-    Ok(len)
+    write_via_temp(path, "new.tmp", header, lines)
 }
 
 /// Replaces `path` by `header` plus `lines`, crash-safely: temp file, fsync, rename, fsync dir.
@@ -179,12 +166,23 @@ pub(crate) fn write_compacted<'a>(
     header: &str,
     lines: impl Iterator<Item = &'a [u8]>,
 ) -> io::Result<u64> {
-    let tmp = path.with_extension("compact.tmp");
+    write_via_temp(path, "compact.tmp", header, lines)
+}
+
+/// Writes `header` and `lines` to `path` with extension `tmp_ext`, syncs it, renames it over
+/// `path` and syncs the directory. Returns the new file's length.
+fn write_via_temp(
+    path: &Path,
+    tmp_ext: &str,
+    header: &str,
+    lines: impl Iterator<Item = impl AsRef<[u8]>>,
+) -> io::Result<u64> {
+    let tmp = path.with_extension(tmp_ext);
     let mut w = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     w.write_all(header.as_bytes())?;
     w.write_all(b"\n")?;
     for line in lines {
-        w.write_all(line)?;
+        w.write_all(line.as_ref())?;
     }
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
