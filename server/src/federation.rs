@@ -1171,33 +1171,40 @@ async fn apply_changed_entries(
     // What was news here is news for the rest of this side of the tree too: it goes
     // on as one batch, with backpressure (a large sync must not overflow the
     // neighbours' queues, which would cut their links).
-    let mut forward = m::ChangedEntries::default();
-    for r in done.users {
-        match r {
-            Ok(applied) => {
-                node.user_changed_locally(&applied.record);
-                forward.userinfo.push(applied.record);
-            }
-            Err(StoreError::Stale { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
-        }
-    }
-    for r in done.lists {
-        match r {
-            Ok(applied) => {
-                node.list_changed_locally(&applied.record);
-                forward.contactlists.push(applied.record);
-            }
-            Err(StoreError::Stale { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
-        }
-    }
+    let forward = m::ChangedEntries {
+        userinfo: news(done.users, &origin, |r| node.user_changed_locally(r)),
+        contactlists: news(done.lists, &origin, |r| node.list_changed_locally(r)),
+        ..Default::default()
+    };
     if !forward.userinfo.is_empty() || !forward.contactlists.is_empty() {
         node.federation
             .flood_wait(|| encode(forward), Some(&peer))
             .await;
     }
     drop(slot);
+}
+
+/// The records a batch stored (news), each handed to `local` first; refusals other than stale
+/// copies are logged.
+fn news<T: gossip_common::Record>(
+    results: Vec<Result<crate::store::Applied<T>, StoreError>>,
+    origin: &str,
+    mut local: impl FnMut(&Signed<T>),
+) -> Vec<Signed<T>> {
+    results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(applied) => {
+                local(&applied.record);
+                Some(applied.record)
+            }
+            Err(StoreError::Stale { .. }) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, %origin, kind = T::KIND, "record from peer refused");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Whether a frame is a `changedEntries` message (its root tag), without decoding it.

@@ -186,18 +186,31 @@ fn prim_dense(g: &ServerGraph) -> Vec<(usize, usize)> {
         if let Some((_, from)) = best[v] {
             edges.push((from, v));
         }
-        for &(u, w) in g.neighbours(v) {
-            let u = u as usize;
-            if in_tree[u] {
-                continue;
-            }
-            let k = edge_key(u64::from(w), u, v);
-            if best[u].is_none_or(|(b, _)| k < b) {
-                best[u] = Some((k, v));
-            }
-        }
+        relax(g, v, &in_tree, &mut best, |_, _| {});
     }
     edges
+}
+
+/// Offers `v`'s edges to the servers outside the tree: where one is better than the best edge
+/// known for its far end, it becomes that server's best, and `improved(key, server)` is told.
+fn relax(
+    g: &ServerGraph,
+    v: usize,
+    in_tree: &[bool],
+    best: &mut [Option<(EdgeKey, usize)>],
+    mut improved: impl FnMut(EdgeKey, usize),
+) {
+    for &(u, w) in g.neighbours(v) {
+        let u = u as usize;
+        if in_tree[u] {
+            continue;
+        }
+        let k = edge_key(u64::from(w), u, v);
+        if best[u].is_none_or(|(b, _)| k < b) {
+            best[u] = Some((k, v));
+            improved(k, u);
+        }
+    }
 }
 
 /// Prim with a lazy-decrease-key heap: O(E log V), for sparse graphs.
@@ -221,17 +234,9 @@ fn prim_heap(g: &ServerGraph) -> Vec<(usize, usize)> {
             if from != usize::MAX {
                 edges.push((from, v));
             }
-            for &(u, w) in g.neighbours(v) {
-                let u = u as usize;
-                if in_tree[u] {
-                    continue;
-                }
-                let k = edge_key(u64::from(w), u, v);
-                if best[u].is_none_or(|b| k < b.0) {
-                    best[u] = Some((k, v));
-                    heap.push(Reverse((k, u, v)));
-                }
-            }
+            relax(g, v, &in_tree, &mut best, |k, u| {
+                heap.push(Reverse((k, u, v)))
+            });
         }
     }
     edges
