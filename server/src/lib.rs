@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, FileConfig};
-pub use net::BindError;
+pub use net::{BindError, PORTS_FILE};
 
 use presence::{Presence, SessionId};
 use registration::UidLocks;
@@ -328,6 +328,16 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         None => None,
     };
     let me: mst::ServerKey = (config.name.clone(), listeners.base_port);
+    net::write_ports_file(
+        &config.data_dir,
+        &mst::key_string(&me),
+        config.bind,
+        listeners.base_port,
+    )
+    .map_err(|source| StartError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
     let lab_clock = if config.lab.is_empty() {
         None
     } else {

@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Listens for clients on the base port P, for other servers on P+1 and for RTT probes (UDP and
 /// TCP echo) on P+2. If those ports are taken it moves to another base port (P+3, …) and says
-/// so, unless --strict-ports is given. Settings come from --config FILE (TOML), overridden by
-/// flags. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=gossip_server=debug) for more detail.
+/// so, unless --strict-ports is given; --base-port 0 lets the kernel choose free ports. The
+/// bound ports are printed on stdout and written to DATA_DIR/ports.json. Settings come from
+/// --config FILE (TOML), overridden by flags. Logs go to stderr; set RUST_LOG (e.g.
+/// RUST_LOG=gossip_server=debug) for more detail. Exit status 3: a port could not be bound.
 #[derive(Debug, Parser)]
 #[command(name = "gossipd", version)]
 struct Args {
@@ -24,7 +26,9 @@ struct Args {
     /// This server's host name, as clients and other servers reach it [default: host name].
     #[arg(long, value_name = "HOST")]
     name: Option<String>,
-    /// Base port P (clients on P, servers on P+1, RTT on P+2) [default: 1024].
+    /// Base port P (clients on P, servers on P+1, RTT on P+2) [default: 1024]. 0: any free
+    /// ports the kernel picks (the server's identity then changes at every start; for tests and
+    /// throwaway nodes).
     #[arg(long, short = 'p', value_name = "P")]
     base_port: Option<u16>,
     /// Exit with an error instead of moving to another base port when P..P+2 are taken.
@@ -113,8 +117,33 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Exit status when a port could not be bound (so scripts can pick other ports and retry).
+const EXIT_BIND: u8 = 3;
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gossipd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let bind = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<gossip_server::StartError>(),
+                    Some(gossip_server::StartError::Bind(_))
+                )
+            });
+            std::process::ExitCode::from(if bind { EXIT_BIND } else { 1 })
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     // Logs go to stderr and, for `prodserver diagnostics`, to an in-memory ring of recent lines.
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::layer::SubscriberExt;

@@ -47,21 +47,36 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn bind_at(ip: IpAddr, base: u16) -> Result<Listeners, BindError> {
-    let err = |what, port, source| BindError {
+fn bind_error(
+    what: &'static str,
+    port: u16,
+    addr: IpAddr,
+) -> impl FnOnce(std::io::Error) -> BindError {
+    move |source| BindError {
         what,
         port,
-        addr: ip,
+        addr,
         source,
-    };
-    let client = tcp_listener(SocketAddr::new(ip, base)).map_err(|e| err("client", base, e))?;
+    }
+}
+
+async fn bind_at(ip: IpAddr, base: u16) -> Result<Listeners, BindError> {
+    let client = tcp_listener(SocketAddr::new(ip, base)).map_err(bind_error("client", base, ip))?;
+    bind_rest(ip, base, client).await
+}
+
+/// Binds P+1 and P+2 beside an already bound client port P.
+async fn bind_rest(ip: IpAddr, base: u16, client: TcpListener) -> Result<Listeners, BindError> {
     let server =
-        tcp_listener(SocketAddr::new(ip, base + 1)).map_err(|e| err("server", base + 1, e))?;
+        tcp_listener(SocketAddr::new(ip, base + 1)).map_err(bind_error("server", base + 1, ip))?;
     let echo_udp = UdpSocket::bind(SocketAddr::new(ip, base + 2))
         .await
-        .map_err(|e| err("RTT echo (UDP)", base + 2, e))?;
-    let echo_tcp = tcp_listener(SocketAddr::new(ip, base + 2))
-        .map_err(|e| err("RTT echo (TCP)", base + 2, e))?;
+        .map_err(bind_error("RTT echo (UDP)", base + 2, ip))?;
+    let echo_tcp = tcp_listener(SocketAddr::new(ip, base + 2)).map_err(bind_error(
+        "RTT echo (TCP)",
+        base + 2,
+        ip,
+    ))?;
     Ok(Listeners {
         base_port: base,
         client,
@@ -72,8 +87,11 @@ async fn bind_at(ip: IpAddr, base: u16) -> Result<Listeners, BindError> {
 }
 
 /// Binds P, P+1, P+2; if any is taken, says which and why and moves on to the next base port
-/// (P+3, …) unless `strict`.
+/// (P+3, …) unless `strict`. Base port 0 lets the kernel choose P (see [`bind_any`]).
 pub(crate) async fn bind(ip: IpAddr, base: u16, strict: bool) -> Result<Listeners, BindError> {
+    if base == 0 {
+        return bind_any(ip).await;
+    }
     let mut port = base;
     let mut attempt = 0;
     loop {
@@ -97,6 +115,31 @@ pub(crate) async fn bind(ip: IpAddr, base: u16, strict: bool) -> Result<Listener
             }
         }
     }
+}
+
+/// Base port 0: the kernel picks a free P for the client port, and P+1 and P+2 are then tried;
+/// on a clash the three are released and the kernel is asked again. Nothing is guessed, so two
+/// nodes (or tests) started at once can never race for the same ports.
+async fn bind_any(ip: IpAddr) -> Result<Listeners, BindError> {
+    let mut last = None;
+    for _ in 0..BIND_ATTEMPTS * 4 {
+        // P stays bound while P+1 and P+2 are tried, so nobody can take it meanwhile.
+        let client = tcp_listener(SocketAddr::new(ip, 0)).map_err(bind_error("client", 0, ip))?;
+        let port = client.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port == 0 || port > u16::MAX - 2 {
+            continue;
+        }
+        match bind_rest(ip, port, client).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        bind_error("client", 0, ip)(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free base port P with P+1 and P+2 free",
+        ))
+    }))
 }
 
 /// Accepts connections until shutdown, backing off on errors such as running out of file
@@ -149,4 +192,63 @@ pub(crate) async fn tcp_echo(mut stream: TcpStream) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+}
+
+/// Name of the file in the data directory that records the ports of the running node.
+pub const PORTS_FILE: &str = "ports.json";
+
+/// Records the bound ports in `DATA_DIR/ports.json` (written to a temporary file and renamed, so
+/// a reader never sees half of it): scripts and tests that start a node with base port 0 read
+/// its ports there instead of guessing. It describes the most recent start.
+pub(crate) fn write_ports_file(
+    data_dir: &std::path::Path,
+    identity: &str,
+    bind: IpAddr,
+    base: u16,
+) -> std::io::Result<()> {
+    let doc = serde_json::json!({
+        "identity": identity,
+        "bind": bind.to_string(),
+        "client": base,
+        "server": base + 1,
+        "rtt": base + 2,
+        "pid": std::process::id(),
+    });
+    let tmp = data_dir.join(format!("{PORTS_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, data_dir.join(PORTS_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn base_port_zero_gets_three_consecutive_free_ports_every_time() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = bind(ip, 0, true).await.expect("kernel-chosen ports");
+        let b = bind(ip, 0, true)
+            .await
+            .expect("a second set while the first is held");
+        assert_ne!(a.base_port, b.base_port);
+        for l in [&a, &b] {
+            assert_ne!(l.base_port, 0);
+            assert_eq!(l.client.local_addr().unwrap().port(), l.base_port);
+            assert_eq!(l.server.local_addr().unwrap().port(), l.base_port + 1);
+            assert_eq!(l.echo_udp.local_addr().unwrap().port(), l.base_port + 2);
+            assert_eq!(l.echo_tcp.local_addr().unwrap().port(), l.base_port + 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn strict_ports_refuse_a_taken_port_and_name_it() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let held = bind(ip, 0, true).await.unwrap();
+        let err = bind(ip, held.base_port, true)
+            .await
+            .err()
+            .expect("taken port refused");
+        assert_eq!(err.port, held.base_port);
+        assert_eq!(err.what, "client");
+    }
 }

@@ -1,5 +1,10 @@
-//! Helpers for Gossip's multi-process integration tests: locating the workspace's binaries,
-//! unique data directories, and waiting on conditions with a deadline (never sleep-and-hope).
+//! Helpers for Gossip's multi-process integration tests and the benchmark: locating the
+//! workspace's binaries, ports that cannot collide ([`ports`]), real `gossipd` processes that keep
+//! their logs as evidence when a test fails ([`gossipd`]), and waiting on conditions with a
+//! deadline (never sleep-and-hope).
+
+pub mod gossipd;
+pub mod ports;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,18 +16,7 @@ use std::time::{Duration, Instant};
 /// binaries are built here, once per test run, with the same cargo and profile.
 pub fn bin_path(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| {
-            if d.ends_with("deps") {
-                d.parent()
-            } else {
-                Some(d)
-            }
-        })
-        .expect("target dir")
-        .to_owned();
+    let dir = profile_dir();
     BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
@@ -46,6 +40,27 @@ pub fn bin_path(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// The profile directory of the running executable (`target/debug` or `target/release`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The cargo target directory (`target/`), where failed tests keep their logs.
+pub fn target_dir() -> PathBuf {
+    let profile = profile_dir();
+    profile.parent().map(PathBuf::from).unwrap_or(profile)
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -140,9 +155,4 @@ impl RawConn {
             }
         }
     }
-}
-
-/// A random base port in a range unlikely to be in use; gossipd moves on if it is.
-pub fn random_base_port() -> u16 {
-    20_000 + (rand::random::<u16>() % 13_000) * 3
 }

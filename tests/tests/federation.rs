@@ -9,7 +9,8 @@ use gossip_client::{Event, GossipClient};
 use gossip_common::rtt::{LabDelays, ProbeConfig};
 use gossip_common::Keypair;
 use gossip_server::{Config, RunningNode};
-use gossip_tests::{random_base_port, wait_for};
+use gossip_tests::ports::reserve_base_ports;
+use gossip_tests::wait_for;
 
 const N: usize = 5;
 /// One-way delays: 3 ms along the chain n0-n1-n2-n3-n4, 25 ms between all other pairs.
@@ -44,9 +45,10 @@ fn config(dir: &std::path::Path, ports: &[u16], i: usize) -> Config {
 }
 
 async fn start_all(dirs: &[tempfile::TempDir]) -> (Vec<u16>, Vec<Option<RunningNode>>) {
+    // The lab delays name every peer's port, so the ports are reserved in advance (below the
+    // ephemeral range); another process may still take one before a node binds it: retry.
     'retry: for _ in 0..10 {
-        let base = random_base_port();
-        let ports: Vec<u16> = (0..N).map(|i| base + 3 * i as u16).collect();
+        let ports = reserve_base_ports(N);
         let mut nodes = Vec::new();
         for (i, dir) in dirs.iter().enumerate() {
             match gossip_server::start(config(dir.path(), &ports, i)).await {

@@ -7,62 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gossip_tests::{bin_path, random_base_port};
+use gossip_tests::bin_path;
+use gossip_tests::gossipd::{Gossipd, Spec};
 
-/// A gossipd child process; killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
+/// A node for these tests: short client timers, kernel-chosen ports unless `spec` says.
+fn spec(data: &Path) -> Spec {
+    Spec::new(data).args(["--keepalive", "0.5", "--idle-timeout", "2"])
 }
 
-impl Daemon {
-    fn start(data: &Path, base_port: u16) -> Daemon {
-        Self::start_with(data, base_port, &[])
-    }
-
-    fn start_with(data: &Path, base_port: u16, extra: &[String]) -> Daemon {
-        let mut child = Command::new(bin_path("gossipd"))
-            .args(["--name", "127.0.0.1", "--bind", "127.0.0.1", "--base-port"])
-            .arg(base_port.to_string())
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--keepalive", "0.5", "--idle-timeout", "2"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::File::create(data.with_extension("log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("spawn gossipd");
-        // The one stdout line says which base port was bound (it may have moved).
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .rsplit(' ')
-            .next()
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("unexpected gossipd output {line:?}"));
-        Daemon {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(spec: &Spec) -> Gossipd {
+    Gossipd::start(spec).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn gossip(home: &Path, args: &[&str]) -> String {
@@ -120,7 +74,7 @@ fn wait_event(
 #[test]
 fn cli_users_see_each_other_and_a_killed_client_goes_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), random_base_port());
+    let daemon = start(&spec(&dir.path().join("data")));
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let mut uids = Vec::new();
     for (home, nick) in [(&alice, "alice"), (&bob, "bob")] {
@@ -131,7 +85,7 @@ fn cli_users_see_each_other_and_a_killed_client_goes_offline() {
                 "--json",
                 "register",
                 "--server",
-                &daemon.addr,
+                &daemon.addr(),
                 "--nick",
                 nick,
             ],
@@ -196,7 +150,7 @@ fn cli_users_see_each_other_and_a_killed_client_goes_offline() {
 fn server_kill_9_keeps_every_acknowledged_update() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut daemon = Daemon::start(&data, random_base_port());
+    let mut daemon = start(&spec(&data));
     let home = dir.path().join("u");
     gossip(&home, &["keygen"]);
     let uid = json(&gossip(
@@ -205,7 +159,7 @@ fn server_kill_9_keeps_every_acknowledged_update() {
             "--json",
             "register",
             "--server",
-            &daemon.addr,
+            &daemon.addr(),
             "--nick",
             "u",
         ],
@@ -225,19 +179,19 @@ fn server_kill_9_keeps_every_acknowledged_update() {
     }
     gossip(&home, &["contacts", "add", "1", "2", "3"]);
     daemon.kill9();
-    let daemon = Daemon::start(&data, random_base_port());
+    let daemon = start(&spec(&data));
     // The restarted server (maybe on another port) holds everything that was acknowledged.
     let other = dir.path().join("v");
     gossip(&other, &["keygen"]);
     gossip(
         &other,
-        &["register", "--server", &daemon.addr, "--nick", "v"],
+        &["register", "--server", &daemon.addr(), "--nick", "v"],
     );
     gossip(
         &other,
         &[
             "--server",
-            &daemon.addr,
+            &daemon.addr(),
             "contacts",
             "add",
             &uid.to_string(),
@@ -245,13 +199,13 @@ fn server_kill_9_keeps_every_acknowledged_update() {
     );
     let list = json(&gossip(
         &other,
-        &["--server", &daemon.addr, "--json", "contacts", "list"],
+        &["--server", &daemon.addr(), "--json", "contacts", "list"],
     ));
     assert_eq!(list[0]["status"], "busy");
     assert_eq!(list[0]["message"], "acknowledged 4");
     let mine = gossip(
         &home,
-        &["--server", &daemon.addr, "--json", "contacts", "list"],
+        &["--server", &daemon.addr(), "--json", "contacts", "list"],
     );
     assert_eq!(json(&mine).as_array().unwrap().len(), 3);
 }
@@ -281,7 +235,6 @@ fn wait_json(home: &Path, args: &[&str], what: &str, pred: impl Fn(&serde_json::
 #[test]
 fn a_node_killed_with_sigkill_catches_up_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    // Three consecutive base ports, strict so the peer addresses are known in advance.
     let fast = [
         "--probe-interval-ms",
         "20",
@@ -289,37 +242,19 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
         "2",
         "--reprobe",
         "0.5",
-        "--strict-ports",
     ];
-    let base = random_base_port();
-    let ports = [base, base + 3, base + 6];
-    let start = |i: usize| {
-        let mut extra: Vec<String> = fast.iter().map(|s| s.to_string()).collect();
-        if i > 0 {
-            extra.push("--peer".into());
-            extra.push(format!("127.0.0.1:{}", ports[i - 1]));
+    // Node i joins node i-1, so each is started once its predecessor's (kernel-chosen) port is
+    // known; node 3 keeps its port across the restart, since the port is part of its identity.
+    let mut nodes: Vec<Gossipd> = Vec::new();
+    for i in 0..3 {
+        let mut s = spec(&dir.path().join(format!("n{i}"))).args(fast);
+        if let Some(prev) = nodes.last() {
+            s = s.args(["--peer".to_string(), prev.identity()]);
         }
-        Daemon::start_with(&dir.path().join(format!("n{i}")), ports[i], &extra)
-    };
-    let mut nodes: Vec<Daemon> = (0..3).map(start).collect();
-    // Wait until every node's log shows the tree spanning all three.
-    let logs: Vec<_> = (0..3)
-        .map(|i| dir.path().join(format!("n{i}.log")))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !logs.iter().all(|l| {
-        let text = std::fs::read_to_string(l).unwrap_or_default();
-        text.lines()
-            .rev()
-            .find(|line| line.contains("spanning tree recomputed"))
-            .is_some_and(|line| ports.iter().all(|p| line.contains(&format!(":{p}"))))
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "the three nodes never formed a tree"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        nodes.push(start(&s));
     }
+    let ids: Vec<String> = nodes.iter().map(Gossipd::identity).collect();
+    wait_tree(&nodes, &ids, "the three nodes to form one tree");
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     gossip(&alice, &["keygen"]);
     gossip(&bob, &["keygen"]);
@@ -329,7 +264,7 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
             "--json",
             "register",
             "--server",
-            &nodes[0].addr,
+            &nodes[0].addr(),
             "--nick",
             "alice",
         ],
@@ -342,7 +277,7 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
             "--json",
             "register",
             "--server",
-            &nodes[2].addr,
+            &nodes[2].addr(),
             "--nick",
             "bob",
         ],
@@ -367,11 +302,132 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
     );
 
     // Node 3 restarts on its data directory and catches up from its neighbour.
-    nodes[2] = start(2);
+    let again = nodes[2].spec().clone().port(nodes[2].base_port);
+    nodes[2] = restart(&again);
+    wait_tree(&nodes, &ids, "the restarted node back in the tree");
     wait_json(
         &bob,
         &["--json", "contacts", "list"],
         "alice's new status on the restarted node",
         |v| v[0]["status"] == "busy" && v[0]["message"] == "while node 3 was dead",
+    );
+}
+
+/// Restarts a node on its own port (its identity). Nothing else should hold that port, but a
+/// bind failure is retried for a few seconds rather than failing the test on chance.
+fn restart(spec: &Spec) -> Gossipd {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Gossipd::start(spec) {
+            Ok(node) => return node,
+            Err(e @ gossip_tests::gossipd::StartError::PortTaken { .. }) => {
+                assert!(Instant::now() < deadline, "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Waits until every node reports (through its admin socket) one tree spanning all of `ids`
+/// and a link to each of its tree neighbours.
+fn wait_tree(nodes: &[Gossipd], ids: &[String], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| n.status().unwrap_or_default())
+            .collect();
+        if one_tree(&statuses, ids) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {statuses:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether every status shows the same tree, spanning exactly `ids`, with links to the node's
+/// tree neighbours.
+fn one_tree(statuses: &[serde_json::Value], ids: &[String]) -> bool {
+    let tree = &statuses[0]["mst"];
+    let Some(edges) = tree.as_array() else {
+        return false;
+    };
+    let mut members: Vec<&str> = edges
+        .iter()
+        .flat_map(|e| {
+            e.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+        })
+        .collect();
+    members.sort();
+    members.dedup();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    members == want
+        && edges.len() + 1 == ids.len()
+        && statuses.iter().all(|s| {
+            let me = s["identity"].as_str().unwrap_or_default();
+            let linked_ok = s["peers"].as_array().is_some_and(|peers| {
+                peers.iter().all(|p| {
+                    let id = p["id"].as_str().unwrap_or_default();
+                    let neighbour = edges
+                        .iter()
+                        .any(|e| e[0] == me && e[1] == id || e[1] == me && e[0] == id);
+                    p["linked"] == neighbour
+                })
+            });
+            s["mst"] == *tree && linked_ok
+        })
+}
+
+#[test]
+fn a_failing_test_keeps_the_logs_of_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&spec(&dir.path().join("evidence-node")));
+    let identity = node.identity();
+    // A test that fails while its node runs: the node is dropped during the unwind.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _node = node;
+        panic!("deliberate failure");
+    }));
+    assert!(outcome.is_err());
+    let kept = gossip_tests::target_dir()
+        .join("test-logs")
+        .join("processes-a_failing_test_keeps_the_logs_of_its_nodes")
+        .join("evidence-node.log");
+    let log = std::fs::read_to_string(&kept)
+        .unwrap_or_else(|e| panic!("no evidence at {}: {e}", kept.display()));
+    assert!(log.contains("listening"), "{log}");
+    assert!(log.contains(&identity), "{log}");
+    let _ = std::fs::remove_file(kept);
+}
+
+#[test]
+fn base_port_zero_reports_its_ports_on_stdout_and_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let node = start(&spec(&data));
+    let ports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("ports.json")).unwrap()).unwrap();
+    assert_eq!(ports["client"], node.base_port);
+    assert_eq!(ports["server"], node.base_port + 1);
+    assert_eq!(ports["rtt"], node.base_port + 2);
+    assert_eq!(ports["identity"], node.identity());
+    assert_eq!(ports["pid"], node.pid());
+    // And the node really serves there.
+    assert_eq!(node.status().unwrap()["base_port"], node.base_port);
+    std::net::TcpStream::connect(("127.0.0.1", node.base_port + 1)).expect("server port");
+    // A second node asking for the first one's port strictly is told the port is taken.
+    let taken = Gossipd::start(&spec(&dir.path().join("m")).port(node.base_port));
+    assert!(
+        matches!(taken, Err(gossip_tests::gossipd::StartError::PortTaken { .. })),
+        "{:?}",
+        taken.err().map(|e| e.to_string())
     );
 }

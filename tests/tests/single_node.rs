@@ -8,10 +8,10 @@ use gossip_client::{Event, GossipClient};
 use gossip_common::message::{self as m};
 use gossip_common::{Body, Domain, ErrorCode, EventCount, Keypair, Signed, UserId, UserInfo};
 use gossip_server::{Config, RunningNode};
-use gossip_tests::{random_base_port, RawConn};
+use gossip_tests::RawConn;
 
 async fn node(dir: &std::path::Path) -> RunningNode {
-    gossip_server::start(Config::for_tests(dir, random_base_port()))
+    gossip_server::start(Config::for_tests(dir, 0))
         .await
         .expect("node starts")
 }
@@ -378,7 +378,7 @@ async fn direct_messages_are_signed_and_verified() {
 async fn client_logs_in_to_the_nearest_live_server() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // The "far" node delays its echo replies to clients by 40 ms (lab emulation).
-    let mut far_cfg = Config::for_tests(d1.path(), random_base_port());
+    let mut far_cfg = Config::for_tests(d1.path(), 0);
     let mut delays = std::collections::HashMap::new();
     delays.insert("client".to_owned(), Duration::from_millis(40));
     far_cfg.lab = gossip_common::rtt::LabDelays::new(delays);

@@ -38,7 +38,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let node_dir = dir.path().join("node");
     data.install(args.cache(), &node_dir)?;
     let node = Node::start(&NodeSpec {
-        base_port: args.base_port,
+        base_port: 0,
         data_dir: node_dir,
         cpu: args.server_cpu(),
         // Exactly the clients measured: the next one must be refused with server-full.

@@ -48,7 +48,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let node_dir = dir.path().join("node");
     data.install(args.cache(), &node_dir)?;
     let node = Node::start(&NodeSpec {
-        base_port: args.base_port + 10,
+        base_port: 0,
         data_dir: node_dir,
         cpu: args.server_cpu(),
         extra: vec!["--max-clients".into(), (data.users + 100).to_string()],

@@ -91,33 +91,41 @@ async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
         seed: args.seed,
     };
     let dir = server::run_dir(args.work_dir(), &format!("federation-{n}"))?;
-    let port = |i: usize| args.base_port + 100 + 5 * i as u16;
     let mut nodes = Vec::new();
-    for i in 0..n {
-        let node_dir = dir.path().join(format!("node{i}"));
-        data.install(args.cache(), &node_dir)?;
-        let mut extra = vec!["--probe-interval-ms".to_string(), PROBE_MS.to_string()];
-        if i > 0 {
-            extra.push("--peer".into());
-            extra.push(format!("127.0.0.1:{}", port(0)));
+    // The lab delays name every peer's port, so ports are reserved in advance (below the
+    // ephemeral range); if another process takes one before its node binds it, start over.
+    'ports: for attempt in 1..=5 {
+        let ports = gossip_tests::ports::reserve_base_ports(n);
+        let port = |i: usize| ports[i];
+        nodes.clear();
+        for i in 0..n {
+            let node_dir = dir.path().join(format!("try{attempt}-node{i}"));
+            data.install(args.cache(), &node_dir)?;
+            let mut extra = vec!["--probe-interval-ms".to_string(), PROBE_MS.to_string()];
+            if i > 0 {
+                extra.push("--peer".into());
+                extra.push(format!("127.0.0.1:{}", port(0)));
+            }
+            for j in (0..n).filter(|&j| j != i) {
+                extra.push("--lab-link-delay".into());
+                extra.push(format!(
+                    "127.0.0.1:{}={}",
+                    port(j),
+                    i.abs_diff(j) as u64 * d
+                ));
+            }
+            match Node::start(&NodeSpec {
+                base_port: port(i),
+                data_dir: node_dir,
+                cpu: args.server_cpu(),
+                extra,
+            }) {
+                Ok(node) => nodes.push(node),
+                Err(e) if attempt < 5 && is_port_taken(&e) => continue 'ports,
+                Err(e) => return Err(e),
+            }
         }
-        for j in (0..n).filter(|&j| j != i) {
-            extra.push("--lab-link-delay".into());
-            extra.push(format!(
-                "127.0.0.1:{}={}",
-                port(j),
-                i.abs_diff(j) as u64 * d
-            ));
-        }
-        nodes.push(Node::start(&NodeSpec {
-            base_port: port(i),
-            data_dir: node_dir,
-            cpu: args.server_cpu(),
-            extra: vec!["--strict-ports".into()]
-                .into_iter()
-                .chain(extra)
-                .collect(),
-        })?);
+        break;
     }
     // The tree every node must agree on: the path, linked.
     let id = |i: usize| format!("127.0.0.1:{}", nodes[i].base_port);
@@ -207,4 +215,12 @@ async fn measure(
     }
     out.sort_by(f64::total_cmp);
     Ok(out)
+}
+
+/// Whether a node failed to start only because one of its ports was taken.
+fn is_port_taken(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<gossip_tests::gossipd::StartError>(),
+        Some(gossip_tests::gossipd::StartError::PortTaken { .. })
+    )
 }

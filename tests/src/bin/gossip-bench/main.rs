@@ -66,9 +66,6 @@ pub(crate) struct Args {
     /// Where the nodes' data directories go during a run (default: target/bench-runs).
     #[arg(long = "work-dir", value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// First base port; scenarios use ports above it.
-    #[arg(long, default_value_t = 42000)]
-    base_port: u16,
     /// Runs of each scenario; targets are judged on the median (the machines are noisy).
     #[arg(long, default_value_t = 1)]
     runs: usize,

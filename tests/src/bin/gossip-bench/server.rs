@@ -1,20 +1,21 @@
 //! Real `gossipd` processes for the benchmark: start (optionally pinned to a CPU), talk to
 //! through the admin socket, read resident memory and CPU time from `/proc`, stop.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use gossip_common::admin::{AdminRequest, AdminResponse};
+use gossip_common::admin::AdminRequest;
+use gossip_tests::gossipd::{Gossipd, Spec};
 
 /// How to start one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeSpec {
-    /// Base port to try first (the node may move up if it is taken).
+    /// Base port: 0 (kernel-chosen, never collides) unless the scenario must name it in
+    /// advance (then from `gossip_tests::ports`, and strict).
     pub(crate) base_port: u16,
-    /// Data directory (datafiles, admin socket, log).
+    /// Data directory (datafiles, admin socket); the log goes beside it.
     pub(crate) data_dir: PathBuf,
     /// CPU to pin the process to.
     pub(crate) cpu: Option<usize>,
@@ -22,98 +23,50 @@ pub(crate) struct NodeSpec {
     pub(crate) extra: Vec<String>,
 }
 
-/// A running gossipd process; killed when dropped.
+/// A running gossipd process (the tests' [`Gossipd`]); killed when dropped.
 pub(crate) struct Node {
-    child: Child,
+    inner: Gossipd,
     /// Base port it bound.
     pub(crate) base_port: u16,
-    /// Its data directory.
-    pub(crate) data_dir: PathBuf,
 }
 
 impl Node {
     /// Starts gossipd and waits until it has loaded its datafiles and bound its ports.
     pub(crate) fn start(spec: &NodeSpec) -> anyhow::Result<Node> {
-        let gossipd = sibling_binary("gossipd")?;
-        std::fs::create_dir_all(&spec.data_dir)?;
-        let mut cmd = match spec.cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(&gossipd);
-                c
-            }
-            None => Command::new(&gossipd),
-        };
-        let log = std::fs::File::create(spec.data_dir.join("gossipd.log"))?;
-        cmd.args(["--name", "127.0.0.1", "--bind", "127.0.0.1", "--base-port"])
-            .arg(spec.base_port.to_string())
-            .arg("--data-dir")
-            .arg(&spec.data_dir)
-            .args(&spec.extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("GOSSIP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", gossipd.display()))?;
-        // Its one stdout line names the bound base port; it comes after the datafiles loaded.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-        let Some(port) = line.rsplit(' ').next().and_then(|p| p.trim().parse().ok()) else {
-            let _ = child.kill();
-            bail!(
-                "gossipd did not start (stdout {line:?}); see {}",
-                spec.data_dir.join("gossipd.log").display()
-            );
-        };
+        // Under `cargo run` the workspace's binaries are (re)built first by `bin_path`, so a
+        // stale `gossipd` is never measured.
+        let mut s = Spec::new(&spec.data_dir)
+            .port(spec.base_port)
+            .args(spec.extra.iter().cloned());
+        s.cpu = spec.cpu;
+        s.log_level = std::env::var("GOSSIP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into());
+        // A million users take over a minute to load on one core.
+        s.start_timeout = Duration::from_secs(1800);
+        let inner = Gossipd::start(&s)?;
         Ok(Node {
-            child,
-            base_port: port,
-            data_dir: spec.data_dir.clone(),
+            base_port: inner.base_port,
+            inner,
         })
     }
 
     /// `127.0.0.1:P`, the client address.
     pub(crate) fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.base_port)
+        self.inner.addr()
     }
 
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// One admin request; the response's `data`.
     pub(crate) fn admin(&self, req: &AdminRequest) -> anyhow::Result<serde_json::Value> {
-        let path = self.data_dir.join("admin.sock");
-        let mut s = std::os::unix::net::UnixStream::connect(&path)
-            .with_context(|| format!("admin socket {}", path.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut line = serde_json::to_string(req)?;
-        line.push('\n');
-        s.write_all(line.as_bytes())?;
-        let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer)?;
-        let resp: AdminResponse = serde_json::from_str(&answer)?;
-        if !resp.ok {
-            bail!("admin {req:?} refused: {:?}", resp.error);
-        }
-        Ok(resp.data)
+        self.inner.admin(req)
     }
 
     /// A counter or gauge from the node's metrics (`gossip_<name>`).
     pub(crate) fn metric(&self, name: &str) -> anyhow::Result<u64> {
-        let text = self.admin(&AdminRequest::Metrics)?;
-        let text = text["text"].as_str().unwrap_or_default();
-        let want = format!("gossip_{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&want))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("metric gossip_{name} missing"))
+        self.inner.metric(name)
     }
 
     /// Resident memory in KiB.
@@ -128,34 +81,8 @@ impl Node {
 
     /// Graceful stop (SIGTERM), then wait; killed if it takes over 30 s.
     pub(crate) fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.terminate(Duration::from_secs(30));
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A binary of this workspace next to the benchmark's own executable. Under `cargo run` the
-/// workspace's binaries are (re)built first, so a stale `gossipd` is never measured.
-pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    if std::env::var_os("CARGO").is_some() || !path.exists() {
-        return Ok(gossip_tests::bin_path(name));
-    }
-    Ok(path)
 }
 
 /// Resident set size of `pid` in KiB (0 if gone).

@@ -34,7 +34,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let probe = ["--probe-interval-ms".to_string(), "100".into()];
     let load_start = Instant::now();
     let a = Node::start(&NodeSpec {
-        base_port: args.base_port + 300,
+        base_port: 0,
         data_dir: a_dir,
         // The sending side is the load here; the receiving node gets the server CPU.
         cpu: args.load_cpu(),
@@ -48,7 +48,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let bar = report::bar(2 * m as u64, "full sync to an empty node");
     let start = Instant::now();
     let b = Node::start(&NodeSpec {
-        base_port: args.base_port + 310,
+        base_port: 0,
         data_dir: dir.path().join("b"),
         cpu: args.server_cpu(),
         extra: [probe.to_vec(), vec!["--peer".into(), a.addr()]].concat(),
