@@ -27,6 +27,9 @@ pub struct ProbeConfig {
     pub replies: usize,
     /// No reply within this long means the server is dead (spec: 30 s).
     pub dead_after: Duration,
+    /// Address probes are sent from (a server's `--bind` address, so peers and their
+    /// blacklists see the same address for its probes as for its links); `None`: any.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for ProbeConfig {
@@ -35,6 +38,7 @@ impl Default for ProbeConfig {
             interval: Duration::from_secs(2),
             replies: 3,
             dead_after: Duration::from_secs(30),
+            source: None,
         }
     }
 }
@@ -110,8 +114,9 @@ pub async fn probe(
         sent: HashMap<u8, Instant>,
         rtts: Vec<Duration>,
     }
-    let bind: SocketAddr = match targets.values().next() {
-        Some(a) if a.is_ipv6() => "[::]:0".parse().expect("valid"),
+    let bind: SocketAddr = match (cfg.source, targets.values().next()) {
+        (Some(ip), _) if !ip.is_unspecified() => SocketAddr::new(ip, 0),
+        (_, Some(a)) if a.is_ipv6() => "[::]:0".parse().expect("valid"),
         _ => "0.0.0.0:0".parse().expect("valid"),
     };
     let socket = Arc::new(UdpSocket::bind(bind).await?);
@@ -222,6 +227,7 @@ mod tests {
             interval: Duration::from_millis(20),
             replies: 3,
             dead_after: Duration::from_millis(400),
+            source: None,
         }
     }
 

@@ -207,7 +207,13 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
         AdminRequest::BlacklistAdd { net } => match node.blacklist.add(&net) {
             Ok(added) => {
                 node.store.audit("admin", &format!("blacklist add {net}"));
-                AdminResponse::ok(json!({"added": added, "blacklist": node.blacklist.list()}))
+                // The entry applies to what is already open, not just to what comes next.
+                let links = fed.drop_links_from(|ip| node.blacklist.contains(ip));
+                AdminResponse::ok(json!({
+                    "added": added,
+                    "blacklist": node.blacklist.list(),
+                    "links_closed": links,
+                }))
             }
             Err(e) => AdminResponse::err(e),
         },

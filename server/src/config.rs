@@ -195,6 +195,8 @@ impl Config {
             interval: Duration::from_millis(f.probe_interval_ms.unwrap_or(2000).max(1)),
             replies: 3,
             dead_after: secs(f.dead_after_s, 30.0, "dead_after_s")?,
+            // Probes leave from the bound address, like the server links.
+            source: Some(bind),
         };
         let reprobe = secs(f.reprobe_s, 60.0, "reprobe_s")?;
         let mut lab = std::collections::HashMap::new();

@@ -12,9 +12,23 @@
 //! * `serverID` is the first message on every link, both ways;
 //! * either end may open a link to a tree neighbour; if both do at once, the link opened by the
 //!   smaller key wins on both sides, so they agree without talking;
-//! * a link outside the tree is closed only once both ends' rows are known here, so a joining
-//!   server is not cut off before the others have measured it;
-//! * a lost neighbour is retried with exponential backoff (up to a minute).
+//! * a link outside the tree is closed only once both ends' rows are known here and neither
+//!   marks the other dead, so a joining server is not cut off before the others have measured
+//!   it, and a link that contradicts a dead mark stays up until fresh measurements have crossed
+//!   it (see "Healing" below);
+//! * a lost neighbour is retried with exponential backoff (up to a minute), and so is a server
+//!   that refused us before the handshake ended.
+//!
+//! Healing. A dead mark is only as fresh as the last probe, and rows travel only over links, so
+//! after a partition each side may hold the other's rows marking it dead, and no tree link would
+//! ever be opened to carry the fresh ones. Three rules break that for good:
+//! * servers this node's row marks dead are re-probed every probe interval (one packet each),
+//!   and a reply is published at once ([`revival_loop`]);
+//! * a server this node measures alive but that the tree puts outside its component means the
+//!   rows disagree: this node dials the nearest such server of each other component (a repair
+//!   link), and rows are exchanged on every link-up;
+//! * a link is never closed as "not a tree neighbour" while the rows say its edge is dead (the
+//!   open link is proof they are stale) until fresh rows have had time to cross it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -64,6 +78,10 @@ struct Row {
 
 struct Link {
     id: u64,
+    /// The peer's address as seen on this connection (blacklist entries drop matching links).
+    addr: SocketAddr,
+    /// When the handshake completed: a dead mark older than the link is not trusted.
+    up_at: Instant,
     /// Who opened it; decides which of two simultaneous links survives.
     opened_by: ServerKey,
     /// Control and propagation: never waited on (a link whose queue is full is cut).
@@ -132,6 +150,8 @@ pub struct Federation {
     state: Mutex<State>,
     changed: Notify,
     probe_now: Notify,
+    /// Wakes [`revival_loop`] (a link came up to a server our row may mark dead).
+    revive_now: Notify,
     next_link: AtomicU64,
     recomputations: AtomicU64,
     link_drops: AtomicU64,
@@ -147,6 +167,7 @@ impl Federation {
             state: Mutex::new(state),
             changed: Notify::new(),
             probe_now: Notify::new(),
+            revive_now: Notify::new(),
             next_link: AtomicU64::new(1),
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
@@ -236,7 +257,27 @@ impl Federation {
     /// Re-measure now and recompute the tree.
     pub(crate) fn recalc(&self) {
         self.probe_now.notify_one();
+        self.revive_now.notify_one();
         self.changed.notify_one();
+    }
+
+    /// Closes every server link whose peer address `refused` matches (a blacklist entry was
+    /// added); returns how many.
+    pub(crate) fn drop_links_from(&self, refused: impl Fn(std::net::IpAddr) -> bool) -> usize {
+        let st = self.state.lock();
+        let mut n = 0;
+        for (key, link) in &st.links {
+            if refused(link.addr.ip()) {
+                tracing::warn!(peer = %key_string(key), addr = %link.addr, "closing a link to a blacklisted address");
+                link.kill.cancel();
+                n += 1;
+            }
+        }
+        drop(st);
+        if n > 0 {
+            self.probe_now.notify_one();
+        }
+        n
     }
 
     /// Server links dropped because their queue was full.
@@ -257,10 +298,15 @@ impl Federation {
             if Some(key) == except {
                 continue;
             }
-            if link.tx.try_send((Instant::now(), frame.clone())).is_err() {
-                self.link_drops.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %key_string(key), "server link queue full; dropping the link");
-                link.kill.cancel();
+            match link.tx.try_send((Instant::now(), frame.clone())) {
+                Ok(()) => {}
+                // The link is already ending; its end is reported where it ends.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.link_drops.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %key_string(key), "server link queue full; dropping the link");
+                    link.kill.cancel();
+                }
             }
         }
     }
@@ -376,18 +422,108 @@ impl Federation {
         let mut edges = Vec::new();
         for (i, a) in servers.iter().enumerate() {
             for (j, b) in servers.iter().enumerate().skip(i + 1) {
-                let ab = rows[i].and_then(|r| r.rtts.get(*b)).copied();
-                let ba = rows[j].and_then(|r| r.rtts.get(*a)).copied();
-                let w = match (ab, ba) {
-                    (Some(None), _) | (_, Some(None)) | (None, None) => continue,
-                    (Some(Some(x)), Some(Some(y))) => x.max(y),
-                    (Some(Some(x)), None) | (None, Some(Some(x))) => x,
-                };
-                edges.push((i, j, w));
+                if let Edge::Alive(w) = edge(rows[i], b, rows[j], a) {
+                    edges.push((i, j, w));
+                }
             }
         }
         ServerGraph::from_indexed(st.servers.iter().cloned().collect(), edges)
     }
+}
+
+/// What the rows say of the edge between two servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edge {
+    /// Usable, with this weight: the larger of the two directions' measurements (a link is as
+    /// good as its worse direction), or the one present.
+    Alive(u64),
+    /// A direction reported dead: no edge.
+    Dead,
+    /// Neither direction measured yet.
+    Unknown,
+}
+
+/// The edge between `a` (row `row_a`) and `b` (row `row_b`).
+fn edge(row_a: Option<&Row>, b: &ServerKey, row_b: Option<&Row>, a: &ServerKey) -> Edge {
+    let ab = row_a.and_then(|r| r.rtts.get(b)).copied();
+    let ba = row_b.and_then(|r| r.rtts.get(a)).copied();
+    match (ab, ba) {
+        (Some(None), _) | (_, Some(None)) => Edge::Dead,
+        (None, None) => Edge::Unknown,
+        (Some(Some(x)), Some(Some(y))) => Edge::Alive(x.max(y)),
+        (Some(Some(x)), None) | (None, Some(Some(x))) => Edge::Alive(x),
+    }
+}
+
+/// The servers to open a repair link to: for each component of the tree (a forest when the rows
+/// disagree) other than this server's own, the member this server's own row measures alive with
+/// the lowest RTT. Rows can only say two components are apart if one side marks the other dead
+/// while this server measures it alive, so a repair link is dialled only when rows are stale.
+fn repair_targets(
+    me: &ServerKey,
+    servers: &BTreeSet<ServerKey>,
+    tree: &[TreeEdge],
+    my_row: Option<&Row>,
+) -> Vec<ServerKey> {
+    let Some(my_row) = my_row else {
+        return Vec::new();
+    };
+    // Components of the forest by union-find over the tree's edges.
+    let index: HashMap<&ServerKey, usize> =
+        servers.iter().enumerate().map(|(i, s)| (s, i)).collect();
+    let mut parent: Vec<usize> = (0..servers.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (a, b) in tree {
+        if let (Some(&i), Some(&j)) = (index.get(a), index.get(b)) {
+            let (ri, rj) = (root(&mut parent, i), root(&mut parent, j));
+            parent[ri] = rj;
+        }
+    }
+    let Some(&mine) = index.get(me) else {
+        return Vec::new();
+    };
+    let my_root = root(&mut parent, mine);
+    let mut nearest: BTreeMap<usize, (u64, &ServerKey)> = BTreeMap::new();
+    for (s, rtt) in &my_row.rtts {
+        let (Some(rtt), Some(&i)) = (rtt, index.get(s)) else {
+            continue;
+        };
+        let r = root(&mut parent, i);
+        if r == my_root {
+            continue;
+        }
+        let best = nearest.entry(r).or_insert((*rtt, s));
+        if (*rtt, s) < (best.0, best.1) {
+            *best = (*rtt, s);
+        }
+    }
+    nearest.into_values().map(|(_, s)| s.clone()).collect()
+}
+
+/// Whether a link outside the tree may be closed. Only once both ends' rows are known here
+/// (a joining server is not cut off before it is measured), and, if the rows say the edge is
+/// dead, only after `grace`: the open link proves the dead mark stale, and closing it would
+/// leave the fresh rows no way across. The grace bounds the one case where a dead mark and a
+/// live link truly coexist (RTT probes blocked while TCP works).
+fn may_close_non_tree_link(
+    edge: Edge,
+    both_rows_known: bool,
+    link_age: Duration,
+    grace: Duration,
+) -> bool {
+    both_rows_known && (edge != Edge::Dead || link_age >= grace)
+}
+
+/// How long a link whose edge the rows call dead is kept outside the tree: long enough for both
+/// ends' revival probes to publish fresh rows across it.
+fn dead_edge_grace(probe: &gossip_common::rtt::ProbeConfig) -> Duration {
+    probe.dead_after.max(probe.interval * 4)
 }
 
 /// How long a lock request waits for a subtree's answer before counting it as refused.
@@ -581,12 +717,15 @@ pub(crate) fn start(
                     return std::future::ready(());
                 }
                 let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
-                t.spawn(async move { run_link(node, stream, None, peer, shutdown).await });
+                t.spawn(async move {
+                    run_link(node, stream, None, peer, shutdown).await;
+                });
                 std::future::ready(())
             },
         ));
     }
     tracker.spawn(prober_loop(Arc::clone(node), shutdown.clone()));
+    tracker.spawn(revival_loop(Arc::clone(node), shutdown.clone()));
     tracker.spawn(topology_loop(
         Arc::clone(node),
         shutdown.clone(),
@@ -594,73 +733,44 @@ pub(crate) fn start(
     ));
 }
 
-/// Measures every known server once per `reprobe` (or sooner when asked), publishing the row
-/// when a value moved past the damping threshold.
+/// Measures every known server that this node's row does not mark dead, once per `reprobe`
+/// (or sooner when asked), publishing the row when a value moved past the damping threshold.
+/// Servers marked dead are watched by [`revival_loop`], so a long round waiting out a dead
+/// server's timeout never delays noticing that another one came back.
 async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
     let fed = &node.federation;
     let me = key_string(&fed.me);
     loop {
-        let servers: Vec<ServerKey> = fed
-            .state
-            .lock()
-            .servers
-            .iter()
-            .filter(|s| **s != fed.me)
-            .cloned()
-            .collect();
-        let mut targets = BTreeMap::new();
-        let mut unresolved = Vec::new();
-        for s in &servers {
-            match resolve(s, 2).await {
-                Some(addr) => {
-                    targets.insert(key_string(s), addr);
-                }
-                None => unresolved.push(s.clone()),
-            }
-        }
+        let servers: Vec<ServerKey> = {
+            let st = fed.state.lock();
+            let mine = st.rows.get(&fed.me);
+            st.servers
+                .iter()
+                .filter(|s| **s != fed.me)
+                .filter(|s| !matches!(mine.and_then(|r| r.rtts.get(*s)), Some(None)))
+                .cloned()
+                .collect()
+        };
+        let targets = probe_targets(&node, &servers).await;
         let results = if targets.is_empty() {
-            BTreeMap::new()
+            Ok(BTreeMap::new())
         } else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = rtt::probe(&targets, &me, &node.config.probe, &node.config.lab) => r.unwrap_or_default(),
+                r = rtt::probe(&targets, &me, &node.config.probe, &node.config.lab) => r,
             }
         };
-        let published = {
-            let mut st = fed.state.lock();
-            let old = st.rows.get(&fed.me).cloned().unwrap_or_default();
-            let mut row = old.clone();
-            for s in &servers {
-                let measured = match results.get(&key_string(s)) {
-                    Some(Rtt::Alive(d)) => Some(d.as_micros().max(1) as u64),
-                    _ => None,
-                };
-                let keep_old = match (old.rtts.get(s), measured) {
-                    (Some(Some(prev)), Some(now)) => {
-                        let moved = (now as f64 - *prev as f64).abs();
-                        moved <= DAMPING * *prev as f64 || moved <= DAMPING_FLOOR_US
-                    }
-                    (Some(None), None) => true,
-                    _ => false,
-                };
-                if !keep_old {
-                    row.rtts.insert(s.clone(), measured);
-                }
+        match results {
+            Ok(results) => {
+                // Unresolvable and refused (blacklisted) servers count as dead: the tree must
+                // not route through a server this node will not talk to.
+                let measured: Vec<(ServerKey, Option<u64>)> = servers
+                    .iter()
+                    .map(|s| (s.clone(), alive_us(results.get(&key_string(s)))))
+                    .collect();
+                fed.publish_measurements(&measured);
             }
-            row.rtts.retain(|k, _| st.servers.contains(k));
-            let changed = row.rtts != old.rtts || !st.rows.contains_key(&fed.me);
-            if changed {
-                row.seq = now_ms().max(old.seq + 1);
-                st.rows.insert(fed.me.clone(), row.clone());
-                Some(row)
-            } else {
-                None
-            }
-        };
-        if let Some(row) = published {
-            tracing::debug!(?row, "publishing RTT row");
-            fed.flood(&fed.row_message(&fed.me, &row), None);
-            fed.changed.notify_one();
+            Err(e) => tracing::warn!(error = %e, "RTT probe failed; keeping the previous row"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -670,10 +780,146 @@ async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
+/// Re-probes, one packet each per probe interval, every server this node's row marks dead, and
+/// publishes the ones that answer at once: a server back from a crash or a partition is seen
+/// within about one interval, whatever the measurement rounds are doing.
+async fn revival_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let me = key_string(&fed.me);
+    let interval = node.config.probe.interval;
+    let single = rtt::ProbeConfig {
+        replies: 1,
+        dead_after: interval,
+        ..node.config.probe.clone()
+    };
+    loop {
+        let dead: Vec<ServerKey> = {
+            let st = fed.state.lock();
+            st.rows
+                .get(&fed.me)
+                .map(|r| {
+                    r.rtts
+                        .iter()
+                        .filter(|(s, rtt)| rtt.is_none() && st.servers.contains(*s))
+                        .map(|(s, _)| s.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let targets = probe_targets(&node, &dead).await;
+        if targets.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = fed.revive_now.notified() => {}
+            }
+            continue;
+        }
+        // One packet to each, answers awaited for one interval: the probe paces the loop.
+        let results = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rtt::probe(&targets, &me, &single, &node.config.lab) => r,
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "revival probe failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                continue;
+            }
+        };
+        let revived: Vec<(ServerKey, Option<u64>)> = dead
+            .iter()
+            .filter_map(|s| alive_us(results.get(&key_string(s))).map(|us| (s.clone(), Some(us))))
+            .collect();
+        if !revived.is_empty() {
+            tracing::info!(
+                servers = ?revived.iter().map(|(s, _)| key_string(s)).collect::<Vec<_>>(),
+                "servers marked dead answer again"
+            );
+            fed.publish_measurements(&revived);
+        }
+    }
+}
+
+/// An RTT result in microseconds (at least 1), `None` when dead or not measured.
+fn alive_us(r: Option<&Rtt>) -> Option<u64> {
+    match r {
+        Some(Rtt::Alive(d)) => Some(d.as_micros().max(1) as u64),
+        _ => None,
+    }
+}
+
+/// The RTT addresses (P+2) of `servers`, by identity; servers that do not resolve or that this
+/// node refuses (blacklisted) are left out, so they are never probed and count as dead.
+async fn probe_targets(node: &Node, servers: &[ServerKey]) -> BTreeMap<String, SocketAddr> {
+    let mut targets = BTreeMap::new();
+    for s in servers {
+        if let Some(addr) = resolve(s, 2).await {
+            if !node.blacklist.contains(addr.ip()) {
+                targets.insert(key_string(s), addr);
+            }
+        }
+    }
+    targets
+}
+
+/// Whether a new measurement is within the damping threshold of the published one (so the row
+/// keeps the old value): moved by at most [`DAMPING`] of it or by at most
+/// [`DAMPING_FLOOR_US`]. Dead stays dead; any change between dead and alive is news.
+fn damped(published: Option<&Option<u64>>, measured: Option<u64>) -> bool {
+    match (published, measured) {
+        (Some(Some(prev)), Some(now)) => {
+            let moved = (now as f64 - *prev as f64).abs();
+            moved <= DAMPING * *prev as f64 || moved <= DAMPING_FLOOR_US
+        }
+        (Some(None), None) => true,
+        _ => false,
+    }
+}
+
+impl Federation {
+    /// Folds measurements into this node's row (with damping) and, if the row changed,
+    /// publishes it with a new `seq` to every link.
+    fn publish_measurements(&self, measured: &[(ServerKey, Option<u64>)]) -> bool {
+        let published = {
+            let mut st = self.state.lock();
+            let old = st.rows.get(&self.me).cloned().unwrap_or_default();
+            let mut row = old.clone();
+            for (s, m) in measured {
+                if !damped(old.rtts.get(s), *m) {
+                    row.rtts.insert(s.clone(), *m);
+                }
+            }
+            row.rtts.retain(|k, _| st.servers.contains(k));
+            let changed = row.rtts != old.rtts || !st.rows.contains_key(&self.me);
+            if changed {
+                row.seq = now_ms().max(old.seq + 1);
+                st.rows.insert(self.me.clone(), row.clone());
+                Some(row)
+            } else {
+                None
+            }
+        };
+        let Some(row) = published else {
+            return false;
+        };
+        tracing::debug!(?row, "publishing RTT row");
+        self.flood(&self.row_message(&self.me, &row), None);
+        self.changed.notify_one();
+        true
+    }
+}
+
 /// Recomputes the tree when anything changed (and every second), opens links to neighbours
-/// and closes links that left the tree.
+/// (and repair links across a split the rows disagree about) and closes links that left the
+/// tree.
 async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: TaskTracker) {
     let fed = &node.federation;
+    let grace = dead_edge_grace(&node.config.probe);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -681,8 +927,9 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let (to_connect, to_close) = {
-            let mut st = fed.state.lock();
-            let tree = mst::minimum_spanning_tree(&Federation::graph(&st));
+            let mut guard = fed.state.lock();
+            let st = &mut *guard;
+            let tree = mst::minimum_spanning_tree(&Federation::graph(st));
             if tree != st.tree {
                 fed.recomputations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -692,28 +939,36 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
                 st.tree = tree;
             }
             let neighbours = mst::neighbours(&st.tree, &fed.me);
+            let my_row = st.rows.get(&fed.me);
+            let repairs: Vec<ServerKey> = repair_targets(&fed.me, &st.servers, &st.tree, my_row)
+                .into_iter()
+                .filter(|r| !neighbours.contains(r))
+                .collect();
             let now = Instant::now();
             let to_connect: Vec<ServerKey> = neighbours
                 .iter()
+                .chain(&repairs)
                 .filter(|n| !st.links.contains_key(*n) && !st.connecting.contains(*n))
                 .filter(|n| st.backoff.get(*n).is_none_or(|(_, at)| *at <= now))
                 .cloned()
                 .collect();
             for n in &to_connect {
+                if repairs.contains(n) {
+                    tracing::info!(peer = %key_string(n), "dialling a server our rows put outside this part of the tree: it answers our probes");
+                }
                 st.connecting.insert(n.clone());
             }
             let to_close: Vec<ServerKey> = st
                 .links
-                .keys()
-                .filter(|k| !neighbours.contains(k))
-                .filter(|k| {
-                    st.rows.contains_key(*k)
-                        && st
-                            .rows
-                            .get(&fed.me)
-                            .is_some_and(|r| r.rtts.contains_key(*k))
+                .iter()
+                .filter(|(k, _)| !neighbours.contains(k) && !repairs.contains(k))
+                .filter(|(k, l)| {
+                    let both_known =
+                        st.rows.contains_key(*k) && my_row.is_some_and(|r| r.rtts.contains_key(*k));
+                    let e = edge(my_row, k, st.rows.get(*k), &fed.me);
+                    may_close_non_tree_link(e, both_known, now - l.up_at, grace)
                 })
-                .cloned()
+                .map(|(k, _)| k.clone())
                 .collect();
             for k in &to_close {
                 if let Some(link) = st.links.get(k) {
@@ -732,36 +987,96 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
             tracing::info!(peer = %key_string(&k), "closing link: no longer a tree neighbour");
         }
         for peer in to_connect {
-            let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
-            tracker.spawn(async move {
-                let fed = &node.federation;
-                let result = async {
-                    let addr = resolve(&peer, 1).await.ok_or("cannot resolve")?;
-                    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-                        .await
-                        .map_err(|_| "connect timed out")?
-                        .map_err(|_| "connection refused")?;
-                    let _ = stream.set_nodelay(true);
-                    Ok::<_, &str>((stream, addr))
-                }
-                .await;
-                fed.state.lock().connecting.remove(&peer);
-                match result {
-                    Ok((stream, addr)) => {
-                        fed.state.lock().backoff.remove(&peer);
-                        run_link(Arc::clone(&node), stream, Some(peer), addr, shutdown).await;
-                    }
-                    Err(why) => {
-                        let mut st = fed.state.lock();
-                        let delay = st.backoff.get(&peer).map_or(Duration::from_millis(200), |(d, _)| (*d * 2).min(MAX_BACKOFF));
-                        tracing::info!(peer = %key_string(&peer), why, retry_in = ?delay, "cannot reach tree neighbour");
-                        st.backoff.insert(peer, (delay, Instant::now() + delay));
-                    }
-                }
-                fed.changed.notify_one();
-            });
+            tracker.spawn(dial(Arc::clone(&node), peer, shutdown.clone()));
         }
     }
+}
+
+/// Shortest wait before redialling a server whose link ended or could not be opened.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Opens a link to `peer` and runs it. Backoff doubles on every attempt that does not get
+/// through the handshake (refused, timed out, closed before its `serverID`: a server that
+/// refuses us, e.g. by blacklist, is not redialled in a tight loop) and restarts from the
+/// minimum once a link was up. Shutdown cancels a pending connect or handshake at once.
+async fn dial(node: Arc<Node>, peer: ServerKey, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let connected = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = connect(&node, &peer) => Some(r),
+    };
+    let outcome = match connected {
+        None => {
+            fed.state.lock().connecting.remove(&peer);
+            return;
+        }
+        Some(Ok((stream, addr))) => {
+            match run_link(
+                Arc::clone(&node),
+                stream,
+                Some(peer.clone()),
+                addr,
+                shutdown.clone(),
+            )
+            .await
+            {
+                LinkEnd::WasUp => Ok(()),
+                LinkEnd::NotUp(why) => Err(why),
+            }
+        }
+        Some(Err(why)) => Err(why),
+    };
+    let mut st = fed.state.lock();
+    st.connecting.remove(&peer);
+    let delay = match outcome {
+        Ok(()) => MIN_BACKOFF,
+        Err(why) => {
+            let delay = st
+                .backoff
+                .get(&peer)
+                .map_or(MIN_BACKOFF, |(d, _)| (*d * 2).min(MAX_BACKOFF));
+            tracing::info!(peer = %key_string(&peer), why, retry_in = ?delay, "cannot reach tree neighbour");
+            delay
+        }
+    };
+    st.backoff.insert(peer, (delay, Instant::now() + delay));
+    drop(st);
+    fed.changed.notify_one();
+}
+
+/// Connects to `peer`'s server port from this node's bound address (so the peer, its
+/// blacklist and its logs see the address this node is known by).
+async fn connect(node: &Node, peer: &ServerKey) -> Result<(TcpStream, SocketAddr), &'static str> {
+    let addr = resolve(peer, 1).await.ok_or("cannot resolve")?;
+    if node.blacklist.contains(addr.ip()) {
+        return Err("its address is blacklisted here");
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|_| "cannot create a socket")?;
+    let bind = node.config.bind;
+    if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
+        socket
+            .bind(SocketAddr::new(bind, 0))
+            .map_err(|_| "cannot bind the source address")?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|_| "connection refused")?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, addr))
+}
+
+/// How a link attempt ended.
+enum LinkEnd {
+    /// The handshake completed and the link ran (and has ended since).
+    WasUp,
+    /// The handshake did not complete: why.
+    NotUp(&'static str),
 }
 
 /// Per-link sync progress: the peer's event counts, gathered until its last part.
@@ -797,7 +1112,7 @@ async fn run_link(
     expect: Option<ServerKey>,
     addr: SocketAddr,
     shutdown: CancellationToken,
-) {
+) -> LinkEnd {
     let (rd, mut wr) = stream.into_split();
     let fed = &node.federation;
     let mut frames = FramedRead::new(rd, XmlFrameCodec::new(node.config.max_frame));
@@ -807,9 +1122,12 @@ async fn run_link(
         port: fed.me.1,
     });
     if wr.write_all(&hello).await.is_err() || wr.write_all(b"\n").await.is_err() {
-        return;
+        return LinkEnd::NotUp("closed before the handshake");
     }
-    let first = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
+        first = tokio::time::timeout(Duration::from_secs(10), frames.next()) => first,
+    };
     let peer: ServerKey = match first {
         Ok(Some(Ok(Ok(frame)))) => match Message::decode(&frame) {
             Ok(Message {
@@ -828,18 +1146,19 @@ async fn run_link(
                         .as_ref(),
                     )
                     .await;
-                return;
+                return LinkEnd::NotUp("first message was not serverID");
             }
         },
-        _ => return,
+        Err(_) => return LinkEnd::NotUp("no serverID within 10 s"),
+        Ok(_) => return LinkEnd::NotUp("closed before its serverID"),
     };
     if fed.state.lock().deleted.contains(&peer) {
         tracing::info!(%addr, peer = %key_string(&peer), "server link refused: deleted by an admin");
-        return;
+        return LinkEnd::NotUp("deleted by an admin");
     }
     if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
         tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
-        return;
+        return LinkEnd::NotUp("unexpected identity");
     }
     let span = tracing::info_span!("link", peer = %key_string(&peer));
     let node = Arc::clone(&node);
@@ -857,12 +1176,17 @@ async fn run_link(
             if let Some(existing) = st.links.get(&peer) {
                 if existing.opened_by == winner || opened_by != winner {
                     tracing::debug!("duplicate link closed");
-                    return;
+                    // A link to the peer is up: this attempt did its job.
+                    return LinkEnd::WasUp;
                 }
                 existing.kill.cancel();
             }
-            st.links.insert(peer.clone(), Link { id, opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
+            st.links.insert(peer.clone(), Link { id, addr, up_at: Instant::now(), opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
+            st.connecting.remove(&peer);
+            st.backoff.remove(&peer);
         }
+        // A live link proves the peer reachable: if our row marks it dead, re-probe it now.
+        fed.revive_now.notify_one();
         let learned = fed.add_servers([peer.clone()]);
         if !learned.is_empty() {
             fed.flood(&encode(m::AddServer { host: peer.0.clone(), port: peer.1 }), Some(&peer));
@@ -951,7 +1275,9 @@ async fn run_link(
             }
         }
         kill.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        // The writer delivers a queued goodbye; a stalled peer gets little time at shutdown.
+        let linger = if shutdown.is_cancelled() { Duration::from_millis(300) } else { Duration::from_secs(2) };
+        let _ = tokio::time::timeout(linger, writer).await;
         {
             let mut st = fed.state.lock();
             if st.links.get(&peer).is_some_and(|l| l.id == id) {
@@ -962,6 +1288,7 @@ async fn run_link(
         fed.link_lost_for_locks(&peer);
         fed.changed.notify_one();
         fed.probe_now.notify_one();
+        LinkEnd::WasUp
     }
     .instrument(span)
     .await
@@ -1417,5 +1744,91 @@ async fn apply_list(
         Ok(applied) => node.list_changed_from(&applied.record, from),
         Err(StoreError::Stale { .. }) => {}
         Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: u16) -> ServerKey {
+        ("h".into(), n)
+    }
+
+    fn row(cells: &[(u16, Option<u64>)]) -> Row {
+        Row {
+            seq: 1,
+            rtts: cells.iter().map(|(n, v)| (k(*n), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn an_edge_is_dead_if_either_direction_says_so_and_weighs_its_worse_direction() {
+        let (a, b) = (row(&[(2, Some(10))]), row(&[(1, Some(30))]));
+        assert_eq!(edge(Some(&a), &k(2), Some(&b), &k(1)), Edge::Alive(30));
+        assert_eq!(edge(Some(&a), &k(2), None, &k(1)), Edge::Alive(10));
+        let b_dead = row(&[(1, None)]);
+        assert_eq!(edge(Some(&a), &k(2), Some(&b_dead), &k(1)), Edge::Dead);
+        assert_eq!(edge(None, &k(2), None, &k(1)), Edge::Unknown);
+    }
+
+    /// The partition deadlock: a node's own row says the others are alive, but the rows it
+    /// holds from them (stale, from the partition) mark it dead, so the tree leaves it alone.
+    #[test]
+    fn a_server_cut_off_by_stale_dead_marks_dials_the_nearest_server_of_the_other_part() {
+        let servers: BTreeSet<ServerKey> = (1..=4).map(k).collect();
+        let me = k(4);
+        // The others form a tree among themselves; 4 is alone in the forest.
+        let tree = vec![(k(1), k(2)), (k(2), k(3))];
+        let mine = row(&[(1, Some(900)), (2, Some(300)), (3, None)]);
+        assert_eq!(
+            repair_targets(&me, &servers, &tree, Some(&mine)),
+            vec![k(2)]
+        );
+        // On the other side, server 1 measures 4 alive and sees it in another component.
+        let ones = row(&[(2, Some(5)), (3, Some(5)), (4, Some(40))]);
+        assert_eq!(
+            repair_targets(&k(1), &servers, &tree, Some(&ones)),
+            vec![k(4)]
+        );
+        // Once the tree spans everyone, nobody repairs.
+        let whole = vec![(k(1), k(2)), (k(2), k(3)), (k(2), k(4))];
+        assert!(repair_targets(&me, &servers, &whole, Some(&mine)).is_empty());
+        // Servers measured dead are not dialled, even in another component.
+        let all_dead = row(&[(1, None), (2, None), (3, None)]);
+        assert!(repair_targets(&me, &servers, &tree, Some(&all_dead)).is_empty());
+        assert!(repair_targets(&me, &servers, &tree, None).is_empty());
+    }
+
+    #[test]
+    fn a_link_the_rows_call_dead_is_kept_until_fresh_rows_can_cross_it() {
+        let grace = Duration::from_secs(30);
+        let young = Duration::from_secs(1);
+        // Normal case: both measured alive, not in the tree: close.
+        assert!(may_close_non_tree_link(Edge::Alive(5), true, young, grace));
+        // A joining server not measured yet by both: keep.
+        assert!(!may_close_non_tree_link(
+            Edge::Alive(5),
+            false,
+            young,
+            grace
+        ));
+        // The rows say dead but the link is up: the mark is stale; keep until the grace ends.
+        assert!(!may_close_non_tree_link(Edge::Dead, true, young, grace));
+        assert!(may_close_non_tree_link(Edge::Dead, true, grace, grace));
+        let probe = gossip_common::rtt::ProbeConfig::default();
+        assert!(dead_edge_grace(&probe) >= probe.interval * 4);
+    }
+
+    #[test]
+    fn damping_keeps_small_moves_and_passes_every_death_and_revival() {
+        assert!(damped(Some(&Some(10_000)), Some(11_000)));
+        assert!(!damped(Some(&Some(10_000)), Some(13_000)));
+        // Sub-millisecond noise on loopback is kept out by the floor.
+        assert!(damped(Some(&Some(100)), Some(900)));
+        assert!(!damped(Some(&Some(100)), None));
+        assert!(!damped(Some(&None), Some(100)));
+        assert!(damped(Some(&None), None));
+        assert!(!damped(None, None));
     }
 }

@@ -255,6 +255,9 @@ fn user_info_frame(record: &Signed<UserInfo>) -> Bytes {
     )
 }
 
+/// Longest wait for the node's tasks at shutdown before the datafiles are flushed regardless.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A node started by [`start`].
 pub struct RunningNode {
     /// Its shared state.
@@ -284,7 +287,17 @@ impl RunningNode {
     pub async fn wait(self) -> std::io::Result<()> {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        self.tracker.wait().await;
+        // Every loop selects on the shutdown token, so this is quick; a task stuck anyway (a
+        // peer that stopped reading) must not keep the datafiles from being flushed.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tracker.len(),
+                "tasks still running {SHUTDOWN_GRACE:?} after shutdown; flushing anyway"
+            );
+        }
         let store = Arc::clone(&self.node.store);
         store.flush().await?;
         tracing::info!("stopped; datafiles flushed");

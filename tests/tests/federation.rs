@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, ports: &[u16], i: usize) -> Config {
         interval: Duration::from_millis(20),
         replies: 3,
         dead_after: Duration::from_millis(1000),
+        source: None,
     };
     c.reprobe = Duration::from_millis(250);
     let mut lab = HashMap::new();

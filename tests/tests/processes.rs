@@ -426,7 +426,10 @@ fn base_port_zero_reports_its_ports_on_stdout_and_in_the_data_dir() {
     // A second node asking for the first one's port strictly is told the port is taken.
     let taken = Gossipd::start(&spec(&dir.path().join("m")).port(node.base_port));
     assert!(
-        matches!(taken, Err(gossip_tests::gossipd::StartError::PortTaken { .. })),
+        matches!(
+            taken,
+            Err(gossip_tests::gossipd::StartError::PortTaken { .. })
+        ),
         "{:?}",
         taken.err().map(|e| e.to_string())
     );

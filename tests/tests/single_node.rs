@@ -388,6 +388,7 @@ async fn client_logs_in_to_the_nearest_live_server() {
         interval: Duration::from_millis(20),
         replies: 3,
         dead_after: Duration::from_millis(500),
+        source: None,
     };
     let list = vec![
         far.client_addr().to_string(),

@@ -218,6 +218,7 @@ async fn connect(
         interval: std::time::Duration::from_millis(200),
         replies: 3,
         dead_after: std::time::Duration::from_secs(3),
+        source: None,
     };
     let (c, e) = GossipClient::connect_nearest(servers, key, &probe).await?;
     let server = c.server().to_owned();
