@@ -282,6 +282,11 @@ impl Gossipd {
         None
     }
 
+    /// User + system CPU seconds it has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
     /// The last `n` lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.spec.log_path(), n)
@@ -323,4 +328,81 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether every `status` document shows the same tree, spanning exactly `ids` (identities),
+/// and every node linked to exactly its tree neighbours among the servers it lists.
+pub fn one_tree(statuses: &[serde_json::Value], ids: &[String]) -> bool {
+    let tree = &statuses[0]["mst"];
+    let Some(edges) = tree.as_array() else {
+        return false;
+    };
+    let mut members: Vec<&str> = edges
+        .iter()
+        .flat_map(|e| {
+            e.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+        })
+        .collect();
+    members.sort();
+    members.dedup();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    members == want
+        && edges.len() + 1 == ids.len()
+        && statuses.iter().all(|s| {
+            let me = s["identity"].as_str().unwrap_or_default();
+            let linked_ok = s["peers"].as_array().is_some_and(|peers| {
+                peers.iter().all(|p| {
+                    let id = p["id"].as_str().unwrap_or_default();
+                    let neighbour = edges
+                        .iter()
+                        .any(|e| e[0] == me && e[1] == id || e[1] == me && e[0] == id);
+                    p["linked"] == neighbour
+                })
+            });
+            s["mst"] == *tree && linked_ok
+        })
+}
+
+/// Resident set size of `pid` in KiB (0 if gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of `pid` (0 if gone); `/proc/PID/stat` fields 14 and 15.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may contain spaces; fields are counted after its ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }

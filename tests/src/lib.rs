@@ -3,8 +3,10 @@
 //! their logs as evidence when a test fails ([`gossipd`]), and waiting on conditions with a
 //! deadline (never sleep-and-hope).
 
+pub mod chaos;
 pub mod gossipd;
 pub mod ports;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Multi-node and multi-process integration tests (one test binary, per the ripgrep style).
 
+mod chaos;
 mod docs;
 mod durability;
 mod federation;

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gossip_tests::bin_path;
-use gossip_tests::gossipd::{Gossipd, Spec};
+use gossip_tests::gossipd::{one_tree, Gossipd, Spec};
 
 /// A node for these tests: short client timers, kernel-chosen ports unless `spec` says.
 fn spec(data: &Path) -> Spec {
@@ -347,43 +347,6 @@ fn wait_tree(nodes: &[Gossipd], ids: &[String], what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Whether every status shows the same tree, spanning exactly `ids`, with links to the node's
-/// tree neighbours.
-fn one_tree(statuses: &[serde_json::Value], ids: &[String]) -> bool {
-    let tree = &statuses[0]["mst"];
-    let Some(edges) = tree.as_array() else {
-        return false;
-    };
-    let mut members: Vec<&str> = edges
-        .iter()
-        .flat_map(|e| {
-            e.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-        })
-        .collect();
-    members.sort();
-    members.dedup();
-    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
-    want.sort();
-    members == want
-        && edges.len() + 1 == ids.len()
-        && statuses.iter().all(|s| {
-            let me = s["identity"].as_str().unwrap_or_default();
-            let linked_ok = s["peers"].as_array().is_some_and(|peers| {
-                peers.iter().all(|p| {
-                    let id = p["id"].as_str().unwrap_or_default();
-                    let neighbour = edges
-                        .iter()
-                        .any(|e| e[0] == me && e[1] == id || e[1] == me && e[0] == id);
-                    p["linked"] == neighbour
-                })
-            });
-            s["mst"] == *tree && linked_ok
-        })
 }
 
 #[test]

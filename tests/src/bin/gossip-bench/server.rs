@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use gossip_common::admin::AdminRequest;
-use gossip_tests::gossipd::{Gossipd, Spec};
+pub(crate) use gossip_tests::gossipd::cpu_seconds;
+use gossip_tests::gossipd::{rss_kib, Gossipd, Spec};
 
 /// How to start one node.
 #[derive(Debug, Clone)]
@@ -83,46 +84,6 @@ impl Node {
     pub(crate) fn stop(mut self) {
         self.inner.terminate(Duration::from_secs(30));
     }
-}
-
-/// Resident set size of `pid` in KiB (0 if gone).
-pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of `pid` (0 if gone); `/proc/PID/stat` fields 14 and 15.
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The command name (field 2) may contain spaces; fields are counted after its ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
 
 /// Whether `taskset` (util-linux) is there to pin processes with.
