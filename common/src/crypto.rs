@@ -2,9 +2,18 @@
 //!
 //! Every signature Gossip makes is over `domain || message`, where the domain is a fixed,
 //! NUL-terminated label per purpose. That keeps a signature made for one purpose (say, answering a
-//! login challenge) from being replayed as another (say, a signed UserInfo record). Verification
-//! uses `verify_strict`, which rejects small-order keys and non-canonical signatures, so a record
-//! has exactly one valid signature encoding per key.
+//! login challenge) from being replayed as another (say, a signed UserInfo record).
+//!
+//! One verification rule everywhere. A signature is checked one at a time (a client's update,
+//! a login, a push) or in batches (datafiles at start-up, sync batches), and both must accept
+//! exactly the same signatures, or two servers that got the same record by different paths
+//! could disagree about it forever. ed25519-dalek's `verify_strict` (cofactorless) and its
+//! batch verifier (cofactorless with random coefficients) can disagree on crafted signatures
+//! whose points carry a small-order component; no cofactorless batch can avoid that. So Gossip
+//! verifies with the ZIP-215 rules (`ed25519-zebra`): the cofactored equation
+//! `[8][s]B = [8]R + [8][k]A` with a canonical `s`, for one signature and for a batch alike;
+//! and a public key of small order (a "weak" key, for which signatures can be forged) is refused
+//! when it is parsed, whatever the path. Signatures are standard ed25519 (RFC 8032).
 
 use std::fmt;
 use std::str::FromStr;
@@ -114,11 +123,13 @@ impl fmt::Debug for Keypair {
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
-    /// Parses 32 raw bytes.
+    /// Parses 32 raw bytes. A key of small order is refused: anyone could sign for it.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
-            .map_err(|_| CryptoError::BadKey)
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::BadKey)?;
+        if key.is_weak() {
+            return Err(CryptoError::BadKey);
+        }
+        Ok(PublicKey(key))
     }
 
     /// The 32 raw bytes.
@@ -136,21 +147,29 @@ impl PublicKey {
         let mut buf = Vec::with_capacity(domain.label().len() + message.len());
         buf.extend_from_slice(domain.label());
         buf.extend_from_slice(message);
-        self.0
-            .verify_strict(&buf, &signature.0)
+        let key = ed25519_zebra::VerificationKey::try_from(*self.0.as_bytes())
+            .map_err(|_| CryptoError::BadKey)?;
+        key.verify(&signature.0, &buf)
             .map_err(|_| CryptoError::BadSignature)
     }
 
-    /// Verifies many record signatures at once (ed25519 batch verification, about twice as fast
-    /// per signature as one by one). Fails if any one fails; callers then fall back to
-    /// [`PublicKey::verify`] to find which.
+    /// Verifies many record signatures at once (batch verification, about twice as fast per
+    /// signature as one by one), by the same rule as [`PublicKey::verify`]. Fails if any one
+    /// fails; callers then fall back to [`PublicKey::verify`] to find which.
     pub fn verify_batch(items: &[(&PublicKey, &[u8], &Signature)]) -> Result<(), CryptoError> {
         let label = Domain::Record.label();
-        let messages: Vec<Vec<u8>> = items.iter().map(|(_, m, _)| [label, m].concat()).collect();
-        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        let sigs: Vec<ed25519_dalek::Signature> = items.iter().map(|(_, _, s)| s.0).collect();
-        let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| k.0).collect();
-        ed25519_dalek::verify_batch(&refs, &sigs, &keys).map_err(|_| CryptoError::BadSignature)
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        for (key, message, signature) in items {
+            let message = [label, message].concat();
+            batch.queue((
+                ed25519_zebra::VerificationKeyBytes::from(*key.0.as_bytes()),
+                signature.0,
+                &message,
+            ));
+        }
+        batch
+            .verify(rand::rngs::OsRng)
+            .map_err(|_| CryptoError::BadSignature)
     }
 }
 

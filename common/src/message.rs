@@ -17,7 +17,8 @@
 //! Decoding is two passes over one frame: a quick-xml reader pass that checks UTF-8 and
 //! well-formedness and reads the envelope (so errors are precise: malformed XML, unknown message
 //! type, unsupported version), then serde deserialisation of the body into the typed struct.
-//! [`GenericMessage`] is the spec's "multimap with special keys" view, for logs and traces.
+//! [`GenericMessage`] is the spec's "multimap with special keys" view; nothing in the server or
+//! client uses it (only a round-trip test does).
 
 use std::net::Ipv6Addr;
 
@@ -525,7 +526,8 @@ pub struct ChangedEntries {
 pub struct LockUid {
     /// The UserID.
     pub uid: UserId,
-    /// The server taking the lock (`host:port`).
+    /// The registration taking the lock: the registering server's identity and client session,
+    /// `host:port/s<session>`. Locks are taken, answered and released under it.
     pub holder: String,
     /// Seconds until the lock expires by itself.
     pub expires_s: u64,
@@ -538,7 +540,9 @@ pub struct LockResult {
     pub uid: UserId,
     /// 1 when the lock was granted.
     pub granted: u8,
-    /// Who holds it, when refused.
+    /// The `holder` of the `lockUID` being answered, copied back whether granted or not, so the
+    /// requester can match the answer. It does not name whoever holds a conflicting lock. A
+    /// result without it is ignored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
 }

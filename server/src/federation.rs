@@ -540,8 +540,9 @@ impl Federation {
         holder: &str,
         ttl: Duration,
     ) -> bool {
-        // A server that knows others but is not linked yet (just started, or relinking) waits a
-        // little for a link rather than deciding alone for the whole network.
+        // A server that knows others but is not linked (just started, or relinking) waits up to
+        // `LOCK_TIMEOUT` for a link; if none comes up it decides alone (availability after a
+        // bounded wait; see docs/federation.md).
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
             let (known, linked) = {

@@ -11,12 +11,13 @@
 //!   property test checks against petgraph's Kruskal.
 //!
 //! Weights are integer microseconds, so there is no floating-point disagreement between nodes.
-//! How two directions' measurements become one weight, and how jitter is kept from reshaping the
-//! tree, is decided where the matrix is built (`rtt.rs`); this module is pure.
+//! How two directions' measurements become one weight (`edge`, `Federation::graph`) and how
+//! jitter is kept from reshaping the tree (damping, `DAMPING` / `DAMPING_FLOOR_US`) is decided
+//! where the matrix is built, in `federation.rs`; this module is pure.
 //!
 //! Two variants of Prim share that order: a dense one, O(V² + E), which scans the frontier for
 //! its minimum (federations measure every pair, so their graphs are complete and this is the
-//! one that runs, about 100× faster than a heap at 1,000 servers), and a lazy-heap one,
+//! one that runs; measured figures are in `docs/performance.md`), and a lazy-heap one,
 //! O(E log V), for sparse graphs (partial measurements, partitions).
 //!
 //! The graph is stored as compressed adjacency arrays indexed by position in the sorted server

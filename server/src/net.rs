@@ -176,8 +176,9 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
-/// TCP echo on P+2 for the spec's throughput measurement: echoes up to 4 MiB or 10 s per
-/// connection, then closes, so it cannot be used to tie the server up.
+/// TCP echo on P+2, served for external measurement tools only (the spec's throughput idea);
+/// nothing in Gossip uses it. Echoes up to about 4 MiB or 10 s per connection, then closes, so
+/// it cannot tie the server up.
 pub(crate) async fn tcp_echo(mut stream: TcpStream) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0usize;

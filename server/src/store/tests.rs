@@ -301,3 +301,126 @@ async fn replicated_batches_follow_the_same_rules_and_survive_a_reopen() {
     );
     assert_eq!(store.digest(), digest, "the batch was durable");
 }
+
+/// A record `key` signs by hand with a nonce point carrying a torsion component: `R = rB + T`
+/// (`T` of order 2), `s = r + H(R, A, M)·a`. The cofactorless equation rejects it, the
+/// cofactored one accepts it, and dalek's cofactorless *batch* accepted it about half the time:
+/// exactly the kind of signature on which two verification paths could disagree.
+fn torsioned(key: &Keypair, uid: u64, count: u32) -> Signed<UserInfo> {
+    use curve25519_dalek::traits::IsIdentity;
+    use curve25519_dalek::{constants, EdwardsPoint, Scalar};
+    use sha2::{Digest, Sha512};
+    let mut u = UserInfo::new(UserId(uid), key.public());
+    u.nick_name = "torsion".into();
+    u.event_count = EventCount::new(count, false);
+    let raw = {
+        use gossip_common::Record;
+        u.to_xml()
+    };
+    let a = ed25519_dalek::SigningKey::from_bytes(&key.secret_bytes()).to_scalar();
+    let r = Scalar::from_bytes_mod_order([7u8; 32]);
+    let torsion: EdwardsPoint = constants::EIGHT_TORSION[4];
+    assert!(torsion.is_small_order() && !torsion.is_identity());
+    let big_r = (EdwardsPoint::mul_base(&r) + torsion).compress();
+    let mut message = b"gossip-record-v1\0".to_vec();
+    message.extend_from_slice(raw.as_bytes());
+    let k = Scalar::from_hash(
+        Sha512::new()
+            .chain_update(big_r.as_bytes())
+            .chain_update(key.public().as_bytes())
+            .chain_update(&message),
+    );
+    let s = r + k * a;
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(big_r.as_bytes());
+    sig[32..].copy_from_slice(s.as_bytes());
+    Signed::from_parts(raw, gossip_common::Signature::from_bytes(&sig)).unwrap()
+}
+
+/// Whether each entry point stores `records` (one verdict per record): a client creating it, a
+/// neighbour propagating it, a sync batch carrying it, and a datafile holding it at start-up.
+async fn verdicts(records: &[Signed<UserInfo>]) -> [Vec<bool>; 4] {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (client, _) = Store::open(dirs[0].path()).unwrap();
+    let (peer, _) = Store::open(dirs[1].path()).unwrap();
+    let (sync, _) = Store::open(dirs[2].path()).unwrap();
+    let mut by_client = Vec::new();
+    let mut by_peer = Vec::new();
+    for r in records {
+        by_client.push(
+            client
+                .apply_user_info(r.clone(), Mode::Create, "t")
+                .await
+                .is_ok(),
+        );
+        by_peer.push(
+            peer.apply_user_info(r.clone(), Mode::Replicate, "t")
+                .await
+                .is_ok(),
+        );
+    }
+    let by_sync = sync
+        .apply_replicated(records.to_vec(), Vec::new(), "t")
+        .await
+        .users
+        .iter()
+        .map(Result::is_ok)
+        .collect();
+    write_datafiles(dirs[3].path(), records, []).unwrap();
+    let (loaded, _) = Store::open(dirs[3].path()).unwrap();
+    let by_load = records
+        .iter()
+        .map(|r| loaded.user(r.user_id).is_some())
+        .collect();
+    [by_client, by_peer, by_sync, by_load]
+}
+
+#[tokio::test]
+async fn every_entry_point_gives_a_signature_the_same_verdict() {
+    let keys: Vec<Keypair> = (0..24).map(|_| Keypair::generate()).collect();
+    let mut records = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let uid = 100 + i as u64;
+        records.push(match i % 3 {
+            0 => info(key, uid, 0, "offline"),
+            1 => torsioned(key, uid, 0),
+            _ => {
+                // Signed by someone else: bad everywhere.
+                let good = info(key, uid, 0, "offline");
+                let forged =
+                    Keypair::generate().sign(gossip_common::Domain::Record, good.raw().as_bytes());
+                Signed::from_parts(good.raw(), forged).unwrap()
+            }
+        });
+    }
+    // Several runs: a disagreement between the batch and single rules used to show up in about
+    // half of the batches.
+    for _ in 0..4 {
+        let [client, peer, sync, load] = verdicts(&records).await;
+        assert_eq!(client, peer, "client vs propagation");
+        assert_eq!(client, sync, "client vs sync batch");
+        assert_eq!(client, load, "client vs start-up load");
+        for (i, ok) in client.iter().enumerate() {
+            assert_eq!(*ok, i % 3 != 2, "record {i}");
+        }
+    }
+}
+
+#[test]
+fn a_weak_key_is_refused_wherever_a_record_is_parsed() {
+    // The identity point: every signature "verifies" for it under a cofactored rule.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    assert!(gossip_common::PublicKey::from_bytes(&identity).is_err());
+    let key = Keypair::generate();
+    let good = info(&key, 7, 0, "offline");
+    let weak = good
+        .raw()
+        .replace(&key.public().to_string(), &hex_of(&identity));
+    assert_ne!(weak, good.raw());
+    assert!(Signed::<UserInfo>::from_parts(weak, *good.signature()).is_err());
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

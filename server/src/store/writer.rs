@@ -5,9 +5,13 @@
 //! fsync covers hundreds of updates; with no load an update waits for exactly one fsync.
 //! Blocking file I/O never runs on the async runtime's worker threads.
 //!
-//! The queue is unbounded by design but bounded in practice: every producer waits for its
-//! acknowledgement before sending the next update, so at most one append per in-flight request
-//! is ever queued.
+//! The queue is an unbounded channel; what bounds it is upstream. A client session handles one
+//! request at a time and a link applies one propagated record at a time, each waiting for its
+//! acknowledgement, so each queues at most one append. Sync queues a whole `changedEntries`
+//! batch at once (one frame of records), with at most `SYNC_BATCHES_IN_FLIGHT` batches per
+//! link. `Store::audit` lines are not awaited but come only from admin commands. A slow disk
+//! therefore delays acknowledgements rather than growing the queue without limit, but the bound
+//! grows with clients and links.
 
 use std::fs::File;
 use std::io::{self, Write};
