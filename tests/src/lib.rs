@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod gossipd;
 pub mod ports;
 pub mod relay;
+pub mod tmux;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Multi-node and multi-process integration tests (one test binary, per the ripgrep style).
 
 mod chaos;
+mod chat;
 mod docs;
 mod durability;
 mod federation;

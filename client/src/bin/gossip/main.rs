@@ -1,4 +1,7 @@
-//! `gossip`: command-line chat client for Gossip; all logic is in the `gossip_client` library.
+//! `gossip`: command-line chat client for Gossip; all protocol logic is in the `gossip_client`
+//! library. `gossip chat` (or `gossip` alone on a terminal) is the interactive app (`chat/`).
+
+mod chat;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 ///   gossip keygen
 ///   gossip register --server 127.0.0.1:1024 --nick alice
 ///   gossip contacts add 5299989643264
-///   gossip watch
+///   gossip chat          (or just `gossip` on a terminal: the interactive app)
 #[derive(Debug, Parser)]
 #[command(name = "gossip", version)]
 struct Args {
@@ -33,7 +36,7 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +95,16 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// The interactive terminal app: contacts with live presence, conversations, a composer
+    /// with /commands (the default when `gossip` runs on a terminal without a command).
+    Chat {
+        /// Status to announce.
+        #[arg(long, default_value = "online")]
+        status: String,
+        /// Address to accept direct messages on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Send a direct message to a contact who is online.
     Send {
         /// Recipient's UserID.
@@ -121,16 +134,49 @@ enum ContactsCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut args = Args::parse();
+    let profile = Profile::at(args.home.clone().unwrap_or_else(Profile::default_home));
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if args.command.is_none() {
+        if !on_terminal {
+            use clap::CommandFactory;
+            Args::command().print_help()?;
+            std::process::exit(2);
+        }
+        args.command = Some(Cmd::Chat {
+            status: "online".into(),
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+        });
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    if matches!(args.command, Some(Cmd::Chat { .. })) {
+        // The screen belongs to the app: logs go to the profile's chat.log.
+        let log = std::fs::create_dir_all(profile.home())
+            .and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(profile.home().join("chat.log"))
+            })
+            .context("opening chat.log in the profile")?;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(log))
+            .with_ansi(false)
+            .init();
+        return chat_command(&profile, &args, started).await;
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    let profile = Profile::at(args.home.clone().unwrap_or_else(Profile::default_home));
-    match args.command {
+    let Some(command) = &args.command else {
+        unreachable!("set above")
+    };
+    match *command {
         Cmd::Keygen {
             force,
             ref portable,
@@ -139,6 +185,34 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Register { .. } => register(&profile, &args).await,
         _ => logged_in(&profile, &args).await,
     }
+}
+
+/// `gossip chat`: the interactive app.
+async fn chat_command(
+    profile: &Profile,
+    args: &Args,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let Some(Cmd::Chat { status, listen }) = &args.command else {
+        unreachable!("chat only")
+    };
+    let key = profile
+        .load_key()
+        .context("no key yet: run `gossip keygen`, then `gossip register`")?;
+    let settings = profile.settings()?;
+    let uid = settings
+        .uid
+        .map(UserId)
+        .context("not registered yet: run `gossip register --server HOST:PORT --nick NAME`")?;
+    chat::run(chat::Options {
+        servers: servers_of(args, &settings)?,
+        key,
+        uid,
+        status: status.clone(),
+        listen: *listen,
+        started,
+    })
+    .await
 }
 
 fn keygen(
@@ -226,13 +300,13 @@ async fn connect(
 }
 
 async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
-    let Cmd::Register {
+    let Some(Cmd::Register {
         nick,
         name,
         email,
         location,
         website,
-    } = &args.command
+    }) = &args.command
     else {
         unreachable!()
     };
@@ -282,7 +356,10 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         .login(uid)
         .await
         .with_context(|| format!("logging in as {uid} on {server}"))?;
-    match &args.command {
+    let Some(command) = &args.command else {
+        unreachable!("a command is set in main")
+    };
+    match command {
         Cmd::SetStatus { status, message } => {
             client.set_status(status, message.as_deref()).await?;
             if args.json {
@@ -403,7 +480,9 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 println!("offline");
             }
         }
-        Cmd::Keygen { .. } | Cmd::Whoami | Cmd::Register { .. } => unreachable!("handled earlier"),
+        Cmd::Keygen { .. } | Cmd::Whoami | Cmd::Register { .. } | Cmd::Chat { .. } => {
+            unreachable!("handled earlier")
+        }
     }
     use std::io::Write;
     std::io::stdout().flush()?;

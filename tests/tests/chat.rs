@@ -1,0 +1,218 @@
+//! `gossip chat` in a real terminal (tmux): two people on two federated nodes see each other's
+//! presence change, chat, and change status; start-up with 200 contacts is measured.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gossip_tests::gossipd::{Gossipd, Spec};
+use gossip_tests::tmux::Tmux;
+use gossip_tests::{bin_path, wait_for};
+
+fn gossip(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin_path("gossip"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("run gossip");
+    assert!(
+        out.status.success(),
+        "gossip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn register(home: &Path, server: &str, nick: &str) -> u64 {
+    gossip(home, &["keygen"]);
+    let out = gossip(
+        home,
+        &["--json", "register", "--server", server, "--nick", nick],
+    );
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["uid"]
+        .as_u64()
+        .unwrap()
+}
+
+fn chat(name: &str, home: &Path) -> Tmux {
+    let argv = vec![
+        bin_path("gossip").display().to_string(),
+        "--home".into(),
+        home.display().to_string(),
+        "chat".into(),
+    ];
+    Tmux::start(name, 80, 24, &argv, &[("NO_COLOR", "1")])
+}
+
+/// The contact pane's line for `nick` (the left 30 columns of the row that names it).
+fn contact_row(screen: &str, nick: &str) -> Option<String> {
+    screen
+        .lines()
+        .map(|l| l.chars().take(30).collect::<String>())
+        .find(|l| l.contains(nick))
+}
+
+#[test]
+fn two_people_on_two_nodes_see_presence_and_chat_in_the_terminal_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = [
+        "--probe-interval-ms",
+        "20",
+        "--dead-after",
+        "2",
+        "--reprobe",
+        "0.5",
+    ];
+    let n1 = Gossipd::start(&Spec::new(dir.path().join("n1")).args(fast))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n2 = Gossipd::start(
+        &Spec::new(dir.path().join("n2"))
+            .args(fast)
+            .args(["--peer".to_string(), n1.identity()]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let a = register(&alice, &n1.addr(), "alice");
+    let b = register(&bob, &n2.addr(), "bob");
+    gossip(&alice, &["contacts", "add", &b.to_string()]);
+    // Bob's node learns alice's record across the federation before he adds her.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gossip(&bob, &["contacts", "add", &a.to_string()]).contains(&a.to_string())
+        || !gossip(&bob, &["--json", "contacts", "list"]).contains("alice")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's record never reached node 2"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let alice_tty = chat("alice", &alice);
+    alice_tty.wait_for(
+        "alice's app with bob offline",
+        Duration::from_secs(10),
+        |s| contact_row(s, "bob").is_some_and(|r| r.contains("offline")) && s.contains("ready in"),
+    );
+    let bob_tty = chat("bob", &bob);
+    let t = alice_tty.wait_for(
+        "bob online in alice's contact pane",
+        Duration::from_secs(10),
+        |s| contact_row(s, "bob").is_some_and(|r| r.contains("● bob") && r.contains("online")),
+    );
+    eprintln!("bob's login shown to alice after {t:?}");
+
+    // Bob goes away: alice's contact pane shows it within a second.
+    bob_tty.wait_for("bob's app ready", Duration::from_secs(10), |s| {
+        s.contains("ready in")
+    });
+    bob_tty.type_text("/status away lunch", true);
+    let t = alice_tty.wait_for("bob away on alice's screen", Duration::from_secs(1), |s| {
+        contact_row(s, "bob").is_some_and(|r| r.contains("◐ bob") && r.contains("away"))
+    });
+    eprintln!("bob's away shown to alice after {t:?}");
+    assert!(
+        alice_tty.screen().contains("away: lunch"),
+        "{}",
+        alice_tty.screen()
+    );
+
+    // Alice writes to bob (her only contact, selected): it appears in his conversation pane,
+    // and hers shows it delivered.
+    alice_tty.type_text("hello bob, lunch?", true);
+    bob_tty.wait_for(
+        "alice's message on bob's screen",
+        Duration::from_secs(5),
+        |s| s.contains("alice: hello bob, lunch?"),
+    );
+    alice_tty.wait_for("delivered mark", Duration::from_secs(5), |s| {
+        s.contains("me: hello bob, lunch? ✓")
+    });
+
+    // /status busy changes what the contact sees.
+    bob_tty.type_text("/status busy", true);
+    alice_tty.wait_for("bob busy on alice's screen", Duration::from_secs(1), |s| {
+        contact_row(s, "bob").is_some_and(|r| r.contains("⊘ bob") && r.contains("busy"))
+    });
+
+    // /quit goes offline (alice sees it) and ends the app.
+    bob_tty.type_text("/quit", true);
+    alice_tty.wait_for("bob offline after his /quit", Duration::from_secs(5), |s| {
+        contact_row(s, "bob").is_some_and(|r| r.contains("○ bob") && r.contains("offline"))
+    });
+    let gone = std::time::Instant::now() + Duration::from_secs(5);
+    while bob_tty.alive() {
+        assert!(
+            std::time::Instant::now() < gone,
+            "the app did not exit on /quit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((n1, n2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_draws_200_contacts_at_start_and_survives_its_server_going_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node =
+        Gossipd::start(&Spec::new(dir.path().join("n"))).unwrap_or_else(|e| panic!("{e}"));
+    let mut uids = Vec::new();
+    for i in 0..200 {
+        let (c, _e) =
+            gossip_client::GossipClient::connect(&node.addr(), gossip_common::Keypair::generate())
+                .await
+                .unwrap();
+        uids.push(
+            c.register(|u| u.nick_name = format!("friend{i:03}"))
+                .await
+                .unwrap()
+                .0
+                .to_string(),
+        );
+    }
+    let carol = dir.path().join("carol");
+    register(&carol, &node.addr(), "carol");
+    let mut args = vec!["contacts", "add"];
+    args.extend(uids.iter().map(String::as_str));
+    gossip(&carol, &args);
+    let tty = chat("carol", &carol);
+    tty.wait_for("200 contacts drawn", Duration::from_secs(10), |s| {
+        s.contains("Contacts 0/200 online") && s.contains("friend000") && s.contains("ready in")
+    });
+    let screen = tty.screen();
+    let ms: u64 = screen
+        .split("ready in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no start-up time on screen:\n{screen}"));
+    eprintln!("start-up to a drawn list of 200 contacts: {ms} ms");
+    // The target is 300 ms with a release build; debug builds on a busy machine get slack.
+    assert!(ms < 2_000, "start-up took {ms} ms");
+
+    // The server goes away: a status, not a crash; typing still works.
+    node.kill9();
+    tty.wait_for(
+        "the lost server as a status",
+        Duration::from_secs(15),
+        |s| s.contains("no server"),
+    );
+    tty.type_text("still typing", false);
+    tty.wait_for(
+        "the composer echoing while offline",
+        Duration::from_secs(2),
+        |s| s.contains("still typing"),
+    );
+    assert!(tty.alive());
+    let again = node.spec().clone().port(node.base_port);
+    let node = wait_for(
+        "the node to restart on its port",
+        Duration::from_secs(10),
+        || Gossipd::start(&again).ok(),
+    )
+    .await;
+    tty.wait_for("the app logged in again", Duration::from_secs(15), |s| {
+        s.contains("reconnects 1")
+    });
+    drop(node);
+}
