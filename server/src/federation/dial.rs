@@ -1,0 +1,108 @@
+//! Dialling tree neighbours and repair targets: connecting from the bound address, with
+//! backoff that only a completed handshake resets, and cancelled at once by shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::link::run_link;
+use super::resolve;
+use crate::mst::{key_string, ServerKey};
+use crate::Node;
+
+/// Longest wait between reconnection attempts to a tree neighbour.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Shortest wait before redialling a server whose link ended or could not be opened.
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Opens a link to `peer` and runs it. Backoff doubles on every attempt that does not get
+/// through the handshake (refused, timed out, closed before its `serverID`: a server that
+/// refuses us, e.g. by blacklist, is not redialled in a tight loop) and restarts from the
+/// minimum once a link was up. Shutdown cancels a pending connect or handshake at once.
+pub(super) async fn dial(node: Arc<Node>, peer: ServerKey, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let connected = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = connect(&node, &peer) => Some(r),
+    };
+    let outcome = match connected {
+        None => {
+            fed.state.lock().connecting.remove(&peer);
+            return;
+        }
+        Some(Ok((stream, addr))) => {
+            match run_link(
+                Arc::clone(&node),
+                stream,
+                Some(peer.clone()),
+                addr,
+                shutdown.clone(),
+            )
+            .await
+            {
+                LinkEnd::WasUp => Ok(()),
+                LinkEnd::NotUp(why) => Err(why),
+            }
+        }
+        Some(Err(why)) => Err(why),
+    };
+    let mut st = fed.state.lock();
+    st.connecting.remove(&peer);
+    let delay = match outcome {
+        Ok(()) => MIN_BACKOFF,
+        Err(why) => {
+            let delay = st
+                .backoff
+                .get(&peer)
+                .map_or(MIN_BACKOFF, |(d, _)| (*d * 2).min(MAX_BACKOFF));
+            tracing::info!(peer = %key_string(&peer), why, retry_in = ?delay, "cannot reach tree neighbour");
+            delay
+        }
+    };
+    st.backoff.insert(peer, (delay, Instant::now() + delay));
+    drop(st);
+    fed.changed.notify_one();
+}
+
+/// Connects to `peer`'s server port from this node's bound address (so the peer, its
+/// blacklist and its logs see the address this node is known by).
+pub(super) async fn connect(
+    node: &Node,
+    peer: &ServerKey,
+) -> Result<(TcpStream, SocketAddr), &'static str> {
+    let addr = resolve(peer, 1).await.ok_or("cannot resolve")?;
+    if node.blacklist.contains(addr.ip()) {
+        return Err("its address is blacklisted here");
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|_| "cannot create a socket")?;
+    let bind = node.config.bind;
+    if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
+        socket
+            .bind(SocketAddr::new(bind, 0))
+            .map_err(|_| "cannot bind the source address")?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|_| "connection refused")?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, addr))
+}
+
+/// How a link attempt ended.
+pub(super) enum LinkEnd {
+    /// The handshake completed and the link ran (and has ended since).
+    WasUp,
+    /// The handshake did not complete: why.
+    NotUp(&'static str),
+}

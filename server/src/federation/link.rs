@@ -1,0 +1,456 @@
+//! One server link: the `serverID` handshake, duplicate-link resolution, registration in the
+//! federation's link table, the reader that dispatches each message to its owner (membership,
+//! locks, replication), and the writer with its two bounded queues and the lab delay line.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gossip_common::message as m;
+use gossip_common::{Body, Message, XmlFrameCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dial::LinkEnd;
+use super::replication::{self, SyncIn};
+use super::uid_lock::LockReply;
+use super::{encode, membership, LOCK_TIMEOUT};
+use crate::mst::{key_string, ServerKey};
+use crate::Node;
+
+/// Frames queued to one peer before the link counts as stuck and is dropped.
+const LINK_QUEUE: usize = 4096;
+pub(super) struct Link {
+    pub(super) id: u64,
+    /// The peer's address as seen on this connection (blacklist entries drop matching links).
+    pub(super) addr: SocketAddr,
+    /// When the handshake completed: a dead mark older than the link is not trusted.
+    pub(super) up_at: Instant,
+    /// Who opened it; decides which of two simultaneous links survives.
+    pub(super) opened_by: ServerKey,
+    /// Control and propagation: never waited on (a link whose queue is full is cut).
+    pub(super) tx: mpsc::Sender<(Instant, Bytes)>,
+    /// Bulk sync traffic (event-count lists, `changedEntries`): senders wait for room. A queue
+    /// of its own, written after the control queue, so a large sync can neither delay nor
+    /// overflow the control traffic (which would cut the link and restart the sync).
+    pub(super) bulk: mpsc::Sender<(Instant, Bytes)>,
+    pub(super) kill: CancellationToken,
+}
+
+/// The receiving end of a link queue: frames with the time they were queued.
+pub(super) type LinkQueue = mpsc::Receiver<(Instant, Bytes)>;
+
+/// Frames a link's bulk queue holds (each at most one frame limit, 64 KiB by default).
+const BULK_QUEUE: usize = 16;
+
+/// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
+pub(super) async fn run_link(
+    node: Arc<Node>,
+    stream: TcpStream,
+    expect: Option<ServerKey>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> LinkEnd {
+    let (rd, mut wr) = stream.into_split();
+    let fed = &node.federation;
+    let mut frames = FramedRead::new(rd, XmlFrameCodec::new(node.config.max_frame));
+    // Handshake: serverID first, both ways.
+    let hello = encode(m::ServerIdMsg {
+        host: fed.me.0.clone(),
+        port: fed.me.1,
+    });
+    if wr.write_all(&hello).await.is_err() || wr.write_all(b"\n").await.is_err() {
+        return LinkEnd::NotUp("closed before the handshake");
+    }
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
+        first = tokio::time::timeout(Duration::from_secs(10), frames.next()) => first,
+    };
+    let peer: ServerKey = match first {
+        Ok(Some(Ok(Ok(frame)))) => match Message::decode(&frame) {
+            Ok(Message {
+                body: Body::ServerId(id),
+                ..
+            }) => (id.host, id.port),
+            _ => {
+                tracing::info!(%addr, "server link refused: first message was not serverID");
+                let _ = wr
+                    .write_all(
+                        encode(m::Error {
+                            code: gossip_common::ErrorCode::NotAllowed,
+                            text: "the first message on a server link must be serverID".into(),
+                            current: None,
+                        })
+                        .as_ref(),
+                    )
+                    .await;
+                return LinkEnd::NotUp("first message was not serverID");
+            }
+        },
+        Err(_) => return LinkEnd::NotUp("no serverID within 10 s"),
+        Ok(_) => return LinkEnd::NotUp("closed before its serverID"),
+    };
+    if fed.state.lock().members.is_deleted(&peer) {
+        tracing::info!(%addr, peer = %key_string(&peer), "server link refused: deleted by an admin");
+        return LinkEnd::NotUp("deleted by an admin");
+    }
+    if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
+        tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
+        return LinkEnd::NotUp("unexpected identity");
+    }
+    let span = tracing::info_span!("link", peer = %key_string(&peer));
+    let node = Arc::clone(&node);
+    async move {
+        let fed = &node.federation;
+        let opened_by = if expect.is_some() { fed.me.clone() } else { peer.clone() };
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+        let kill = CancellationToken::new();
+        let id = fed.next_link.fetch_add(1, Ordering::Relaxed);
+        // Register, resolving a simultaneous link from the other side deterministically.
+        {
+            let mut st = fed.state.lock();
+            let winner = fed.me.clone().min(peer.clone());
+            if let Some(existing) = st.links.get(&peer) {
+                if existing.opened_by == winner || opened_by != winner {
+                    tracing::debug!("duplicate link closed");
+                    // A link to the peer is up: this attempt did its job.
+                    return LinkEnd::WasUp;
+                }
+                existing.kill.cancel();
+            }
+            st.links.insert(peer.clone(), Link { id, addr, up_at: Instant::now(), opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
+            st.connecting.remove(&peer);
+            st.backoff.remove(&peer);
+        }
+        // A live link proves the peer reachable: if our row marks it dead, re-probe it now.
+        fed.revive_now.notify_one();
+        let learned = fed.add_servers([peer.clone()]);
+        if !learned.is_empty() {
+            fed.flood(&encode(m::AddServer { host: peer.0.clone(), port: peer.1 }), Some(&peer));
+        }
+        tracing::info!("server link up");
+        let delay = node.config.lab.to(&key_string(&peer));
+        let tap = crate::trace::Tap::new(node.trace.as_ref(), addr, "server");
+        let writer = tokio::spawn(link_writer(wr, (rx, bulk_rx), delay, kill.clone(), tap, Arc::clone(&node)));
+        // Initial exchange: servers, every known row, and our event counts for sync.
+        let now = Instant::now();
+        let (servers, rows) = {
+            let st = fed.state.lock();
+            let servers: Vec<m::ServerAddr> = st.members.servers().iter().map(|(h, p)| m::ServerAddr { host: h.clone(), port: *p }).collect();
+            let rows: Vec<Bytes> = st.members.rows().iter().map(|(k, r)| encode(membership::row_message(k, r))).collect();
+            (servers, rows)
+        };
+        let mut initial = vec![encode(m::ServerList { servers })];
+        initial.extend(rows);
+        for frame in initial {
+            if tx.send((now, frame)).await.is_err() {
+                break;
+            }
+        }
+        // Our event counts go by the bulk queue, from a task: they are a million entries for a
+        // million users, and this task must start reading the peer's meanwhile.
+        {
+            let (node, bulk) = (Arc::clone(&node), bulk.clone());
+            tokio::spawn(async move {
+                for frame in replication::event_count_messages(&node) {
+                    if bulk.send((Instant::now(), frame)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut sync = SyncIn::new(bulk);
+        let idle = node.config.idle_timeout.max(Duration::from_secs(10));
+        let mut last_rx = Instant::now();
+        let mut pinged = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = tx.try_send((Instant::now(), encode(m::Disconnect { reason: Some("server shutting down".into()) })));
+                    break;
+                }
+                _ = kill.cancelled() => break,
+                _ = tokio::time::sleep_until(last_rx + idle / 3), if !pinged => {
+                    pinged = true;
+                    let _ = tx.try_send((Instant::now(), encode(m::Ping {})));
+                }
+                _ = tokio::time::sleep_until(last_rx + idle) => {
+                    tracing::info!("server link silent too long; closing");
+                    break;
+                }
+                item = frames.next() => {
+                    last_rx = Instant::now();
+                    pinged = false;
+                    let frame = match item {
+                        None => break,
+                        Some(Err(e)) => { tracing::info!(error = %e, "server link framing error"); break; }
+                        Some(Ok(Err(e))) => { tracing::info!(error = %e, "frame from peer refused"); continue; }
+                        Some(Ok(Ok(f))) => f,
+                    };
+                    node.metrics.link_bytes_in.add(frame.len() as u64 + 1);
+                    if let Some(t) = &node.trace {
+                        t.record(crate::trace::Dir::In, addr, "server", &frame);
+                    }
+                    if replication::is_changed_entries(&frame) {
+                        // Bulk sync data is decoded, verified and stored by a task of its own
+                        // (bounded by `in_flight`), so several batches are worked on at once,
+                        // on every core the node has, while this reader goes on reading.
+                        let Ok(slot) = Arc::clone(&sync.in_flight).acquire_owned().await else { break };
+                        tokio::spawn(replication::apply_changed_entries(Arc::clone(&node), peer.clone(), frame, slot));
+                        continue;
+                    }
+                    match Message::decode(&frame) {
+                        Ok(msg) => {
+                            node.metrics.messages_in.add(msg.msgtype(), 1);
+                            if handle_peer(&node, &peer, &tx, &mut sync, msg).await.is_break() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::info!(error = %e, "message from peer refused"),
+                    }
+                }
+            }
+        }
+        kill.cancel();
+        // The writer delivers a queued goodbye; a stalled peer gets little time at shutdown.
+        let linger = if shutdown.is_cancelled() { Duration::from_millis(300) } else { Duration::from_secs(2) };
+        let _ = tokio::time::timeout(linger, writer).await;
+        {
+            let mut st = fed.state.lock();
+            if st.links.get(&peer).is_some_and(|l| l.id == id) {
+                st.links.remove(&peer);
+            }
+        }
+        tracing::info!("server link down");
+        fed.link_lost_for_locks(&peer);
+        fed.changed.notify_one();
+        fed.probe_now.notify_one();
+        LinkEnd::WasUp
+    }
+    .instrument(span)
+    .await
+}
+
+/// Writes queued frames, each no earlier than its enqueue time plus the lab delay (a delay
+/// line: constant delay, order kept).
+pub(super) async fn link_writer(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    (mut rx, mut bulk): (LinkQueue, LinkQueue),
+    delay: Duration,
+    kill: CancellationToken,
+    tap: Option<crate::trace::Tap>,
+    node: Arc<Node>,
+) {
+    let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    let trace = |frame: &Bytes| {
+        node.metrics.link_bytes_out.add(frame.len() as u64 + 1);
+        if let Some(tap) = &tap {
+            tap.record(crate::trace::Dir::Out, frame);
+        }
+    };
+    let mut bulk_open = true;
+    loop {
+        let (at, frame) = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+            f = bulk.recv(), if bulk_open => match f {
+                Some(f) => f,
+                None => { bulk_open = false; continue }
+            },
+        };
+        if !delay.is_zero() {
+            lab_sleep_until(&node, at + delay).await;
+        }
+        trace(&frame);
+        let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
+        while ok {
+            // Control frames first; bulk frames only when no control frame waits.
+            match rx.try_recv().or_else(|_| bulk.try_recv()) {
+                Ok((at, more)) => {
+                    if !delay.is_zero() && at + delay > Instant::now() {
+                        // Not due yet: flush what is, then wait for it.
+                        ok = wr.flush().await.is_ok();
+                        lab_sleep_until(&node, at + delay).await;
+                    }
+                    trace(&more);
+                    ok = ok
+                        && wr.write_all(&more).await.is_ok()
+                        && wr.write_all(b"\n").await.is_ok();
+                }
+                Err(_) => break,
+            }
+        }
+        if !ok || wr.flush().await.is_err() {
+            kill.cancel();
+            break;
+        }
+    }
+    // Deliver a queued goodbye, if any, before closing.
+    while let Ok((_, frame)) = rx.try_recv() {
+        if wr.write_all(&frame).await.is_err() || wr.write_all(b"\n").await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}
+
+/// Waits out an emulated link delay, precisely when the node has its lab clock.
+pub(super) async fn lab_sleep_until(node: &Node, deadline: Instant) {
+    match &node.lab_clock {
+        Some(clock) => clock.sleep_until(deadline).await,
+        None => tokio::time::sleep_until(deadline).await,
+    }
+}
+
+pub(super) async fn handle_peer(
+    node: &Arc<Node>,
+    peer: &ServerKey,
+    tx: &mpsc::Sender<(Instant, Bytes)>,
+    sync: &mut SyncIn,
+    msg: Message,
+) -> std::ops::ControlFlow<()> {
+    use std::ops::ControlFlow::{Break, Continue};
+    let fed = &node.federation;
+    let origin = format!("peer:{}", key_string(peer));
+    match msg.body {
+        Body::Ping(_) => {
+            let _ = tx.try_send((Instant::now(), encode(m::Pong {})));
+        }
+        Body::Pong(_) | Body::Ok(_) => {}
+        Body::Disconnect(d) => {
+            tracing::info!(reason = ?d.reason, "peer closed the link");
+            return Break(());
+        }
+        Body::ServerList(l) => {
+            fed.add_servers(l.servers.into_iter().map(|s| (s.host, s.port)));
+        }
+        Body::ReqServerList(_) => {
+            let servers = fed
+                .state
+                .lock()
+                .members
+                .servers()
+                .iter()
+                .map(|(h, p)| m::ServerAddr {
+                    host: h.clone(),
+                    port: *p,
+                })
+                .collect();
+            let _ = tx.try_send((Instant::now(), encode(m::ServerList { servers })));
+        }
+        Body::AddServer(a) => {
+            if !fed.add_servers([(a.host.clone(), a.port)]).is_empty() {
+                fed.flood(&encode(a), Some(peer));
+            }
+        }
+        Body::DeleteServer(d) => {
+            let key = (d.host.clone(), d.port);
+            if key != fed.me && fed.remove_server(&key) {
+                fed.flood(&encode(d), Some(peer));
+            }
+        }
+        Body::UpdateRtts(u) => {
+            let (measurer, row) = membership::row_of(&u);
+            if fed.store_row(measurer, row) {
+                fed.flood(&encode(u), Some(peer));
+            }
+        }
+        Body::UserInfo(u) => {
+            replication::apply_user(node, u.record, false, Some(peer), &origin).await
+        }
+        Body::NewUser(n) => {
+            replication::apply_user(node, n.record, true, Some(peer), &origin).await
+        }
+        Body::ChangeCl(c) => replication::apply_list(node, c.record, Some(peer), &origin).await,
+        Body::EventCounts(ec) => {
+            sync.users.extend(ec.userdb.entries);
+            sync.lists.extend(ec.contactlist.entries);
+            if ec.last != 0 {
+                let mut theirs_users = std::mem::take(&mut sync.users);
+                let mut theirs_lists = std::mem::take(&mut sync.lists);
+                theirs_users.sort_unstable_by_key(|e| e.uid);
+                theirs_lists.sort_unstable_by_key(|e| e.uid);
+                let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs_users);
+                let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs_lists);
+                tracing::info!(
+                    users = users.len(),
+                    lists = lists.len(),
+                    "sync: sending what the peer lacks"
+                );
+                node.metrics
+                    .sync_records_sent
+                    .add((users.len() + lists.len()) as u64);
+                node.metrics.sync_rounds.inc();
+                // Sent by a task of its own: a large sync takes a while, and this link's reader
+                // must keep reading meanwhile, or two nodes syncing to each other could each
+                // wait for the other to read.
+                tokio::spawn(replication::send_changed_entries(
+                    Arc::clone(node),
+                    users,
+                    lists,
+                    sync.bulk.clone(),
+                ));
+            }
+        }
+        Body::ChangedEntries(_) => {
+            // Routed to `apply_changed_entries` before decoding; never reaches here.
+        }
+        Body::LockUid(l) => {
+            let ttl =
+                Duration::from_secs(l.expires_s.clamp(1, node.config.uid_lock.as_secs().max(1)));
+            let local = !node.store.contains_user(l.uid)
+                && node.locks.try_lock(l.uid, &l.holder, ttl).is_ok();
+            let forwarded = local
+                && fed.send_lock_request(
+                    &encode(l.clone()),
+                    l.uid,
+                    &l.holder,
+                    Some(peer),
+                    LockReply::Peer(peer.clone()),
+                );
+            if !forwarded {
+                let result = encode(m::LockResult {
+                    uid: l.uid,
+                    granted: u8::from(local),
+                    holder: Some(l.holder),
+                });
+                let _ = tx.try_send((Instant::now(), result));
+            } else {
+                // A subtree that never answers counts as a refusal. Weak: a stopped node must
+                // not be kept alive (datafiles locked) by this timer.
+                let node = Arc::downgrade(node);
+                tokio::spawn(async move {
+                    tokio::time::sleep(LOCK_TIMEOUT).await;
+                    if let Some(node) = node.upgrade() {
+                        node.federation.lock_answer(l.uid, &l.holder, false, None);
+                    }
+                });
+            }
+        }
+        Body::LockResult(r) => {
+            if let Some(holder) = r.holder {
+                fed.lock_answer(r.uid, &holder, r.granted != 0, Some(peer));
+            }
+        }
+        Body::UnlockUid(u) => {
+            if let Some(holder) = &u.holder {
+                node.locks.unlock(u.uid, holder);
+            }
+            fed.flood(&encode(u), Some(peer));
+        }
+        Body::Error(e) => tracing::info!(code = ?e.code, text = %e.text, "peer reported an error"),
+        other => tracing::debug!(msgtype = other.msgtype(), "ignored on a server link"),
+    }
+    Continue(())
+}

@@ -1,0 +1,128 @@
+//! The RTT prober of a server: measurement rounds over the servers it believes alive, and
+//! revival probes of those it believes dead (so a server back from a crash or a cut is seen
+//! within about one probe interval). Results go to [`Membership`](super::membership) through
+//! [`Federation::publish_measurements`]; this module only owns the sockets and the pacing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gossip_common::rtt::{self, Rtt};
+use tokio_util::sync::CancellationToken;
+
+use super::resolve;
+use crate::mst::{key_string, ServerKey};
+use crate::Node;
+
+/// Measures every known server that this node's row does not mark dead, once per `reprobe`
+/// (or sooner when asked), publishing the row when a value moved past the damping threshold.
+/// Servers marked dead are watched by [`revival_loop`], so a long round waiting out a dead
+/// server's timeout never delays noticing that another one came back.
+pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let me = key_string(&fed.me);
+    loop {
+        let servers: Vec<ServerKey> = fed.state.lock().members.to_measure();
+        let targets = probe_targets(&node, &servers).await;
+        let results = if targets.is_empty() {
+            Ok(BTreeMap::new())
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rtt::probe(&targets, &me, &node.config.probe, &node.config.lab) => r,
+            }
+        };
+        match results {
+            Ok(results) => {
+                // Unresolvable and refused (blacklisted) servers count as dead: the tree must
+                // not route through a server this node will not talk to.
+                let measured: Vec<(ServerKey, Option<u64>)> = servers
+                    .iter()
+                    .map(|s| (s.clone(), alive_us(results.get(&key_string(s)))))
+                    .collect();
+                fed.publish_measurements(&measured);
+            }
+            Err(e) => tracing::warn!(error = %e, "RTT probe failed; keeping the previous row"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(node.config.reprobe) => {}
+            _ = fed.probe_now.notified() => {}
+        }
+    }
+}
+
+/// Re-probes, one packet each per probe interval, every server this node's row marks dead, and
+/// publishes the ones that answer at once: a server back from a crash or a partition is seen
+/// within about one interval, whatever the measurement rounds are doing.
+pub(super) async fn revival_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let fed = &node.federation;
+    let me = key_string(&fed.me);
+    let interval = node.config.probe.interval;
+    let single = rtt::ProbeConfig {
+        replies: 1,
+        dead_after: interval,
+        ..node.config.probe.clone()
+    };
+    loop {
+        let dead: Vec<ServerKey> = fed.state.lock().members.dead_in_my_row();
+        let targets = probe_targets(&node, &dead).await;
+        if targets.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = fed.revive_now.notified() => {}
+            }
+            continue;
+        }
+        // One packet to each, answers awaited for one interval: the probe paces the loop.
+        let results = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rtt::probe(&targets, &me, &single, &node.config.lab) => r,
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "revival probe failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                continue;
+            }
+        };
+        let revived: Vec<(ServerKey, Option<u64>)> = dead
+            .iter()
+            .filter_map(|s| alive_us(results.get(&key_string(s))).map(|us| (s.clone(), Some(us))))
+            .collect();
+        if !revived.is_empty() {
+            tracing::info!(
+                servers = ?revived.iter().map(|(s, _)| key_string(s)).collect::<Vec<_>>(),
+                "servers marked dead answer again"
+            );
+            fed.publish_measurements(&revived);
+        }
+    }
+}
+
+/// An RTT result in microseconds (at least 1), `None` when dead or not measured.
+fn alive_us(r: Option<&Rtt>) -> Option<u64> {
+    match r {
+        Some(Rtt::Alive(d)) => Some(d.as_micros().max(1) as u64),
+        _ => None,
+    }
+}
+
+/// The RTT addresses (P+2) of `servers`, by identity; servers that do not resolve or that this
+/// node refuses (blacklisted) are left out, so they are never probed and count as dead.
+async fn probe_targets(node: &Node, servers: &[ServerKey]) -> BTreeMap<String, SocketAddr> {
+    let mut targets = BTreeMap::new();
+    for s in servers {
+        if let Some(addr) = resolve(s, 2).await {
+            if !node.blacklist.contains(addr.ip()) {
+                targets.insert(key_string(s), addr);
+            }
+        }
+    }
+    targets
+}

@@ -1,0 +1,274 @@
+//! Replication: records from peers (one at a time as they propagate, or in sync batches)
+//! verified, stored, pushed to local watchers and forwarded; and the event-count sync a link
+//! starts when it comes up.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gossip_common::message::{self as m, EcEntry};
+use gossip_common::{Body, ContactList, Message, Signed, UserInfo};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::encode;
+use crate::mst::{key_string, ServerKey};
+use crate::store::{Mode, StoreError};
+use crate::Node;
+
+/// Event-count entries per `eventCounts` message (about 40 bytes each).
+const EC_PER_MESSAGE: usize = 1000;
+/// Per-link sync progress: the peer's event counts, gathered until its last part.
+pub(super) struct SyncIn {
+    pub(super) users: Vec<EcEntry>,
+    pub(super) lists: Vec<EcEntry>,
+    /// The link's bulk queue, for the records the peer lacks.
+    pub(super) bulk: mpsc::Sender<(Instant, Bytes)>,
+    /// `changedEntries` batches being verified and written at once: verifying the next batch
+    /// while the previous one waits for its `fdatasync` keeps both the CPU and the disk busy;
+    /// the bound keeps a fast sender from queueing unbounded work.
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// `changedEntries` batches a link applies concurrently.
+pub(super) const SYNC_BATCHES_IN_FLIGHT: usize = 8;
+
+impl SyncIn {
+    pub(super) fn new(bulk: mpsc::Sender<(Instant, Bytes)>) -> Self {
+        SyncIn {
+            users: Vec::new(),
+            lists: Vec::new(),
+            bulk,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(SYNC_BATCHES_IN_FLIGHT)),
+        }
+    }
+}
+
+/// `eventCounts` messages for everything this node holds (users, then lists; last one marked).
+pub(super) fn event_count_messages(node: &Node) -> Vec<Bytes> {
+    let users = node.store.user_event_counts();
+    let lists = node.store.list_event_counts();
+    let mut out = Vec::new();
+    for chunk in users.chunks(EC_PER_MESSAGE) {
+        out.push(encode(m::EventCounts {
+            last: 0,
+            userdb: m::EcList {
+                entries: chunk.to_vec(),
+            },
+            contactlist: m::EcList::default(),
+        }));
+    }
+    for chunk in lists.chunks(EC_PER_MESSAGE) {
+        out.push(encode(m::EventCounts {
+            last: 0,
+            userdb: m::EcList::default(),
+            contactlist: m::EcList {
+                entries: chunk.to_vec(),
+            },
+        }));
+    }
+    out.push(encode(m::EventCounts {
+        last: 1,
+        ..Default::default()
+    }));
+    out
+}
+
+/// Sends the records a peer lacks as `changedEntries` messages, each filled to about 3/4 of
+/// the frame limit, built one at a time as the link's queue takes them (a million records are
+/// never all encoded at once).
+pub(super) async fn send_changed_entries(
+    node: Arc<Node>,
+    users: Vec<gossip_common::UserId>,
+    lists: Vec<gossip_common::UserId>,
+    tx: mpsc::Sender<(Instant, Bytes)>,
+) {
+    let budget = node.config.max_frame * 3 / 4;
+    let mut msg = m::ChangedEntries::default();
+    let mut size = 0;
+    let records = users
+        .iter()
+        .map(|u| (true, *u))
+        .chain(lists.iter().map(|u| (false, *u)));
+    for (is_user, uid) in records {
+        let cost = if is_user {
+            match node.store.user(uid) {
+                Some(r) => {
+                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
+                    msg.userinfo.push(r);
+                    cost
+                }
+                None => continue,
+            }
+        } else {
+            match node.store.contact_list(uid) {
+                Some(r) => {
+                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
+                    msg.contactlists.push(r);
+                    cost
+                }
+                None => continue,
+            }
+        };
+        size += cost;
+        if size > budget {
+            // Over budget: send all but the record just added, which starts the next message.
+            let carry = (msg.userinfo.len() + msg.contactlists.len() > 1).then(|| {
+                let mut next = m::ChangedEntries::default();
+                if is_user {
+                    next.userinfo.extend(msg.userinfo.pop());
+                } else {
+                    next.contactlists.extend(msg.contactlists.pop());
+                }
+                next
+            });
+            let full = std::mem::replace(&mut msg, carry.unwrap_or_default());
+            size = if msg.userinfo.is_empty() && msg.contactlists.is_empty() {
+                0
+            } else {
+                cost
+            };
+            if tx.send((Instant::now(), encode(full))).await.is_err() {
+                return;
+            }
+        }
+    }
+    msg.last = 1;
+    let _ = tx.send((Instant::now(), encode(msg))).await;
+}
+
+/// Decodes one `changedEntries` frame, stores what is news and passes that on to the other
+/// neighbours as one batch. Holds `slot` (a place among the link's batches in flight) until the
+/// batch is durable and forwarded.
+pub(super) async fn apply_changed_entries(
+    node: Arc<Node>,
+    peer: ServerKey,
+    frame: Bytes,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let origin = format!("peer:{}", key_string(&peer));
+    let ce = match Message::decode(&frame) {
+        Ok(Message {
+            body: Body::ChangedEntries(ce),
+            ..
+        }) => ce,
+        Ok(other) => {
+            tracing::info!(
+                msgtype = other.msgtype(),
+                "unexpected message in a sync frame"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "sync message from peer refused");
+            return;
+        }
+    };
+    node.metrics.messages_in.add("changedEntries", 1);
+    node.metrics
+        .sync_records_received
+        .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
+    let done = node
+        .store
+        .apply_replicated(ce.userinfo, ce.contactlists, &origin)
+        .await;
+    // What was news here is news for the rest of this side of the tree too: it goes
+    // on as one batch, with backpressure (a large sync must not overflow the
+    // neighbours' queues, which would cut their links).
+    let forward = m::ChangedEntries {
+        userinfo: news(done.users, &origin, |r| node.user_changed_locally(r)),
+        contactlists: news(done.lists, &origin, |r| node.list_changed_locally(r)),
+        ..Default::default()
+    };
+    if !forward.userinfo.is_empty() || !forward.contactlists.is_empty() {
+        node.federation
+            .flood_wait(|| encode(forward), Some(&peer))
+            .await;
+    }
+    drop(slot);
+}
+
+/// The records a batch stored (news), each handed to `local` first; refusals other than stale
+/// copies are logged.
+pub(super) fn news<T: gossip_common::Record>(
+    results: Vec<Result<crate::store::Applied<T>, StoreError>>,
+    origin: &str,
+    mut local: impl FnMut(&Signed<T>),
+) -> Vec<Signed<T>> {
+    results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(applied) => {
+                local(&applied.record);
+                Some(applied.record)
+            }
+            Err(StoreError::Stale { .. }) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, %origin, kind = T::KIND, "record from peer refused");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Whether a frame is a `changedEntries` message (its root tag), without decoding it.
+pub(super) fn is_changed_entries(frame: &[u8]) -> bool {
+    const TAG: &[u8] = b"<changedEntries";
+    frame.starts_with(TAG)
+        && matches!(
+            frame.get(TAG.len()),
+            Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
+        )
+}
+
+/// Bytes a record's signature, attributes and tags add inside `changedEntries`.
+pub(super) const RECORD_OVERHEAD: usize = 256;
+
+/// Length of `raw` once XML-escaped as element text (`<` becomes `&lt;`, and so on).
+pub(super) fn escaped_len(raw: &str) -> usize {
+    raw.len()
+        + raw
+            .bytes()
+            .map(|b| match b {
+                b'<' | b'>' => 3,
+                b'&' => 4,
+                b'"' | b'\'' => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// Stores a UserInfo from a peer; if it is news, pushes it to local watchers and forwards it.
+pub(super) async fn apply_user(
+    node: &Arc<Node>,
+    record: Signed<UserInfo>,
+    new: bool,
+    from: Option<&ServerKey>,
+    origin: &str,
+) {
+    // Pushed and forwarded as soon as it is verified, not after this node's disk flush: a
+    // flush per hop would add up along the tree (see `Store::apply_user_info_then`).
+    match node
+        .store
+        .apply_user_info_then(record, Mode::Replicate, origin, |r| {
+            node.user_changed_from(r, None, from, new)
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::Stale { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
+    }
+}
+
+pub(super) async fn apply_list(
+    node: &Arc<Node>,
+    record: Signed<ContactList>,
+    from: Option<&ServerKey>,
+    origin: &str,
+) {
+    match node.store.apply_contact_list(record, origin).await {
+        Ok(applied) => node.list_changed_from(&applied.record, from),
+        Err(StoreError::Stale { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
+    }
+}
