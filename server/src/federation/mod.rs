@@ -23,7 +23,7 @@
 //! after a partition each side may hold the other's rows marking it dead, and no tree link would
 //! ever be opened to carry the fresh ones. Three rules break that for good:
 //! * servers this node's row marks dead are re-probed every probe interval (one packet each),
-//!   and a reply is published at once ([`probe::revival_loop`]);
+//!   and a reply is published at once (`probe::revival_loop`);
 //! * a server this node measures alive but that the tree puts outside its component means the
 //!   rows disagree: this node dials the nearest such server of each other component (a repair
 //!   link), and rows are exchanged on every link-up;
@@ -31,13 +31,13 @@
 //!   open link is proof they are stale) until fresh rows have had time to cross it.
 //!
 //! Where things live. The decisions are pure and unit-tested; sockets live in thin loops:
-//! * [`membership`]: known servers, tombstones, RTT rows and their `seq`, damping, the graph;
-//! * [`topology`]: matrix → tree → which links to open (neighbours, repair links) and close;
-//! * [`uid_lock`]: the network-wide UserID lock's requests waiting for their subtree;
-//! * [`probe`]: measurement rounds and revival probes (UDP);
-//! * [`dial`] and [`link`]: dialling with backoff, the handshake, one link's reader (which
+//! * `membership`: known servers, tombstones, RTT rows and their `seq`, damping, the graph;
+//! * `topology`: matrix → tree → which links to open (neighbours, repair links) and close;
+//! * `uid_lock`: the network-wide UserID lock's requests waiting for their subtree;
+//! * `probe`: measurement rounds and revival probes (UDP);
+//! * `dial` and `link`: dialling with backoff, the handshake, one link's reader (which
 //!   dispatches each message to its owner) and writer;
-//! * [`replication`]: records from peers (propagation and sync batches) and the event-count
+//! * `replication`: records from peers (propagation and sync batches) and the event-count
 //!   sync on link-up;
 //! * this module: the service's state behind one short-held lock, its public API (status,
 //!   admin actions, flooding, the lock protocol's driver) and the topology loop.
