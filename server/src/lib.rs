@@ -431,12 +431,22 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     }
     {
         let t = tracker.clone();
+        // Each echo connection lives up to 10 s: bounded, so a stranger cannot hold thousands.
+        let slots = Arc::new(Semaphore::new(net::ECHO_CONNECTIONS));
         tracker.spawn(net::accept_loop(
             listeners.echo_tcp,
             shutdown.clone(),
             "echo",
-            move |stream, _| {
-                t.spawn(net::tcp_echo(stream));
+            move |stream, peer| {
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        t.spawn(async move {
+                            net::tcp_echo(stream).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => tracing::debug!(%peer, "TCP echo busy; connection closed"),
+                }
                 std::future::ready(())
             },
         ));

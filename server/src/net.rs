@@ -176,6 +176,9 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
+/// TCP echo connections served at once; more are closed at accept.
+pub(crate) const ECHO_CONNECTIONS: usize = 64;
+
 /// TCP echo on P+2, served for external measurement tools only (the spec's throughput idea);
 /// nothing in Gossip uses it. Echoes up to about 4 MiB or 10 s per connection, then closes, so
 /// it cannot tie the server up.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::dial::LinkEnd;
-use super::replication::{self, SyncIn};
+use super::replication::{self, SyncIn, SyncStep};
 use super::uid_lock::LockReply;
 use super::{encode, membership, LOCK_TIMEOUT};
 use crate::mst::{key_string, ServerKey};
@@ -366,21 +366,40 @@ pub(super) async fn handle_peer(
                 fed.flood(&encode(u), Some(peer));
             }
         }
-        Body::UserInfo(u) => {
-            replication::apply_user(node, u.record, false, Some(peer), &origin).await
+        body @ (Body::UserInfo(_) | Body::NewUser(_) | Body::ChangeCl(_)) => {
+            // Applied by a task of its own: this reader must not wait for each record's
+            // fdatasync (it would carry one record per flush); the bound keeps a fast peer from
+            // queueing unbounded work. Two changes of one record racing is harmless: the newer
+            // event count wins wherever they meet.
+            let Ok(slot) = Arc::clone(&sync.records_in_flight).acquire_owned().await else {
+                return Break(());
+            };
+            let (node, peer) = (Arc::clone(node), peer.clone());
+            tokio::spawn(async move {
+                replication::apply_from_peer(&node, &peer, body, &origin).await;
+                drop(slot);
+            });
         }
-        Body::NewUser(n) => {
-            replication::apply_user(node, n.record, true, Some(peer), &origin).await
-        }
-        Body::ChangeCl(c) => replication::apply_list(node, c.record, Some(peer), &origin).await,
-        Body::EventCounts(ec) => {
-            sync.users.extend(ec.userdb.entries);
-            sync.lists.extend(ec.contactlist.entries);
-            if ec.last != 0 {
-                let mut theirs_users = std::mem::take(&mut sync.users);
-                let mut theirs_lists = std::mem::take(&mut sync.lists);
-                theirs_users.sort_unstable_by_key(|e| e.uid);
-                theirs_lists.sort_unstable_by_key(|e| e.uid);
+        Body::EventCounts(ec) => match sync.on_event_counts(ec) {
+            SyncStep::Pending => {}
+            SyncStep::Refused { why, close } => {
+                tracing::warn!(why, "sync request refused");
+                let _ = tx.try_send((
+                    Instant::now(),
+                    encode(m::Error {
+                        code: gossip_common::ErrorCode::NotAllowed,
+                        text: why.into(),
+                        current: None,
+                    }),
+                ));
+                if close {
+                    return Break(());
+                }
+            }
+            SyncStep::Complete {
+                users: theirs_users,
+                lists: theirs_lists,
+            } => {
                 let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs_users);
                 let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs_lists);
                 tracing::info!(
@@ -402,7 +421,7 @@ pub(super) async fn handle_peer(
                     sync.bulk.clone(),
                 ));
             }
-        }
+        },
         Body::ChangedEntries(_) => {
             // Routed to `apply_changed_entries` before decoding; never reaches here.
         }

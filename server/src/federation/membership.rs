@@ -20,6 +20,11 @@ pub(crate) const DAMPING: f64 = 0.20;
 /// Smallest RTT change, in microseconds, worth republishing.
 pub(crate) const DAMPING_FLOOR_US: f64 = 1000.0;
 
+/// Most servers a federation may have here. A peer's server list, `addServer` or row can only
+/// teach servers up to this bound, so no peer can grow this server's state (or the matrix,
+/// which grows with its square) without limit; a row naming more is refused whole.
+pub(crate) const MAX_SERVERS: usize = 10_000;
+
 /// A measurer's published row: RTT in microseconds per server, `None` = dead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Row {
@@ -76,6 +81,8 @@ pub(crate) struct Membership {
     /// refused, until an admin adds them again.
     deleted: BTreeSet<ServerKey>,
     rows: HashMap<ServerKey, Row>,
+    /// Bumped on every change of servers or rows: the tree needs recomputing only when it moved.
+    version: u64,
 }
 
 impl Membership {
@@ -88,7 +95,13 @@ impl Membership {
             servers,
             deleted: BTreeSet::new(),
             rows: HashMap::new(),
+            version: 1,
         }
+    }
+
+    /// Changes so far; equal versions mean the same graph.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     /// This server.
@@ -127,27 +140,42 @@ impl Membership {
         self.rows.get(&self.me)
     }
 
-    /// Learns servers (tombstoned ones excepted); returns those that were new.
+    /// Learns servers (tombstoned ones excepted, and none past [`MAX_SERVERS`]); returns those
+    /// that were new.
     pub(crate) fn add_servers(
         &mut self,
         servers: impl IntoIterator<Item = ServerKey>,
     ) -> Vec<ServerKey> {
-        let (deleted, known) = (&self.deleted, &mut self.servers);
-        servers
-            .into_iter()
-            .filter(|s| !deleted.contains(s))
-            .filter(|s| known.insert(s.clone()))
-            .collect()
+        let mut added = Vec::new();
+        for s in servers {
+            if self.servers.len() >= MAX_SERVERS {
+                break;
+            }
+            if !self.deleted.contains(&s) && self.servers.insert(s.clone()) {
+                added.push(s);
+            }
+        }
+        if !added.is_empty() {
+            self.version += 1;
+        }
+        added
+    }
+
+    /// Whether no more servers can be learned.
+    pub(crate) fn is_full(&self) -> bool {
+        self.servers.len() >= MAX_SERVERS
     }
 
     /// An admin added `key` again: lifts its tombstone.
     pub(crate) fn undelete(&mut self, key: &ServerKey) {
         self.deleted.remove(key);
+        self.version += 1;
     }
 
     /// Forgets `key` and leaves a tombstone; returns whether it was known.
     pub(crate) fn remove_server(&mut self, key: &ServerKey) -> bool {
         self.deleted.insert(key.clone());
+        self.version += 1;
         let removed = self.servers.remove(key);
         self.rows.remove(key);
         for row in self.rows.values_mut() {
@@ -161,19 +189,21 @@ impl Membership {
     pub(crate) fn store_row(&mut self, measurer: ServerKey, row: Row) -> bool {
         if measurer == self.me
             || self.deleted.contains(&measurer)
+            || row.rtts.len() > MAX_SERVERS
             || self.rows.get(&measurer).is_some_and(|r| row.seq <= r.seq)
         {
             return false;
         }
-        let unknown: Vec<ServerKey> = row
-            .rtts
-            .keys()
-            .chain(std::iter::once(&measurer))
-            .filter(|k| !self.servers.contains(*k) && !self.deleted.contains(*k))
+        let named: Vec<ServerKey> = std::iter::once(&measurer)
+            .chain(row.rtts.keys())
             .cloned()
             .collect();
-        self.servers.extend(unknown);
+        self.add_servers(named);
+        if !self.servers.contains(&measurer) {
+            return false; // full: a row of a server that cannot be learned is not kept either
+        }
         self.rows.insert(measurer, row);
+        self.version += 1;
         true
     }
 
@@ -198,6 +228,7 @@ impl Membership {
         }
         row.seq = now_ms.max(old.seq + 1);
         self.rows.insert(self.me.clone(), row.clone());
+        self.version += 1;
         Some(row)
     }
 
@@ -360,7 +391,13 @@ mod tests {
             .apply_measurements(&[(k(2), Some(10_500))], 2_000)
             .is_none());
         // A revival is always news, even with a clock that went backwards.
+        let v = m.version();
+        assert!(m
+            .apply_measurements(&[(k(2), Some(10_400))], 2_500)
+            .is_none());
+        assert_eq!(m.version(), v, "nothing published, nothing to recompute");
         let next = m.apply_measurements(&[(k(3), Some(300))], 500).unwrap();
+        assert!(m.version() > v);
         assert_eq!(next.seq, 1_001);
         assert!(m.dead_in_my_row().is_empty());
     }
@@ -383,5 +420,26 @@ mod tests {
         let r = row(42, &[(2, Some(1500)), (3, None)]);
         let (who, back) = row_of(&row_message(&k(1), &r));
         assert_eq!((who, back), (k(1), r));
+    }
+
+    #[test]
+    fn no_peer_can_grow_the_server_list_or_the_rows_without_bound() {
+        let mut m = Membership::new(k(0), &[]);
+        let many = (1..=MAX_SERVERS as u16 + 50).map(|i| ("x".to_owned(), i));
+        let added = m.add_servers(many);
+        assert_eq!(m.servers().len(), MAX_SERVERS);
+        assert_eq!(added.len(), MAX_SERVERS - 1);
+        assert!(m.is_full());
+        // A row of a server not yet known cannot make room for itself.
+        assert!(!m.store_row(("y".into(), 1), row(1, &[])));
+        // An oversized row is refused whole.
+        let mut huge = Row {
+            seq: 5,
+            ..Row::default()
+        };
+        for i in 0..=MAX_SERVERS as u16 {
+            huge.rtts.insert(("z".into(), i), Some(1));
+        }
+        assert!(!m.store_row(("x".into(), 1), huge));
     }
 }

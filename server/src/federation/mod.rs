@@ -81,6 +81,8 @@ struct State {
     locks: LockTable,
     /// The tree last computed.
     tree: Vec<TreeEdge>,
+    /// The membership version `tree` was computed from.
+    tree_version: u64,
     links: HashMap<ServerKey, Link>,
     connecting: BTreeSet<ServerKey>,
     backoff: HashMap<ServerKey, (Duration, Instant)>,
@@ -113,6 +115,8 @@ pub struct Federation {
     next_link: AtomicU64,
     recomputations: AtomicU64,
     link_drops: AtomicU64,
+    /// Whether the "server list full" warning was logged.
+    warned_full: std::sync::atomic::AtomicBool,
 }
 
 impl Federation {
@@ -121,6 +125,7 @@ impl Federation {
             members: Membership::new(me.clone(), peers),
             locks: LockTable::default(),
             tree: Vec::new(),
+            tree_version: 0,
             links: HashMap::new(),
             connecting: BTreeSet::new(),
             backoff: HashMap::new(),
@@ -134,6 +139,7 @@ impl Federation {
             next_link: AtomicU64::new(1),
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
+            warned_full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -301,7 +307,17 @@ impl Federation {
     }
 
     fn add_servers(&self, servers: impl IntoIterator<Item = ServerKey>) -> Vec<ServerKey> {
-        let added = self.state.lock().members.add_servers(servers);
+        let (added, full) = {
+            let mut st = self.state.lock();
+            let added = st.members.add_servers(servers);
+            (added, st.members.is_full())
+        };
+        if full && !self.warned_full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max = membership::MAX_SERVERS,
+                "server list full: no further servers are learned"
+            );
+        }
         if !added.is_empty() {
             self.changed.notify_one();
             self.probe_now.notify_one();
@@ -557,7 +573,15 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
                         .map(|(k, _)| k.clone()),
                 )
                 .collect();
-            let plan = topology::plan(&st.members, &links, &busy, grace);
+            // The MST (O(V²) on a complete graph) is recomputed only when the matrix moved;
+            // the loop's one-second tick only retries dials whose backoff ran out.
+            let tree = if st.tree_version == st.members.version() {
+                st.tree.clone()
+            } else {
+                st.tree_version = st.members.version();
+                crate::mst::minimum_spanning_tree(&st.members.graph())
+            };
+            let plan = topology::plan_with_tree(&st.members, tree, &links, &busy, grace);
             if plan.tree != st.tree {
                 fed.recomputations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(

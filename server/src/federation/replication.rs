@@ -19,27 +19,96 @@ use crate::Node;
 const EC_PER_MESSAGE: usize = 1000;
 /// Per-link sync progress: the peer's event counts, gathered until its last part.
 pub(super) struct SyncIn {
-    pub(super) users: Vec<EcEntry>,
-    pub(super) lists: Vec<EcEntry>,
+    users: Vec<EcEntry>,
+    lists: Vec<EcEntry>,
+    /// Whether the peer's list was complete once: a link carries one sync, at link-up.
+    done: bool,
     /// The link's bulk queue, for the records the peer lacks.
     pub(super) bulk: mpsc::Sender<(Instant, Bytes)>,
     /// `changedEntries` batches being verified and written at once: verifying the next batch
     /// while the previous one waits for its `fdatasync` keeps both the CPU and the disk busy;
     /// the bound keeps a fast sender from queueing unbounded work.
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Propagated records (`UserInfo`, `newuser`, `ChangeCL`) being applied at once.
+    pub(super) records_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Propagated records a link applies concurrently (each waits for its own fdatasync).
+pub(super) const RECORDS_IN_FLIGHT: usize = 256;
 
 /// `changedEntries` batches a link applies concurrently.
 pub(super) const SYNC_BATCHES_IN_FLIGHT: usize = 8;
+
+/// Most event-count entries one peer's list may hold (users and lists together): sixteen
+/// million is 16 times the largest database measured, and 256 MB of entries held here.
+pub(super) const MAX_SYNC_ENTRIES: usize = 16_000_000;
+
+/// What a part of the peer's event-count list leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum SyncStep {
+    /// More parts to come.
+    Pending,
+    /// The list is complete: the peer's entries, each sorted by UserID.
+    Complete {
+        /// UserInfo event counts.
+        users: Vec<EcEntry>,
+        /// ContactList event counts.
+        lists: Vec<EcEntry>,
+    },
+    /// Not served (why); the link should be closed for `close`.
+    Refused {
+        /// What the log and the peer are told.
+        why: &'static str,
+        /// Whether the link must close (a peer that floods us), or the request is just ignored.
+        close: bool,
+    },
+}
 
 impl SyncIn {
     pub(super) fn new(bulk: mpsc::Sender<(Instant, Bytes)>) -> Self {
         SyncIn {
             users: Vec::new(),
             lists: Vec::new(),
+            done: false,
             bulk,
             in_flight: Arc::new(tokio::sync::Semaphore::new(SYNC_BATCHES_IN_FLIGHT)),
+            records_in_flight: Arc::new(tokio::sync::Semaphore::new(RECORDS_IN_FLIGHT)),
         }
+    }
+
+    /// Takes one `eventCounts` part. A peer gets one sync per link (the one at link-up: each
+    /// round costs a sort and a send of everything it lacks, so repeated rounds are refused),
+    /// and its list is bounded by [`MAX_SYNC_ENTRIES`].
+    pub(super) fn on_event_counts(&mut self, ec: m::EventCounts) -> SyncStep {
+        if self.done {
+            return SyncStep::Refused {
+                why: "a link carries one sync, at link-up",
+                close: false,
+            };
+        }
+        let total = self.users.len()
+            + self.lists.len()
+            + ec.userdb.entries.len()
+            + ec.contactlist.entries.len();
+        if total > MAX_SYNC_ENTRIES {
+            self.users = Vec::new();
+            self.lists = Vec::new();
+            return SyncStep::Refused {
+                why: "event-count list over the limit",
+                close: true,
+            };
+        }
+        self.users.extend(ec.userdb.entries);
+        self.lists.extend(ec.contactlist.entries);
+        if ec.last == 0 {
+            return SyncStep::Pending;
+        }
+        self.done = true;
+        let mut users = std::mem::take(&mut self.users);
+        let mut lists = std::mem::take(&mut self.lists);
+        users.sort_unstable_by_key(|e| e.uid);
+        lists.sort_unstable_by_key(|e| e.uid);
+        SyncStep::Complete { users, lists }
     }
 }
 
@@ -238,6 +307,17 @@ pub(super) fn escaped_len(raw: &str) -> usize {
 }
 
 /// Stores a UserInfo from a peer; if it is news, pushes it to local watchers and forwards it.
+/// A record propagated by a peer (`UserInfo`, `newuser`, `ChangeCL`): stored if it is news,
+/// pushed to local watchers and forwarded.
+pub(super) async fn apply_from_peer(node: &Arc<Node>, peer: &ServerKey, body: Body, origin: &str) {
+    match body {
+        Body::UserInfo(u) => apply_user(node, u.record, false, Some(peer), origin).await,
+        Body::NewUser(n) => apply_user(node, n.record, true, Some(peer), origin).await,
+        Body::ChangeCl(c) => apply_list(node, c.record, Some(peer), origin).await,
+        other => tracing::debug!(msgtype = other.msgtype(), "not a record"),
+    }
+}
+
 pub(super) async fn apply_user(
     node: &Arc<Node>,
     record: Signed<UserInfo>,
@@ -270,5 +350,65 @@ pub(super) async fn apply_list(
         Ok(applied) => node.list_changed_from(&applied.record, from),
         Err(StoreError::Stale { .. }) => {}
         Err(e) => tracing::warn!(error = %e, %origin, "contact list from peer refused"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossip_common::UserId;
+
+    fn part(uids: &[u64], last: bool) -> m::EventCounts {
+        m::EventCounts {
+            last: u8::from(last),
+            userdb: m::EcList {
+                entries: uids
+                    .iter()
+                    .map(|u| EcEntry {
+                        uid: UserId(*u),
+                        count: 1,
+                        rollover: 0,
+                    })
+                    .collect(),
+            },
+            contactlist: m::EcList::default(),
+        }
+    }
+
+    #[test]
+    fn a_link_gets_one_sync_from_its_parts_sorted() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut s = SyncIn::new(tx);
+        assert_eq!(s.on_event_counts(part(&[5, 1], false)), SyncStep::Pending);
+        match s.on_event_counts(part(&[3], true)) {
+            SyncStep::Complete { users, lists } => {
+                let uids: Vec<u64> = users.iter().map(|e| e.uid.0).collect();
+                assert_eq!(uids, [1, 3, 5]);
+                assert!(lists.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A second round on the same link (each would cost a full comparison and send).
+        assert!(matches!(
+            s.on_event_counts(part(&[], true)),
+            SyncStep::Refused { close: false, .. }
+        ));
+    }
+
+    #[test]
+    fn an_endless_list_is_refused_and_closes_the_link() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut s = SyncIn::new(tx);
+        let big: Vec<u64> = (0..1000).collect();
+        let mut parts = 0;
+        let step = loop {
+            parts += 1;
+            match s.on_event_counts(part(&big, false)) {
+                SyncStep::Pending => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(parts, MAX_SYNC_ENTRIES / 1000 + 1);
+        assert!(matches!(step, SyncStep::Refused { close: true, .. }));
     }
 }

@@ -27,16 +27,33 @@ pub(crate) struct Plan {
     pub(crate) close: Vec<ServerKey>,
 }
 
-/// Plans links for this server. `links` maps each linked peer to how long its link has been
+/// Plans links for this server (computing the tree). `links` maps each linked peer to how long its link has been
 /// up; `busy` are servers being dialled or backing off; a non-tree link whose edge the rows call
 /// dead is kept until it is `grace` old.
+#[cfg(test)]
 pub(crate) fn plan(
     m: &Membership,
     links: &BTreeMap<ServerKey, Duration>,
     busy: &BTreeSet<ServerKey>,
     grace: Duration,
 ) -> Plan {
-    let tree = mst::minimum_spanning_tree(&m.graph());
+    plan_with_tree(
+        m,
+        mst::minimum_spanning_tree(&m.graph()),
+        links,
+        busy,
+        grace,
+    )
+}
+
+/// [`plan`] with the tree of `m` already computed (it changes only when `m` does).
+pub(crate) fn plan_with_tree(
+    m: &Membership,
+    tree: Vec<TreeEdge>,
+    links: &BTreeMap<ServerKey, Duration>,
+    busy: &BTreeSet<ServerKey>,
+    grace: Duration,
+) -> Plan {
     let neighbours = mst::neighbours(&tree, m.me());
     let repairs: Vec<ServerKey> = repair_targets(m.me(), m.servers(), &tree, m.my_row())
         .into_iter()
