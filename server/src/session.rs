@@ -81,7 +81,13 @@ pub(crate) async fn serve(
         let (tx, rx) = mpsc::channel(node.config.outbound_queue);
         let kill = CancellationToken::new();
         let tap = crate::trace::Tap::new(node.trace.as_ref(), peer, "client");
-        let writer = tokio::spawn(write_loop(wr, rx, kill.clone(), tap));
+        let writer = tokio::spawn(write_loop(
+            wr,
+            rx,
+            kill.clone(),
+            tap,
+            node.config.idle_timeout,
+        ));
         let mut session = Session {
             node: Arc::clone(&node),
             sid,
@@ -119,6 +125,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
+    stall: std::time::Duration,
 ) {
     /// Frames per write; more stay queued for the next one.
     const BATCH: usize = 32;
@@ -140,7 +147,14 @@ async fn write_loop(
                 tap.record(crate::trace::Dir::Out, f);
             }
         }
-        let written = write_frames(&mut wr, &batch).await;
+        // A write that makes no progress for `stall` (a client that stopped reading) ends the
+        // connection; the kill wakes the session's read loop too.
+        let written = tokio::select! {
+            _ = kill.cancelled() => break,
+            w = tokio::time::timeout(stall, write_frames(&mut wr, &batch)) => {
+                w.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            }
+        };
         // Dropped, not cleared: an idle connection holds no batch memory.
         batch = Vec::new();
         if written.is_err() {
@@ -248,8 +262,19 @@ impl Session {
     }
 
     async fn reply(&self, re: Option<u64>, body: impl Into<Body>) {
-        // Waiting here applies back-pressure to this client's own requests only.
-        let _ = self.tx.send(self.encode(body, re)).await;
+        // Waiting here applies back-pressure to this client's own requests only, and only for
+        // as long as the idle timeout: a client that sends requests but never reads the
+        // replies would otherwise hold this session (its read loop, its idle timer, a shutdown)
+        // forever.
+        let frame = self.encode(body, re);
+        tokio::select! {
+            _ = self.tx.send(frame) => {}
+            _ = self.kill.cancelled() => {}
+            _ = tokio::time::sleep(self.node.config.idle_timeout) => {
+                tracing::info!("client does not read its replies; disconnecting");
+                self.kill.cancel();
+            }
+        }
     }
 
     async fn error(

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use gossip_client::{Event, GossipClient};
 use gossip_common::message::{self as m};
-use gossip_common::{Body, Domain, ErrorCode, EventCount, Keypair, Signed, UserId, UserInfo};
+use gossip_common::{
+    Body, Domain, ErrorCode, EventCount, Keypair, Message, Signed, UserId, UserInfo,
+};
 use gossip_server::{Config, RunningNode};
 use gossip_tests::RawConn;
 
@@ -408,4 +410,39 @@ async fn client_logs_in_to_the_nearest_live_server() {
         .unwrap();
     assert_eq!(c.server(), far.client_addr().to_string());
     far.stop().await.unwrap();
+}
+
+/// A client that sends requests but never reads the replies: once its replies fill the socket
+/// and its queue, the session must still end at the idle timeout (2 s in tests) rather than sit
+/// blocked forever, and the node must stop promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_and_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let mut stream = tokio::net::TcpStream::connect(node.client_addr())
+        .await
+        .unwrap();
+    // Pings, 256 per write, never reading a pong: the pongs fill the socket, then the
+    // session's queue, then the server stops reading us.
+    let request = Message::new(std::net::Ipv6Addr::LOCALHOST, m::Ping {}).to_xml() + "\n";
+    let batch = request.repeat(256);
+    let t0 = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Err(e) = stream.write_all(batch.as_bytes()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    let err = outcome.expect("the server never closed a client that does not read");
+    eprintln!("non-reading client cut after {:?}: {err}", t0.elapsed());
+    let t1 = std::time::Instant::now();
+    node.stop().await.unwrap();
+    assert!(
+        t1.elapsed() < Duration::from_secs(2),
+        "stopping took {:?}",
+        t1.elapsed()
+    );
 }
