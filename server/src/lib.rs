@@ -85,6 +85,10 @@ pub struct Node {
     lab_clock: Option<lab::LabClock>,
     base_port: u16,
     started: Instant,
+    /// Every task the node spawns, so a stop can wait for all of them.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the node stops; timers that outlive a request select on it.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Node {
@@ -356,6 +360,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     } else {
         Some(lab::LabClock::start().map_err(StartError::Thread)?)
     };
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let node = Arc::new(Node {
         lab_clock,
         federation: federation::Federation::new(me, &config.peers),
@@ -368,9 +374,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         metrics: metrics::Metrics::default(),
         locks: UidLocks::default(),
         started: Instant::now(),
+        tasks: tracker.clone(),
+        shutdown: shutdown.clone(),
     });
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     tracing::info!(
         identity = %node.identity(),
         client_port = node.base_port,

@@ -81,7 +81,7 @@ pub(crate) async fn serve(
         let (tx, rx) = mpsc::channel(node.config.outbound_queue);
         let kill = CancellationToken::new();
         let tap = crate::trace::Tap::new(node.trace.as_ref(), peer, "client");
-        let writer = tokio::spawn(write_loop(
+        let writer = node.tasks.spawn(write_loop(
             wr,
             rx,
             kill.clone(),

@@ -140,7 +140,7 @@ pub(super) async fn run_link(
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
         let tap = crate::trace::Tap::new(node.trace.as_ref(), addr, "server");
-        let writer = tokio::spawn(link_writer(wr, (rx, bulk_rx), delay, kill.clone(), tap, Arc::clone(&node)));
+        let writer = node.tasks.spawn(link_writer(wr, (rx, bulk_rx), delay, kill.clone(), tap, Arc::clone(&node)));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
         let (servers, rows) = {
@@ -159,8 +159,8 @@ pub(super) async fn run_link(
         // Our event counts go by the bulk queue, from a task: they are a million entries for a
         // million users, and this task must start reading the peer's meanwhile.
         {
-            let (node, bulk) = (Arc::clone(&node), bulk.clone());
-            tokio::spawn(async move {
+            let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
+            tasks.spawn(async move {
                 for frame in replication::event_count_messages(&node) {
                     if bulk.send((Instant::now(), frame)).await.is_err() {
                         break;
@@ -205,7 +205,7 @@ pub(super) async fn run_link(
                         // (bounded by `in_flight`), so several batches are worked on at once,
                         // on every core the node has, while this reader goes on reading.
                         let Ok(slot) = Arc::clone(&sync.in_flight).acquire_owned().await else { break };
-                        tokio::spawn(replication::apply_changed_entries(Arc::clone(&node), peer.clone(), frame, slot));
+                        node.tasks.spawn(replication::apply_changed_entries(Arc::clone(&node), peer.clone(), frame, slot));
                         continue;
                     }
                     match Message::decode(&frame) {
@@ -374,8 +374,8 @@ pub(super) async fn handle_peer(
             let Ok(slot) = Arc::clone(&sync.records_in_flight).acquire_owned().await else {
                 return Break(());
             };
-            let (node, peer) = (Arc::clone(node), peer.clone());
-            tokio::spawn(async move {
+            let (tasks, node, peer) = (node.tasks.clone(), Arc::clone(node), peer.clone());
+            tasks.spawn(async move {
                 replication::apply_from_peer(&node, &peer, body, &origin).await;
                 drop(slot);
             });
@@ -414,7 +414,7 @@ pub(super) async fn handle_peer(
                 // Sent by a task of its own: a large sync takes a while, and this link's reader
                 // must keep reading meanwhile, or two nodes syncing to each other could each
                 // wait for the other to read.
-                tokio::spawn(replication::send_changed_entries(
+                node.tasks.spawn(replication::send_changed_entries(
                     Arc::clone(node),
                     users,
                     lists,
@@ -448,11 +448,15 @@ pub(super) async fn handle_peer(
             } else {
                 // A subtree that never answers counts as a refusal. Weak: a stopped node must
                 // not be kept alive (datafiles locked) by this timer.
-                let node = Arc::downgrade(node);
-                tokio::spawn(async move {
-                    tokio::time::sleep(LOCK_TIMEOUT).await;
-                    if let Some(node) = node.upgrade() {
-                        node.federation.lock_answer(l.uid, &l.holder, false, None);
+                let (weak, stop) = (Arc::downgrade(node), node.shutdown.clone());
+                node.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(LOCK_TIMEOUT) => {
+                            if let Some(node) = weak.upgrade() {
+                                node.federation.lock_answer(l.uid, &l.holder, false, None);
+                            }
+                        }
                     }
                 });
             }
