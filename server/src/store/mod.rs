@@ -570,11 +570,14 @@ impl Store {
             .collect()
     }
 
-    /// A digest of the whole database (UserIDs, event counts, signatures), equal on two servers
-    /// exactly when they hold the same records. For tests and `prodserver status`.
+    /// A digest of the whole database (UserIDs, event counts, signatures): a 128-bit hash
+    /// (xxh3-128) and the record counts. Two servers holding the same records have equal
+    /// digests; different records give equal digests only by a 2^-128 accident, which is what
+    /// tests and `prodserver status` rely on (a 32-bit CRC made that a real chance at a
+    /// million records). Not a security check: a server could fake its own.
     pub fn digest(&self) -> String {
         let state = self.state.read();
-        let mut h = crc32fast::Hasher::new();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
         for (tag, entries) in [
             (b'u', collect_sigs(&state.users)),
             (b'c', collect_sigs(&state.lists)),
@@ -588,8 +591,8 @@ impl Store {
             }
         }
         format!(
-            "{:08x}-{}-{}",
-            h.finalize(),
+            "{:032x}-{}-{}",
+            h.digest128(),
             state.users.len(),
             state.lists.len()
         )
