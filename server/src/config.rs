@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An invalid setting or unreadable config file; the message says which and why.
 #[derive(Debug, thiserror::Error)]
@@ -21,54 +21,80 @@ macro_rules! ensure {
     };
 }
 
-/// Settings as read from a TOML file; every field optional.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Every setting, as the TOML file and the command line both give it: one struct, so a setting
+/// is declared once (its doc here is both the file's reference and `gossipd --help`). Every field
+/// is optional; [`FileConfig::merge`] lays the flags over the file, and
+/// [`Config::from_file_config`] applies defaults and validates.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// This server's host name, as other servers and clients reach it. Default: the machine's
-    /// host name.
+    /// This server's host name, as clients and other servers reach it [default: host name].
+    #[arg(long, value_name = "HOST")]
     pub name: Option<String>,
-    /// Base port P: clients connect on P, servers on P+1, RTT probes go to P+2. Default 1024.
+    /// Base port P (clients on P, servers on P+1, RTT on P+2) [default: 1024]. 0: any free
+    /// ports the kernel picks (the server's identity then changes at every start; for tests and
+    /// throwaway nodes).
+    #[arg(long, short = 'p', value_name = "P")]
     pub base_port: Option<u16>,
-    /// Refuse to start instead of moving to another base port when P..P+2 are taken.
+    /// Exit with an error (status 3) instead of moving to another base port when P..P+2 are
+    /// taken.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub strict_ports: Option<bool>,
-    /// Address to bind (default 0.0.0.0, all IPv4 interfaces).
+    /// Address to bind; links and probes leave from it too [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
     pub bind: Option<String>,
-    /// Directory for the datafiles and transaction log. Default `./gossip-data`.
+    /// Directory for datafiles and the transaction log [default: ./gossip-data].
+    #[arg(long, short = 'd', value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Largest accepted frame in bytes. Default 65536.
+    /// Largest accepted message frame in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<usize>,
-    /// Most simultaneous client connections; more are refused with `server-full`. Default 18000
-    /// (below the usual 20000 open-file limit, leaving room for datafiles and server links).
+    /// Most simultaneous client connections; more are refused with `server-full` [default:
+    /// 18000, below the usual 20000 open-file limit, leaving room for datafiles and links].
+    #[arg(long, value_name = "N")]
     pub max_clients: Option<usize>,
-    /// Messages queued to one connection before it counts as a slow consumer and is dropped.
-    /// Default 256.
+    /// Messages queued to one client before it counts as a slow consumer and is dropped
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
     pub outbound_queue: Option<usize>,
-    /// Seconds of silence from a client before the server sends a `ping`. Default 10.
+    /// Seconds of client silence before the server pings it [default: 10].
+    #[arg(long = "keepalive", value_name = "SECS")]
     pub keepalive_s: Option<f64>,
-    /// Seconds of silence after which a client is considered gone (half-open TCP) and its last
-    /// will is published. Default 30.
+    /// Seconds of client silence before it counts as gone (half-open TCP) and its last will is
+    /// published [default: 30].
+    #[arg(long = "idle-timeout", value_name = "SECS")]
     pub idle_timeout_s: Option<f64>,
-    /// Seconds a UserID reserved for a registration stays locked. Default 900 (15 minutes).
+    /// Seconds a UserID reserved for a registration stays locked [default: 900].
+    #[arg(long = "uid-lock", value_name = "SECS")]
     pub uid_lock_s: Option<u64>,
-    /// Servers to join at start, `host:port` (their base port).
+    /// A server to join, HOST:PORT (its base port); repeat for several.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Option<Vec<String>>,
-    /// Admin socket path (mode 0600). Default `<data_dir>/admin.sock`; the read-only
-    /// `status.sock` (mode 0660) is created beside it.
+    /// Admin socket for prodserver (mode 0600; a read-only status.sock, mode 0660, is created
+    /// beside it) [default: DATA_DIR/admin.sock].
+    #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
-    /// IPs or CIDR ranges refused on the client and server ports (added to those saved with
-    /// `prodserver blacklist add`).
+    /// IPs or CIDR ranges refused on the client and server ports, added to those saved with
+    /// `prodserver blacklist add`; repeat for several.
+    #[arg(long = "blacklist", value_name = "NET")]
     pub blacklist: Option<Vec<String>>,
-    /// Record every frame sent and received to this file (JSON lines), for debugging.
+    /// Record every frame sent and received to FILE (JSON lines; summarise with
+    /// `prodserver trace summarize FILE`).
+    #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Milliseconds between RTT probe packets (spec: 2000).
+    /// Milliseconds between RTT probe packets [default: 2000, the spec's].
+    #[arg(long, value_name = "MS")]
     pub probe_interval_ms: Option<u64>,
-    /// Seconds without an RTT reply after which a server counts as dead (spec: 30).
+    /// Seconds without an RTT reply before a server counts as dead [default: 30, the spec's].
+    #[arg(long = "dead-after", value_name = "SECS")]
     pub dead_after_s: Option<f64>,
-    /// Seconds between RTT measurement rounds. Default 60.
+    /// Seconds between RTT measurement rounds [default: 60].
+    #[arg(long = "reprobe", value_name = "SECS")]
     pub reprobe_s: Option<f64>,
     /// LAB ONLY: one-way delay in milliseconds added to everything sent to a peer
     /// (`"host:port" = ms`), to emulate WAN links in tests and demos. Never use in production.
+    /// On the command line: `--lab-link-delay HOST:PORT=MS`.
+    #[arg(skip)]
     pub lab_link_delay_ms: Option<std::collections::HashMap<String, u64>>,
 }
 
@@ -81,29 +107,21 @@ impl FileConfig {
             .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
     }
 
-    /// Fields set in `over` replace those in `self` (flags win over the file).
+    /// Fields set in `over` replace those in `self` (flags win over the file). Generic over
+    /// the fields, so a new setting needs no change here.
     pub fn merge(self, over: FileConfig) -> FileConfig {
-        FileConfig {
-            name: over.name.or(self.name),
-            base_port: over.base_port.or(self.base_port),
-            strict_ports: over.strict_ports.or(self.strict_ports),
-            bind: over.bind.or(self.bind),
-            data_dir: over.data_dir.or(self.data_dir),
-            max_frame: over.max_frame.or(self.max_frame),
-            max_clients: over.max_clients.or(self.max_clients),
-            outbound_queue: over.outbound_queue.or(self.outbound_queue),
-            keepalive_s: over.keepalive_s.or(self.keepalive_s),
-            idle_timeout_s: over.idle_timeout_s.or(self.idle_timeout_s),
-            uid_lock_s: over.uid_lock_s.or(self.uid_lock_s),
-            peers: over.peers.or(self.peers),
-            admin_socket: over.admin_socket.or(self.admin_socket),
-            blacklist: over.blacklist.or(self.blacklist),
-            trace: over.trace.or(self.trace),
-            probe_interval_ms: over.probe_interval_ms.or(self.probe_interval_ms),
-            dead_after_s: over.dead_after_s.or(self.dead_after_s),
-            reprobe_s: over.reprobe_s.or(self.reprobe_s),
-            lab_link_delay_ms: over.lab_link_delay_ms.or(self.lab_link_delay_ms),
+        let (Ok(serde_json::Value::Object(mut base)), Ok(serde_json::Value::Object(over))) =
+            (serde_json::to_value(&self), serde_json::to_value(&over))
+        else {
+            unreachable!("a struct of options serialises to an object");
+        };
+        for (k, v) in over {
+            if !v.is_null() {
+                base.insert(k, v);
+            }
         }
+        serde_json::from_value(serde_json::Value::Object(base))
+            .expect("the merge of two valid settings is valid")
     }
 }
 
@@ -297,5 +315,51 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(Config::from_file_config(f).is_err());
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: FileConfig,
+    }
+
+    #[test]
+    fn one_struct_reads_flags_and_files_alike() {
+        let flags = Flags::try_parse_from([
+            "gossipd",
+            "--strict-ports",
+            "--peer",
+            "a.example:1024",
+            "--peer",
+            "b.example:2048",
+            "--keepalive",
+            "5",
+            "--blacklist",
+            "10.0.0.0/8",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!(flags.strict_ports, Some(true));
+        assert_eq!(flags.keepalive_s, Some(5.0));
+        let file: FileConfig =
+            toml::from_str("keepalive_s = 8.0\nidle_timeout_s = 40.0\nname = \"f\"").unwrap();
+        let merged = file.merge(flags);
+        assert_eq!(merged.keepalive_s, Some(5.0), "the flag wins");
+        assert_eq!(merged.idle_timeout_s, Some(40.0), "the file fills the rest");
+        assert_eq!(merged.name.as_deref(), Some("f"));
+        let c = Config::from_file_config(merged).unwrap();
+        assert!(c.strict_ports);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.blacklist, vec!["10.0.0.0/8".to_owned()]);
+        // Nothing given: nothing set.
+        let none = Flags::try_parse_from(["gossipd"]).unwrap().settings;
+        assert_eq!(none.strict_ports, None);
+        assert_eq!(none.peers, None);
     }
 }

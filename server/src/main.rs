@@ -23,55 +23,8 @@ struct Args {
     /// TOML config file; every option below can also be set there (flags win).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// This server's host name, as clients and other servers reach it [default: host name].
-    #[arg(long, value_name = "HOST")]
-    name: Option<String>,
-    /// Base port P (clients on P, servers on P+1, RTT on P+2) [default: 1024]. 0: any free
-    /// ports the kernel picks (the server's identity then changes at every start; for tests and
-    /// throwaway nodes).
-    #[arg(long, short = 'p', value_name = "P")]
-    base_port: Option<u16>,
-    /// Exit with an error instead of moving to another base port when P..P+2 are taken.
-    #[arg(long)]
-    strict_ports: bool,
-    /// Address to bind [default: 0.0.0.0].
-    #[arg(long, value_name = "IP")]
-    bind: Option<String>,
-    /// Directory for datafiles and the transaction log [default: ./gossip-data].
-    #[arg(long, short = 'd', value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Record every frame sent and received to FILE (JSON lines; summarise with
-    /// `prodserver trace summarize FILE`).
-    #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
-    /// Admin socket for prodserver (mode 0600; a read-only status.sock, mode 0660, is created
-    /// beside it) [default: DATA_DIR/admin.sock].
-    #[arg(long, value_name = "PATH")]
-    admin_socket: Option<PathBuf>,
-    /// Largest accepted message frame in bytes [default: 65536].
-    #[arg(long, value_name = "BYTES")]
-    max_frame: Option<usize>,
-    /// Most simultaneous client connections [default: 18000].
-    #[arg(long, value_name = "N")]
-    max_clients: Option<usize>,
-    /// Seconds of client silence before the server pings it [default: 10].
-    #[arg(long, value_name = "SECS")]
-    keepalive: Option<f64>,
-    /// Seconds of client silence before it counts as gone and its last will fires [default: 30].
-    #[arg(long, value_name = "SECS")]
-    idle_timeout: Option<f64>,
-    /// A server to join, HOST:PORT (its base port); repeat for several.
-    #[arg(long = "peer", value_name = "HOST:PORT")]
-    peers: Vec<String>,
-    /// Milliseconds between RTT probe packets [default: 2000].
-    #[arg(long, value_name = "MS")]
-    probe_interval_ms: Option<u64>,
-    /// Seconds without an RTT reply before a server counts as dead [default: 30].
-    #[arg(long, value_name = "SECS")]
-    dead_after: Option<f64>,
-    /// Seconds between RTT measurement rounds [default: 60].
-    #[arg(long, value_name = "SECS")]
-    reprobe: Option<f64>,
+    #[command(flatten)]
+    settings: FileConfig,
     /// LAB ONLY: add a one-way delay to everything sent to a peer, HOST:PORT=MS (repeatable).
     /// Emulates WAN links for tests and demos; never use in production.
     #[arg(long = "lab-link-delay", value_name = "HOST:PORT=MS")]
@@ -95,23 +48,8 @@ impl Args {
             None => FileConfig::default(),
         };
         let flags = FileConfig {
-            name: self.name,
-            base_port: self.base_port,
-            strict_ports: self.strict_ports.then_some(true),
-            bind: self.bind,
-            data_dir: self.data_dir,
-            admin_socket: self.admin_socket,
-            trace: self.trace,
-            max_frame: self.max_frame,
-            max_clients: self.max_clients,
-            keepalive_s: self.keepalive,
-            idle_timeout_s: self.idle_timeout,
-            peers: (!self.peers.is_empty()).then_some(self.peers),
-            probe_interval_ms: self.probe_interval_ms,
-            dead_after_s: self.dead_after,
-            reprobe_s: self.reprobe,
             lab_link_delay_ms: (!lab.is_empty()).then_some(lab),
-            ..FileConfig::default()
+            ..self.settings
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }
