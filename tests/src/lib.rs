@@ -66,6 +66,23 @@ pub fn target_dir() -> PathBuf {
     profile.parent().map(PathBuf::from).unwrap_or(profile)
 }
 
+/// Runs the `gossip` CLI with profile `home` and `args`; its stdout. Panics with its stderr if
+/// it fails.
+pub fn gossip_cli(home: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin_path("gossip"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("run gossip");
+    assert!(
+        out.status.success(),
+        "gossip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

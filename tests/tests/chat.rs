@@ -2,7 +2,6 @@
 //! presence change, chat, and change status; start-up with 200 contacts is measured.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use gossip_tests::gossipd::{Gossipd, Spec};
@@ -10,18 +9,7 @@ use gossip_tests::tmux::Tmux;
 use gossip_tests::{bin_path, wait_for};
 
 fn gossip(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin_path("gossip"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .expect("run gossip");
-    assert!(
-        out.status.success(),
-        "gossip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    gossip_tests::gossip_cli(home, args)
 }
 
 fn register(home: &Path, server: &str, nick: &str) -> u64 {
@@ -56,19 +44,11 @@ fn contact_row(screen: &str, nick: &str) -> Option<String> {
 #[test]
 fn two_people_on_two_nodes_see_presence_and_chat_in_the_terminal_app() {
     let dir = tempfile::tempdir().unwrap();
-    let fast = [
-        "--probe-interval-ms",
-        "20",
-        "--dead-after",
-        "2",
-        "--reprobe",
-        "0.5",
-    ];
-    let n1 = Gossipd::start(&Spec::new(dir.path().join("n1")).args(fast))
+    let n1 = Gossipd::start(&Spec::new(dir.path().join("n1")).fast_probes())
         .unwrap_or_else(|e| panic!("{e}"));
     let n2 = Gossipd::start(
         &Spec::new(dir.path().join("n2"))
-            .args(fast)
+            .fast_probes()
             .args(["--peer".to_string(), n1.identity()]),
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -14,16 +14,7 @@ fn daemon(data: &Path) -> Gossipd {
 }
 
 fn daemon_with(data: &Path, extra: &[&str]) -> Gossipd {
-    let spec = Spec::new(data)
-        .args([
-            "--probe-interval-ms",
-            "20",
-            "--dead-after",
-            "2",
-            "--reprobe",
-            "0.5",
-        ])
-        .args(extra.iter().copied());
+    let spec = Spec::new(data).fast_probes().args(extra.iter().copied());
     let node = Gossipd::start(&spec).unwrap_or_else(|e| panic!("{e}"));
     // The admin socket is bound before the port line is printed, so it answers now.
     node.status().expect("admin socket answers");

@@ -20,18 +20,7 @@ fn start(spec: &Spec) -> Gossipd {
 }
 
 fn gossip(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin_path("gossip"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .expect("run gossip");
-    assert!(
-        out.status.success(),
-        "gossip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    gossip_tests::gossip_cli(home, args)
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -235,19 +224,11 @@ fn wait_json(home: &Path, args: &[&str], what: &str, pred: impl Fn(&serde_json::
 #[test]
 fn a_node_killed_with_sigkill_catches_up_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let fast = [
-        "--probe-interval-ms",
-        "20",
-        "--dead-after",
-        "2",
-        "--reprobe",
-        "0.5",
-    ];
     // Node i joins node i-1, so each is started once its predecessor's (kernel-chosen) port is
     // known; node 3 keeps its port across the restart, since the port is part of its identity.
     let mut nodes: Vec<Gossipd> = Vec::new();
     for i in 0..3 {
-        let mut s = spec(&dir.path().join(format!("n{i}"))).args(fast);
+        let mut s = spec(&dir.path().join(format!("n{i}"))).fast_probes();
         if let Some(prev) = nodes.last() {
             s = s.args(["--peer".to_string(), prev.identity()]);
         }

@@ -161,10 +161,10 @@ pub(crate) fn write_new(
 
 /// Replaces `path` by `header` plus `lines`, crash-safely: temp file, fsync, rename, fsync dir.
 /// A crash at any point leaves either the old file or the new one, never a mix.
-pub(crate) fn write_compacted<'a>(
+pub(crate) fn write_compacted(
     path: &Path,
     header: &str,
-    lines: impl Iterator<Item = &'a [u8]>,
+    lines: impl Iterator<Item = impl AsRef<[u8]>>,
 ) -> io::Result<u64> {
     write_via_temp(path, "compact.tmp", header, lines)
 }

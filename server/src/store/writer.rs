@@ -39,10 +39,12 @@ pub(crate) enum Command {
         txlog: String,
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// Replace a datafile with these live lines (see `datafile::write_compacted`).
+    /// Replace a datafile with these live lines (see `datafile::write_compacted`). The lines
+    /// are encoded here, on the writer thread, from a snapshot of the records: the store's lock
+    /// is held only while the snapshot (reference-counted records) is taken.
     Compact {
         kind: FileKind,
-        lines: Vec<Vec<u8>>,
+        lines: Box<dyn Iterator<Item = Vec<u8>> + Send>,
         done: oneshot::Sender<io::Result<u64>>,
     },
     /// Audit entry only (admin actions), no datafile change.
@@ -141,11 +143,7 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
                             FileKind::Users => (&paths.users, paths.users_header, &mut users),
                             FileKind::Lists => (&paths.lists, paths.lists_header, &mut lists),
                         };
-                        let len = datafile::write_compacted(
-                            path,
-                            header,
-                            lines.iter().map(Vec::as_slice),
-                        )?;
+                        let len = datafile::write_compacted(path, header, lines)?;
                         *target =
                             io::BufWriter::with_capacity(1 << 16, datafile::open_append(path)?);
                         Ok(len)
