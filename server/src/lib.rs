@@ -85,6 +85,8 @@ pub struct Node {
     lab_clock: Option<lab::LabClock>,
     base_port: u16,
     started: Instant,
+    /// How links are opened and RTTs measured (TCP and UDP; in memory in the simulator).
+    pub(crate) transport: Arc<dyn federation::Transport>,
     /// Every task the node spawns, so a stop can wait for all of them.
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the node stops; timers that outlive a request select on it.
@@ -374,6 +376,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         metrics: metrics::Metrics::default(),
         locks: UidLocks::default(),
         started: Instant::now(),
+        transport: Arc::new(federation::Tcp),
         tasks: tracker.clone(),
         shutdown: shutdown.clone(),
     });

@@ -1,16 +1,13 @@
-//! Dialling tree neighbours and repair targets: connecting from the bound address, with
-//! backoff that only a completed handshake resets, and cancelled at once by shutdown.
+//! Dialling tree neighbours and repair targets through the node's transport, with backoff
+//! that only a completed handshake resets, cancelled at once by shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::run_link;
-use super::resolve;
 use crate::mst::{key_string, ServerKey};
 use crate::Node;
 
@@ -28,7 +25,7 @@ pub(super) async fn dial(node: Arc<Node>, peer: ServerKey, shutdown: Cancellatio
     let fed = &node.federation;
     let connected = tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = connect(&node, &peer) => Some(r),
+        r = node.transport.connect(&node, &peer) => Some(r),
     };
     let outcome = match connected {
         None => {
@@ -67,36 +64,6 @@ pub(super) async fn dial(node: Arc<Node>, peer: ServerKey, shutdown: Cancellatio
     st.backoff.insert(peer, (delay, Instant::now() + delay));
     drop(st);
     fed.changed.notify_one();
-}
-
-/// Connects to `peer`'s server port from this node's bound address (so the peer, its
-/// blacklist and its logs see the address this node is known by).
-pub(super) async fn connect(
-    node: &Node,
-    peer: &ServerKey,
-) -> Result<(TcpStream, SocketAddr), &'static str> {
-    let addr = resolve(peer, 1).await.ok_or("cannot resolve")?;
-    if node.blacklist.contains(addr.ip()) {
-        return Err("its address is blacklisted here");
-    }
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(|_| "cannot create a socket")?;
-    let bind = node.config.bind;
-    if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
-        socket
-            .bind(SocketAddr::new(bind, 0))
-            .map_err(|_| "cannot bind the source address")?;
-    }
-    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
-        .await
-        .map_err(|_| "connect timed out")?
-        .map_err(|_| "connection refused")?;
-    let _ = stream.set_nodelay(true);
-    Ok((stream, addr))
 }
 
 /// How a link attempt ended.

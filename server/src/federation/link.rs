@@ -12,7 +12,6 @@ use futures::StreamExt;
 use gossip_common::message as m;
 use gossip_common::{Body, Message, XmlFrameCodec};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -54,12 +53,12 @@ const BULK_QUEUE: usize = 16;
 /// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
 pub(super) async fn run_link(
     node: Arc<Node>,
-    stream: TcpStream,
+    stream: super::transport::Conn,
     expect: Option<ServerKey>,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> LinkEnd {
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(stream);
     let fed = &node.federation;
     let mut frames = FramedRead::new(rd, XmlFrameCodec::new(node.config.max_frame));
     // Handshake: serverID first, both ways.
@@ -243,7 +242,7 @@ pub(super) async fn run_link(
 /// Writes queued frames, each no earlier than its enqueue time plus the lab delay (a delay
 /// line: constant delay, order kept).
 pub(super) async fn link_writer(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: tokio::io::WriteHalf<super::transport::Conn>,
     (mut rx, mut bulk): (LinkQueue, LinkQueue),
     delay: Duration,
     kill: CancellationToken,

@@ -66,10 +66,12 @@ mod membership;
 mod probe;
 mod replication;
 mod topology;
+pub mod transport;
 mod uid_lock;
 
 use link::{run_link, Link};
 use membership::Membership;
+pub use transport::{Tcp, Transport};
 use uid_lock::{LockReply, LockTable};
 
 /// Everything the federation service keeps, behind one lock held only for short, non-async
@@ -507,7 +509,7 @@ pub(crate) fn start(
                 }
                 let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
                 t.spawn(async move {
-                    run_link(node, stream, None, peer, shutdown).await;
+                    run_link(node, Box::new(stream), None, peer, shutdown).await;
                 });
                 std::future::ready(())
             },

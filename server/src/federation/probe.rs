@@ -1,16 +1,14 @@
 //! The RTT prober of a server: measurement rounds over the servers it believes alive, and
 //! revival probes of those it believes dead (so a server back from a crash or a cut is seen
-//! within about one probe interval). Results go to [`Membership`](super::membership) through
-//! [`Federation::publish_measurements`]; this module only owns the sockets and the pacing.
+//! within about one probe interval). Measurements go through the node's transport and their
+//! results to the membership (`Federation::publish_measurements`); this module only paces them.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gossip_common::rtt::{self, Rtt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::resolve;
 use crate::mst::{key_string, ServerKey};
 use crate::Node;
 
@@ -20,29 +18,25 @@ use crate::Node;
 /// server's timeout never delays noticing that another one came back.
 pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
     let fed = &node.federation;
-    let me = key_string(&fed.me);
     loop {
         let servers: Vec<ServerKey> = fed.state.lock().members.to_measure();
-        let targets = probe_targets(&node, &servers).await;
-        let results = if targets.is_empty() {
-            Ok(BTreeMap::new())
-        } else {
-            tokio::select! {
+        if !servers.is_empty() {
+            let results = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = rtt::probe(&targets, &me, &node.config.probe, &node.config.lab) => r,
+                r = node.transport.probe(&node, &servers, &node.config.probe) => r,
+            };
+            match results {
+                Ok(results) => {
+                    // Unresolvable and refused (blacklisted) servers count as dead: the tree
+                    // must not route through a server this node will not talk to.
+                    let measured: Vec<(ServerKey, Option<u64>)> = servers
+                        .iter()
+                        .map(|s| (s.clone(), alive_us(results.get(s))))
+                        .collect();
+                    fed.publish_measurements(&measured);
+                }
+                Err(e) => tracing::warn!(error = %e, "RTT probe failed; keeping the previous row"),
             }
-        };
-        match results {
-            Ok(results) => {
-                // Unresolvable and refused (blacklisted) servers count as dead: the tree must
-                // not route through a server this node will not talk to.
-                let measured: Vec<(ServerKey, Option<u64>)> = servers
-                    .iter()
-                    .map(|s| (s.clone(), alive_us(results.get(&key_string(s)))))
-                    .collect();
-                fed.publish_measurements(&measured);
-            }
-            Err(e) => tracing::warn!(error = %e, "RTT probe failed; keeping the previous row"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -57,7 +51,6 @@ pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
 /// within about one interval, whatever the measurement rounds are doing.
 pub(super) async fn revival_loop(node: Arc<Node>, shutdown: CancellationToken) {
     let fed = &node.federation;
-    let me = key_string(&fed.me);
     let interval = node.config.probe.interval;
     let single = rtt::ProbeConfig {
         replies: 1,
@@ -65,42 +58,37 @@ pub(super) async fn revival_loop(node: Arc<Node>, shutdown: CancellationToken) {
         ..node.config.probe.clone()
     };
     loop {
+        let started = Instant::now();
         let dead: Vec<ServerKey> = fed.state.lock().members.dead_in_my_row();
-        let targets = probe_targets(&node, &dead).await;
-        if targets.is_empty() {
-            tokio::select! {
+        if !dead.is_empty() {
+            // One packet to each, answers awaited for one interval.
+            let results = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-                _ = fed.revive_now.notified() => {}
-            }
-            continue;
-        }
-        // One packet to each, answers awaited for one interval: the probe paces the loop.
-        let results = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = rtt::probe(&targets, &me, &single, &node.config.lab) => r,
-        };
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "revival probe failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
+                r = node.transport.probe(&node, &dead, &single) => r,
+            };
+            match results {
+                Ok(results) => {
+                    let revived: Vec<(ServerKey, Option<u64>)> = dead
+                        .iter()
+                        .filter_map(|s| alive_us(results.get(s)).map(|us| (s.clone(), Some(us))))
+                        .collect();
+                    if !revived.is_empty() {
+                        tracing::info!(
+                            servers = ?revived.iter().map(|(s, _)| key_string(s)).collect::<Vec<_>>(),
+                            "servers marked dead answer again"
+                        );
+                        fed.publish_measurements(&revived);
+                    }
                 }
-                continue;
+                Err(e) => tracing::warn!(error = %e, "revival probe failed"),
             }
-        };
-        let revived: Vec<(ServerKey, Option<u64>)> = dead
-            .iter()
-            .filter_map(|s| alive_us(results.get(&key_string(s))).map(|us| (s.clone(), Some(us))))
-            .collect();
-        if !revived.is_empty() {
-            tracing::info!(
-                servers = ?revived.iter().map(|(s, _)| key_string(s)).collect::<Vec<_>>(),
-                "servers marked dead answer again"
-            );
-            fed.publish_measurements(&revived);
+        }
+        // At most one round per interval, however fast the probe came back (nothing to probe,
+        // or every target refused here).
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(started + interval) => {}
+            _ = fed.revive_now.notified(), if dead.is_empty() => {}
         }
     }
 }
@@ -111,18 +99,4 @@ fn alive_us(r: Option<&Rtt>) -> Option<u64> {
         Some(Rtt::Alive(d)) => Some(d.as_micros().max(1) as u64),
         _ => None,
     }
-}
-
-/// The RTT addresses (P+2) of `servers`, by identity; servers that do not resolve or that this
-/// node refuses (blacklisted) are left out, so they are never probed and count as dead.
-async fn probe_targets(node: &Node, servers: &[ServerKey]) -> BTreeMap<String, SocketAddr> {
-    let mut targets = BTreeMap::new();
-    for s in servers {
-        if let Some(addr) = resolve(s, 2).await {
-            if !node.blacklist.contains(addr.ip()) {
-                targets.insert(key_string(s), addr);
-            }
-        }
-    }
-    targets
 }
