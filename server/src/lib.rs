@@ -17,6 +17,7 @@ mod net;
 pub mod presence;
 pub mod registration;
 mod session;
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod trace;
@@ -315,6 +316,49 @@ impl RunningNode {
         self.shutdown.cancel();
         self.wait().await
     }
+}
+
+/// Starts a node with no sockets of its own: its datafiles and its federation, over
+/// `transport`, taking the links that transport hands over on `incoming`. For the simulator
+/// (`sim`), which runs many nodes in one process on an in-memory network.
+pub(crate) fn start_headless(
+    config: Config,
+    transport: Arc<dyn federation::Transport>,
+    incoming: tokio::sync::mpsc::Receiver<(federation::transport::Conn, std::net::SocketAddr)>,
+) -> Result<RunningNode, StartError> {
+    let (store, _report) = Store::open(&config.data_dir).map_err(|source| StartError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let blacklist =
+        blacklist::Blacklist::load(&config.data_dir.join("blacklist.txt"), &config.blacklist)
+            .map_err(StartError::Admin)?;
+    let me: mst::ServerKey = (config.name.clone(), config.base_port);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let node = Arc::new(Node {
+        lab_clock: None,
+        federation: federation::Federation::new(me, &config.peers),
+        blacklist,
+        trace: None,
+        base_port: config.base_port,
+        config,
+        store,
+        presence: Presence::default(),
+        metrics: metrics::Metrics::default(),
+        locks: UidLocks::default(),
+        started: Instant::now(),
+        transport,
+        tasks: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    federation::accept_from(&node, incoming, &shutdown, &tracker);
+    federation::start_loops(&node, &shutdown, &tracker);
+    Ok(RunningNode {
+        node,
+        shutdown,
+        tracker,
+    })
 }
 
 /// Binds the node's ports, opens its datafiles and starts its services.

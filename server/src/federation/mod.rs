@@ -515,6 +515,11 @@ pub(crate) fn start(
             },
         ));
     }
+    start_loops(node, shutdown, tracker);
+}
+
+/// Starts the federation's own loops (probing, revival, topology); links come from elsewhere.
+pub(crate) fn start_loops(node: &Arc<Node>, shutdown: &CancellationToken, tracker: &TaskTracker) {
     tracker.spawn(probe::prober_loop(Arc::clone(node), shutdown.clone()));
     tracker.spawn(probe::revival_loop(Arc::clone(node), shutdown.clone()));
     tracker.spawn(topology_loop(
@@ -522,6 +527,28 @@ pub(crate) fn start(
         shutdown.clone(),
         tracker.clone(),
     ));
+}
+
+/// Serves links that a transport other than TCP hands over (the simulator's network).
+pub(crate) fn accept_from(
+    node: &Arc<Node>,
+    mut incoming: tokio::sync::mpsc::Receiver<(transport::Conn, SocketAddr)>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let (node, shutdown, t) = (Arc::clone(node), shutdown.clone(), tracker.clone());
+    tracker.spawn(async move {
+        loop {
+            let (conn, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = incoming.recv() => match c { Some(c) => c, None => return },
+            };
+            let (node, shutdown) = (Arc::clone(&node), shutdown.clone());
+            t.spawn(async move {
+                run_link(node, conn, None, peer, shutdown).await;
+            });
+        }
+    });
 }
 
 impl Federation {
