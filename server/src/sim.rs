@@ -195,39 +195,40 @@ impl Transport for SimTransport {
         cfg: &'a ProbeConfig,
     ) -> BoxFuture<'a, std::io::Result<BTreeMap<ServerKey, Rtt>>> {
         Box::pin(async move {
-            // As the real prober: a packet per interval until `replies` came back, one more
-            // interval for stragglers; a target that never answers takes the dead timeout.
-            let results: BTreeMap<ServerKey, Rtt> = targets
-                .iter()
-                .map(|t| {
-                    let r = if self.net.reachable(&self.me, t) {
+            // As the real prober: a packet to each target every interval until `replies` came
+            // back, one more interval for stragglers; a target that never answers within the
+            // dead timeout is dead. A target that comes back during the round answers the
+            // packets sent after it did.
+            let start = tokio::time::Instant::now();
+            let mut replies: BTreeMap<&ServerKey, usize> = targets.iter().map(|t| (t, 0)).collect();
+            loop {
+                for (t, n) in replies.iter_mut() {
+                    if *n < cfg.replies && self.net.reachable(&self.me, t) {
+                        *n += 1;
+                        self.net.probes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if replies.values().all(|n| *n >= cfg.replies) {
+                    tokio::time::sleep(cfg.interval).await;
+                    break;
+                }
+                if start.elapsed() + cfg.interval > cfg.dead_after {
+                    tokio::time::sleep_until(start + cfg.dead_after).await;
+                    break;
+                }
+                tokio::time::sleep(cfg.interval).await;
+            }
+            Ok(replies
+                .into_iter()
+                .map(|(t, n)| {
+                    let r = if n > 0 {
                         Rtt::Alive(self.net.rtt(&self.me, t))
                     } else {
                         Rtt::Dead
                     };
                     (t.clone(), r)
                 })
-                .collect();
-            let any_dead = results.values().any(|r| *r == Rtt::Dead);
-            let slowest = results
-                .values()
-                .filter_map(|r| match r {
-                    Rtt::Alive(d) => Some(*d),
-                    Rtt::Dead => None,
-                })
-                .max()
-                .unwrap_or_default();
-            let took = if any_dead {
-                cfg.dead_after
-            } else {
-                cfg.interval * (cfg.replies.max(1) as u32) + slowest
-            };
-            tokio::time::sleep(took).await;
-            let answered = results.values().filter(|r| **r != Rtt::Dead).count() as u64;
-            self.net
-                .probes
-                .fetch_add(answered * cfg.replies as u64, Ordering::Relaxed);
-            Ok(results)
+                .collect())
         })
     }
 }
@@ -474,6 +475,122 @@ impl Cluster {
     }
 }
 
+/// What one simulated fault was and how long the cluster took to heal from it.
+#[derive(Debug, Clone)]
+pub struct Healed {
+    /// `cut`, `crash` or `rtt`.
+    pub kind: &'static str,
+    /// The server it hit.
+    pub server: ServerKey,
+    /// From the heal (or restart) to one tree and identical databases, simulated.
+    pub took: Duration,
+}
+
+/// Seeded chaos on `c`: `faults` faults one after another (a server cut off for 40–90 s, long
+/// enough for dead marks; a crash and restart after 5–60 s; an RTT change), with a record
+/// changed somewhere during each. After every heal the cluster must be back in one tree with
+/// identical databases within `deadline` (simulated); the error says which fault did not heal.
+pub async fn chaos(
+    c: &mut Cluster,
+    seed: u64,
+    faults: usize,
+    deadline: Duration,
+) -> Result<Vec<Healed>, String> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keys: Vec<ServerKey> = c.nodes.keys().cloned().collect();
+    let owner = gossip_common::Keypair::generate();
+    let uid = gossip_common::UserId(0xC4A0_5000 + seed);
+    let mut count = 0u32;
+    let record = |count: u32| {
+        let mut u = gossip_common::UserInfo::new(uid, owner.public());
+        u.status = format!("chaos {count}");
+        u.event_count = gossip_common::EventCount::new(count, false);
+        gossip_common::Signed::sign(u, &owner).expect("signable")
+    };
+    c.publish(&keys[0], record(0), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    c.wait(deadline, Cluster::same_data)
+        .await
+        .ok_or("the first record never reached every server")?;
+    let mut healed = Vec::new();
+    for _ in 0..faults {
+        let victim = keys[rng.gen_range(0..keys.len())].clone();
+        // A change made somewhere that stays up, during the fault.
+        let writer = keys
+            .iter()
+            .find(|k| **k != victim)
+            .expect("two servers at least")
+            .clone();
+        let kind = match rng.gen_range(0..3) {
+            0 => {
+                c.net.cut(&victim);
+                tokio::time::sleep(Duration::from_secs(rng.gen_range(40..90))).await;
+                count += 1;
+                c.publish(&writer, record(count), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                c.net.heal(&victim);
+                "cut"
+            }
+            1 => {
+                c.crash(&victim).await;
+                tokio::time::sleep(Duration::from_secs(rng.gen_range(5..60))).await;
+                count += 1;
+                c.publish(&writer, record(count), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                c.restart(&victim).map_err(|e| e.to_string())?;
+                "crash"
+            }
+            _ => {
+                let other = keys[rng.gen_range(0..keys.len())].clone();
+                if other != victim {
+                    let ms = rng.gen_range(1_000..100_000);
+                    c.net.set_rtt(&victim, &other, Duration::from_micros(ms));
+                }
+                "rtt"
+            }
+        };
+        // An RTT change is seen at the next measurement round (a minute by default).
+        let limit = if kind == "rtt" {
+            deadline + Duration::from_secs(90)
+        } else {
+            deadline
+        };
+        match c.wait(limit, |c| c.one_tree() && c.same_data()).await {
+            Some(took) => healed.push(Healed {
+                kind,
+                server: victim,
+                took,
+            }),
+            None => {
+                let views: Vec<String> = c
+                    .running()
+                    .map(|(k, n)| {
+                        let st = n.federation.status();
+                        format!(
+                            "{}: tree {:?} links {:?} rtts {:?} digest {}",
+                            crate::mst::key_string(k),
+                            st.tree,
+                            st.links,
+                            st.rtts,
+                            n.store.digest()
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "after a {kind} of {}, no single tree with identical databases within {limit:?} (seed {seed}):\n{}",
+                    crate::mst::key_string(&victim),
+                    views.join("\n")
+                ));
+            }
+        }
+    }
+    Ok(healed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,5 +773,28 @@ mod tests {
         assert_eq!(c.node(&late).unwrap().store.user_count(), 3_000);
         eprintln!("converged {took:?} (simulated) after restarting mid-sync");
         c.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeded_chaos_always_heals_within_ten_simulated_seconds() {
+        for seed in 1..=5 {
+            let dir = root();
+            let mut c = cluster(dir.path(), 8, seed);
+            c.wait(Duration::from_secs(300), Cluster::one_tree)
+                .await
+                .expect("formed");
+            let healed = chaos(&mut c, seed, 12, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let worst = healed
+                .iter()
+                .filter(|h| h.kind != "rtt")
+                .map(|h| h.took)
+                .max()
+                .unwrap_or_default();
+            eprintln!("seed {seed}: 12 faults, worst heal {worst:?} (simulated)");
+            assert_eq!(healed.len(), 12);
+            c.stop().await;
+        }
     }
 }

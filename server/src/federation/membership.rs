@@ -83,6 +83,9 @@ pub(crate) struct Membership {
     rows: HashMap<ServerKey, Row>,
     /// Bumped on every change of servers or rows: the tree needs recomputing only when it moved.
     version: u64,
+    /// The lowest `seq` this server's next row may carry: above any row of its own seen from
+    /// others (one it published before a restart, whose clock may have gone back since).
+    min_own_seq: u64,
 }
 
 impl Membership {
@@ -96,6 +99,7 @@ impl Membership {
             deleted: BTreeSet::new(),
             rows: HashMap::new(),
             version: 1,
+            min_own_seq: 0,
         }
     }
 
@@ -187,8 +191,23 @@ impl Membership {
     /// Stores `measurer`'s row if it is newer than the one held (learning the servers it
     /// names); returns whether it was.
     pub(crate) fn store_row(&mut self, measurer: ServerKey, row: Row) -> bool {
-        if measurer == self.me
-            || self.deleted.contains(&measurer)
+        if measurer == self.me {
+            // Our own row, echoed back: if it is one we published before a restart, our next
+            // rows must go past it or nobody would take them. Until we have measured anything
+            // ourselves it is the best we know, and what everyone else holds: taking it keeps
+            // our tree the same as theirs meanwhile.
+            let mine = self.rows.get(&self.me).map(|r| r.seq);
+            if mine.is_none_or(|m| row.seq >= m) {
+                self.min_own_seq = self.min_own_seq.max(row.seq + 1);
+            }
+            if mine.is_none() && row.rtts.len() <= MAX_SERVERS {
+                self.add_servers(row.rtts.keys().cloned().collect::<Vec<_>>());
+                self.rows.insert(measurer, row);
+                self.version += 1;
+            }
+            return false;
+        }
+        if self.deleted.contains(&measurer)
             || row.rtts.len() > MAX_SERVERS
             || self.rows.get(&measurer).is_some_and(|r| row.seq <= r.seq)
         {
@@ -222,14 +241,28 @@ impl Membership {
             }
         }
         row.rtts.retain(|k, _| self.servers.contains(k));
-        let changed = row.rtts != old.rtts || !self.rows.contains_key(&self.me);
+        let stale_seq = self.rows.contains_key(&self.me) && old.seq < self.min_own_seq;
+        let changed = row.rtts != old.rtts || !self.rows.contains_key(&self.me) || stale_seq;
         if !changed {
             return None;
         }
-        row.seq = now_ms.max(old.seq + 1);
+        row.seq = now_ms.max(old.seq + 1).max(self.min_own_seq);
         self.rows.insert(self.me.clone(), row.clone());
         self.version += 1;
         Some(row)
+    }
+
+    /// If a row of ours from before a restart outranks the current one, gives the current one
+    /// a `seq` past it and returns it to publish.
+    pub(crate) fn bump_own_row(&mut self, now_ms: u64) -> Option<Row> {
+        let min = self.min_own_seq;
+        let row = self.rows.get_mut(&self.me)?;
+        if row.seq >= min {
+            return None;
+        }
+        row.seq = now_ms.max(min);
+        self.version += 1;
+        Some(row.clone())
     }
 
     /// Servers this server's row marks dead (watched by the revival probes).
@@ -365,8 +398,10 @@ mod tests {
         assert!(!m.store_row(k(2), row(10, &[(1, None)])), "same seq");
         assert!(!m.store_row(k(2), row(9, &[(1, None)])), "older seq");
         assert_eq!(m.row(&k(2)).unwrap().seq, 10);
-        // Nobody else's copy of this server's own row is taken.
+        // This server's own row, echoed back, is never news to flood (before this server has
+        // measured anything it is adopted, so its tree matches everyone else's).
         assert!(!m.store_row(k(1), row(99, &[])));
+        assert_eq!(m.my_row().map(|r| r.seq), Some(99));
         // A tombstone keeps a deleted server out of rows and lists.
         assert!(m.remove_server(&k(3)));
         assert!(!m.store_row(k(3), row(11, &[])));
@@ -400,6 +435,28 @@ mod tests {
         assert!(m.version() > v);
         assert_eq!(next.seq, 1_001);
         assert!(m.dead_in_my_row().is_empty());
+    }
+
+    #[test]
+    fn after_a_restart_our_rows_go_past_the_ones_we_published_before() {
+        // Before the restart this server published seq 5,000; its clock now says 1,000.
+        let mut m = Membership::new(k(1), &[k(2)]);
+        let first = m
+            .apply_measurements(&[(k(2), Some(10_000))], 1_000)
+            .unwrap();
+        assert_eq!(first.seq, 1_000);
+        assert!(
+            !m.store_row(k(1), row(5_000, &[(2, Some(10_000))])),
+            "never stored"
+        );
+        // The next round republishes past it even though nothing changed.
+        let again = m
+            .apply_measurements(&[(k(2), Some(10_000))], 1_001)
+            .unwrap();
+        assert_eq!(again.seq, 5_001);
+        assert!(m
+            .apply_measurements(&[(k(2), Some(10_000))], 1_002)
+            .is_none());
     }
 
     #[test]

@@ -342,6 +342,20 @@ impl Federation {
 
     /// Stores a row if it is newer than the one held; returns whether it was.
     fn store_row(&self, measurer: ServerKey, row: membership::Row) -> bool {
+        if measurer == self.me {
+            // A row of ours from before a restart: republish past it at once, or the others
+            // would keep the old one (our clock may even have gone back since).
+            let bumped = {
+                let mut st = self.state.lock();
+                st.members.store_row(measurer, row);
+                st.members.bump_own_row(now_ms())
+            };
+            if let Some(row) = bumped {
+                self.flood(&encode(membership::row_message(&self.me, &row)), None);
+                self.changed.notify_one();
+            }
+            return false;
+        }
         let newer = self.state.lock().members.store_row(measurer, row);
         if newer {
             self.changed.notify_one();
@@ -555,12 +569,20 @@ impl Federation {
     /// Folds measurements into this node's row (with damping) and, if the row changed,
     /// publishes it with a new `seq` to every link.
     fn publish_measurements(&self, measured: &[(ServerKey, Option<u64>)]) -> bool {
-        let Some(row) = self
-            .state
-            .lock()
-            .members
-            .apply_measurements(measured, now_ms())
-        else {
+        let (row, redial) = {
+            let mut st = self.state.lock();
+            // A server that answers probes again is dialled again at once: a restarted
+            // neighbour must not wait out the backoff its downtime built up (up to a minute).
+            let before = st.backoff.len();
+            st.backoff
+                .retain(|k, _| !measured.iter().any(|(s, m)| s == k && m.is_some()));
+            let redial = st.backoff.len() != before;
+            (st.members.apply_measurements(measured, now_ms()), redial)
+        };
+        if redial {
+            self.changed.notify_one();
+        }
+        let Some(row) = row else {
             return false;
         };
         tracing::debug!(?row, "publishing RTT row");
