@@ -412,6 +412,23 @@ impl Cluster {
             })
     }
 
+    /// The minimum spanning tree of the running servers' true RTTs, computed from the
+    /// network's matrix, independently of any node (as `host:port` pairs, like a status).
+    pub fn expected_tree(&self) -> Vec<(String, String)> {
+        let keys: Vec<ServerKey> = self.running().map(|(k, _)| k.clone()).collect();
+        let mut edges = Vec::new();
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                edges.push((i, j, self.net.rtt(&keys[i], &keys[j]).as_micros() as u64));
+            }
+        }
+        let g = crate::mst::ServerGraph::from_indexed(keys, edges);
+        crate::mst::minimum_spanning_tree(&g)
+            .iter()
+            .map(|(a, b)| (crate::mst::key_string(a), crate::mst::key_string(b)))
+            .collect()
+    }
+
     /// Whether every running node holds the same database.
     pub fn same_data(&self) -> bool {
         let mut digests = self.running().map(|(_, n)| n.store.digest());
@@ -644,28 +661,11 @@ mod tests {
         c
     }
 
-    /// The spanning tree of the network's true RTTs, computed independently of any node.
-    fn true_tree(c: &Cluster, n: usize) -> Vec<(String, String)> {
-        let keys: Vec<ServerKey> = (0..n).map(Cluster::key).collect();
-        let mut edges = Vec::new();
-        for i in 0..n {
-            for j in i + 1..n {
-                let w = c.net.rtt(&keys[i], &keys[j]).as_micros() as u64;
-                edges.push((i, j, w));
-            }
-        }
-        let g = crate::mst::ServerGraph::from_indexed(keys, edges);
-        crate::mst::minimum_spanning_tree(&g)
-            .iter()
-            .map(|(a, b)| (crate::mst::key_string(a), crate::mst::key_string(b)))
-            .collect()
-    }
-
     #[tokio::test(start_paused = true)]
     async fn fifty_servers_form_the_minimum_spanning_tree_of_their_rtts() {
         let dir = root();
         let c = cluster(dir.path(), 50, 1);
-        let want = true_tree(&c, 50);
+        let want = c.expected_tree();
         // Early trees are built from partial measurements (a star around the server everyone
         // joined); the rows converge to the full matrix, and so the tree to its MST.
         let took = c

@@ -252,6 +252,13 @@ impl Federation {
         n
     }
 
+    /// RTT rows held and the cells in them (the matrix grows with the square of the servers).
+    pub fn matrix_size(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        let rows = st.members.rows();
+        (rows.len(), rows.values().map(|r| r.rtts.len()).sum())
+    }
+
     /// Server links dropped because their queue was full.
     pub fn link_drops(&self) -> u64 {
         self.link_drops.load(Ordering::Relaxed)
@@ -356,9 +363,24 @@ impl Federation {
             }
             return false;
         }
-        let newer = self.state.lock().members.store_row(measurer, row);
+        let (newer, hint) = {
+            let mut st = self.state.lock();
+            // A server someone else now finds dead while our row says alive: a hint to measure
+            // it ourselves now (never taken on their word: our own measurement decides), so a
+            // death leaves every edge, and the tree, within one dead timeout rather than after
+            // everyone's next round.
+            let hint = st.members.my_row().is_some_and(|mine| {
+                row.rtts
+                    .iter()
+                    .any(|(s, v)| v.is_none() && matches!(mine.rtts.get(s), Some(Some(_))))
+            });
+            (st.members.store_row(measurer, row), hint)
+        };
         if newer {
             self.changed.notify_one();
+            if hint {
+                self.probe_now.notify_one();
+            }
         }
         newer
     }

@@ -12,6 +12,7 @@ mod federation;
 mod mst;
 mod report;
 mod server;
+mod sim;
 mod sync;
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Scenario {
     Sync,
     /// Spanning tree of N servers on a complete graph.
     Mst,
+    /// The federation in the cluster simulator at 100-1,000 servers (simulated time).
+    Sim,
 }
 
 /// Benchmarks Gossip servers on this machine (real processes on loopback).
@@ -126,6 +129,11 @@ pub(crate) struct Args {
     /// mst: runs per size (the median is reported).
     #[arg(long, default_value_t = 5)]
     mst_repeats: usize,
+
+    /// sim: simulated server counts (sizes whose matrices do not fit in memory are skipped
+    /// and say so).
+    #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
+    sim_sizes: Vec<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +202,7 @@ impl Args {
         self.sync_changes = 20;
         self.mst_sizes = vec![100, 1000];
         self.mst_repeats = 3;
+        self.sim_sizes = vec![20];
     }
 }
 
@@ -265,6 +274,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Federation => rt.block_on(federation::run(&args)),
                 Scenario::Sync => rt.block_on(sync::run(&args)),
                 Scenario::Mst => mst::run(&args),
+                Scenario::Sim => sim::run(&args),
             }
             .with_context(|| format!("scenario {s:?}"))?;
             each.push(r);
