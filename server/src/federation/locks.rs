@@ -1,0 +1,136 @@
+//! Driving the network-wide UserID lock over the links: sending requests down the tree,
+//! collecting answers (the bookkeeping is the pure [`LockTable`](super::uid_lock::LockTable)),
+//! answering upwards, and the origin's bounded wait.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gossip_common::message as m;
+use tokio::time::Instant;
+
+use super::uid_lock::{self, LockReply};
+use super::{encode, Federation, State};
+use crate::mst::ServerKey;
+
+/// How long a lock request waits for a subtree's answer before counting it as refused.
+pub(super) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Federation {
+    /// Locks `uid` for `holder` on every reachable server (the spec's pessimistic scheme),
+    /// the caller having locked it locally. The request travels down the tree; each server
+    /// locks it (or refuses: stored already, or locked by someone else), asks its own subtree,
+    /// and answers once the whole subtree has. Granted only if every server granted.
+    pub(crate) async fn lock_network(
+        &self,
+        uid: gossip_common::UserId,
+        holder: &str,
+        ttl: Duration,
+    ) -> bool {
+        // A server that knows others but is not linked (just started, or relinking) waits up to
+        // `LOCK_TIMEOUT` for a link; if none comes up it decides alone (availability after a
+        // bounded wait; see docs/federation.md).
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            let (known, linked) = {
+                let st = self.state.lock();
+                (st.members.servers().len() > 1, !st.links.is_empty())
+            };
+            if !known || linked || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let msg = encode(m::LockUid {
+            uid,
+            holder: holder.to_owned(),
+            expires_s: ttl.as_secs().max(1),
+        });
+        if !self.send_lock_request(&msg, uid, holder, None, LockReply::Origin(done)) {
+            return true; // nobody to ask: this server alone decides
+        }
+        let granted = matches!(
+            tokio::time::timeout(LOCK_TIMEOUT + Duration::from_secs(1), rx).await,
+            Ok(Ok(true))
+        );
+        self.state.lock().locks.forget(uid, holder);
+        granted
+    }
+
+    /// Releases `holder`'s lock on `uid` on every reachable server.
+    pub(crate) fn unlock_network(&self, uid: gossip_common::UserId, holder: &str) {
+        self.flood(
+            &encode(m::UnlockUid {
+                uid,
+                holder: Some(holder.to_owned()),
+            }),
+            None,
+        );
+    }
+
+    /// Sends a lock request to every link but `except`, remembering which ones it reached.
+    /// Returns false when it reached nobody (the caller answers by itself).
+    pub(super) fn send_lock_request(
+        &self,
+        msg: &Bytes,
+        uid: gossip_common::UserId,
+        holder: &str,
+        except: Option<&ServerKey>,
+        reply: LockReply,
+    ) -> bool {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let reached: BTreeSet<ServerKey> = st
+            .links
+            .iter()
+            .filter(|(k, _)| Some(*k) != except)
+            .filter(|(_, l)| l.tx.try_send((now, msg.clone())).is_ok())
+            .map(|(k, _)| k.clone())
+            .collect();
+        st.locks.start(uid, holder, reached, reply)
+    }
+
+    /// Records `from`'s answer (`None`: give up on everyone still silent, as a refusal) and,
+    /// once the whole subtree has answered or anyone refused, answers upwards.
+    pub(super) fn lock_answer(
+        &self,
+        uid: gossip_common::UserId,
+        holder: &str,
+        granted: bool,
+        from: Option<&ServerKey>,
+    ) {
+        let mut st = self.state.lock();
+        if let Some(answer) = st.locks.answer(uid, holder, granted, from) {
+            Self::deliver_lock_answer(&st, answer);
+        }
+    }
+
+    /// Sends a finished request's answer where it goes.
+    fn deliver_lock_answer(st: &State, answer: uid_lock::Answer) {
+        match answer.reply {
+            LockReply::Origin(done) => {
+                let _ = done.send(answer.granted);
+            }
+            LockReply::Peer(parent) => {
+                if let Some(link) = st.links.get(&parent) {
+                    let result = encode(m::LockResult {
+                        uid: answer.uid,
+                        granted: u8::from(answer.granted),
+                        holder: Some(answer.holder),
+                    });
+                    let _ = link.tx.try_send((Instant::now(), result));
+                }
+            }
+        }
+    }
+
+    /// A link went down: every lock request waiting on that neighbour is refused at once
+    /// rather than timing out (the subtree behind it cannot be confirmed).
+    pub(super) fn link_lost_for_locks(&self, peer: &ServerKey) {
+        let mut st = self.state.lock();
+        for answer in st.locks.link_lost(peer) {
+            Self::deliver_lock_answer(&st, answer);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The simulator's tests, on simulated time (a few seconds of real time for all of them).
+
+use super::*;
+use gossip_common::{EventCount, Keypair, Signed, UserId, UserInfo};
+use rand::{Rng, SeedableRng};
+
+fn root() -> tempfile::TempDir {
+    // Datafiles on tmpfs when there is one: the simulated nodes' fsyncs cost nothing.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("gossip-sim-")
+            .tempdir_in(shm)
+        {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn user(key: &Keypair, uid: u64, count: u32, status: &str) -> Signed<UserInfo> {
+    let mut u = UserInfo::new(UserId(uid), key.public());
+    u.nick_name = format!("u{uid}");
+    u.status = status.into();
+    u.event_count = EventCount::new(count, false);
+    Signed::sign(u, key).unwrap()
+}
+
+/// Starts `n` servers with seeded random RTTs, each joining server 0.
+fn cluster(dir: &Path, n: usize, seed: u64) -> Cluster {
+    let mut c = Cluster::new(dir, Duration::from_millis(50));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..n {
+        for j in i + 1..n {
+            let ms = rng.gen_range(1_000..100_000);
+            c.net.set_rtt(
+                &Cluster::key(i),
+                &Cluster::key(j),
+                Duration::from_micros(ms),
+            );
+        }
+    }
+    for i in 0..n {
+        let peers = if i == 0 {
+            vec![]
+        } else {
+            vec![Cluster::key(0)]
+        };
+        c.add(&Cluster::key(i), &peers).unwrap();
+    }
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_servers_form_the_minimum_spanning_tree_of_their_rtts() {
+    let dir = root();
+    let c = cluster(dir.path(), 50, 1);
+    let want = c.expected_tree();
+    // Early trees are built from partial measurements (a star around the server everyone
+    // joined); the rows converge to the full matrix, and so the tree to its MST.
+    let took = c
+        .wait(Duration::from_secs(300), |c| {
+            c.one_tree() && c.node(&Cluster::key(7)).unwrap().federation.status().tree == want
+        })
+        .await
+        .unwrap_or_else(|| {
+            let tree = c.node(&Cluster::key(7)).unwrap().federation.status().tree;
+            panic!("no agreement on the MST within 300 s; server 7 holds {tree:?}")
+        });
+    eprintln!("50 servers agreed on the tree after {took:?} (simulated)");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partition_heals_to_identical_databases_within_ten_seconds() {
+    let dir = root();
+    let c = cluster(dir.path(), 8, 2);
+    c.wait(Duration::from_secs(300), Cluster::one_tree)
+        .await
+        .expect("formed");
+    let keys: Vec<Keypair> = (0..8).map(|_| Keypair::generate()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        c.publish(&Cluster::key(i), user(k, 100 + i as u64, 0, "online"), true)
+            .await
+            .unwrap();
+    }
+    c.wait(Duration::from_secs(30), Cluster::same_data)
+        .await
+        .expect("records everywhere");
+    // Server 3 is cut off long enough for every side to mark the other dead; both sides
+    // change records meanwhile.
+    let cut = Cluster::key(3);
+    c.net.cut(&cut);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.publish(&cut, user(&keys[3], 103, 1, "away"), false)
+        .await
+        .unwrap();
+    c.publish(&Cluster::key(5), user(&keys[5], 105, 1, "busy"), false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    let marked_dead = c
+        .node(&Cluster::key(0))
+        .unwrap()
+        .federation
+        .status()
+        .rtts
+        .iter()
+        .any(|(k, v)| *k == crate::mst::key_string(&cut) && v.is_none());
+    assert!(marked_dead, "the cut was never noticed");
+    c.net.heal(&cut);
+    let took = c
+        .wait(Duration::from_secs(10), |c| c.one_tree() && c.same_data())
+        .await
+        .expect("one tree and identical databases within 10 s of the heal");
+    eprintln!("healed after {took:?} (simulated)");
+    let n0 = c.node(&Cluster::key(0)).unwrap();
+    assert_eq!(n0.store.user(UserId(103)).unwrap().status, "away");
+    let n3 = c.node(&cut).unwrap();
+    assert_eq!(n3.store.user(UserId(105)).unwrap().status, "busy");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_crashed_in_the_middle_of_a_sync_converges_after_restart() {
+    let dir = root();
+    let mut c = cluster(dir.path(), 4, 3);
+    c.wait(Duration::from_secs(300), Cluster::one_tree)
+        .await
+        .expect("formed");
+    let late = Cluster::key(3);
+    c.crash(&late).await;
+    // Many records while it is down, so its catch-up sync takes a while.
+    let key = Keypair::generate();
+    for i in 0..3_000u64 {
+        c.publish(&Cluster::key(0), user(&key, 1_000 + i, 0, "online"), true)
+            .await
+            .unwrap();
+    }
+    c.restart(&late).unwrap();
+    // Its neighbours see it again, link to it and sync, at 1 MB/s: a few seconds.
+    c.net.set_bandwidth(1_000_000);
+    let mid = c
+        .wait(Duration::from_secs(120), |c| {
+            c.node(&late)
+                .is_some_and(|n| (1..3_000).contains(&n.store.user_count()))
+        })
+        .await
+        .is_some();
+    assert!(
+        mid,
+        "never caught the sync half-way: {} users, {:?}",
+        c.node(&late).unwrap().store.user_count(),
+        c.node(&late).unwrap().federation.status()
+    );
+    c.crash(&late).await;
+    c.restart(&late).unwrap();
+    c.net.set_bandwidth(0);
+    let took = c
+        .wait(Duration::from_secs(120), |c| c.one_tree() && c.same_data())
+        .await
+        .expect("converged after the second restart");
+    assert_eq!(c.node(&late).unwrap().store.user_count(), 3_000);
+    eprintln!("converged {took:?} (simulated) after restarting mid-sync");
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_chaos_always_heals_within_ten_simulated_seconds() {
+    for seed in 1..=5 {
+        let dir = root();
+        let mut c = cluster(dir.path(), 8, seed);
+        c.wait(Duration::from_secs(300), Cluster::one_tree)
+            .await
+            .expect("formed");
+        let healed = chaos(&mut c, seed, 12, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let worst = healed
+            .iter()
+            .filter(|h| h.kind != "rtt")
+            .map(|h| h.took)
+            .max()
+            .unwrap_or_default();
+        eprintln!("seed {seed}: 12 faults, worst heal {worst:?} (simulated)");
+        assert_eq!(healed.len(), 12);
+        c.stop().await;
+    }
+}
