@@ -250,6 +250,7 @@ pub(super) async fn link_writer(
     node: Arc<Node>,
 ) {
     let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    let stall = node.config.idle_timeout.max(Duration::from_secs(10));
     let trace = |frame: &Bytes| {
         node.metrics.link_bytes_out.add(frame.len() as u64 + 1);
         if let Some(tap) = &tap {
@@ -271,37 +272,49 @@ pub(super) async fn link_writer(
             lab_sleep_until(&node, at + delay).await;
         }
         trace(&frame);
-        let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
-        while ok {
-            // Control frames first; bulk frames only when no control frame waits.
-            match rx.try_recv().or_else(|_| bulk.try_recv()) {
-                Ok((at, more)) => {
-                    if !delay.is_zero() && at + delay > Instant::now() {
-                        // Not due yet: flush what is, then wait for it.
-                        ok = wr.flush().await.is_ok();
-                        lab_sleep_until(&node, at + delay).await;
+        let batch = async {
+            let mut ok = wr.write_all(&frame).await.is_ok() && wr.write_all(b"\n").await.is_ok();
+            while ok {
+                // Control frames first; bulk frames only when no control frame waits.
+                match rx.try_recv().or_else(|_| bulk.try_recv()) {
+                    Ok((at, more)) => {
+                        if !delay.is_zero() && at + delay > Instant::now() {
+                            // Not due yet: flush what is, then wait for it.
+                            ok = wr.flush().await.is_ok();
+                            lab_sleep_until(&node, at + delay).await;
+                        }
+                        trace(&more);
+                        ok = ok
+                            && wr.write_all(&more).await.is_ok()
+                            && wr.write_all(b"\n").await.is_ok();
                     }
-                    trace(&more);
-                    ok = ok
-                        && wr.write_all(&more).await.is_ok()
-                        && wr.write_all(b"\n").await.is_ok();
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
-        if !ok || wr.flush().await.is_err() {
+            ok && wr.flush().await.is_ok()
+        };
+        // A peer that stops reading would hold this write (and the task) forever: the write
+        // gives up after the link's idle timeout, and a kill interrupts it.
+        let ok = tokio::select! {
+            _ = kill.cancelled() => false,
+            r = tokio::time::timeout(stall, batch) => r.unwrap_or(false),
+        };
+        if !ok {
             kill.cancel();
             break;
         }
     }
-    // Deliver a queued goodbye, if any, before closing.
-    while let Ok((_, frame)) = rx.try_recv() {
-        if wr.write_all(&frame).await.is_err() || wr.write_all(b"\n").await.is_err() {
-            break;
+    // Deliver a queued goodbye, if any, before closing (briefly: the peer may be gone).
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok((_, frame)) = rx.try_recv() {
+            if wr.write_all(&frame).await.is_err() || wr.write_all(b"\n").await.is_err() {
+                break;
+            }
         }
-    }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
 }
 
 /// Waits out an emulated link delay, precisely when the node has its lab clock.

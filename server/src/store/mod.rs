@@ -14,18 +14,18 @@
 
 mod datafile;
 mod load;
+mod read;
+mod upkeep;
 mod writer;
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use gossip_common::message::EcEntry;
 use gossip_common::{
-    ContactList, ErrorCode, EventCount, PublicKey, Record, RecordError, Signature, Signed, UserId,
-    UserInfo, Versioned,
+    ContactList, ErrorCode, EventCount, PublicKey, Record, RecordError, Signed, UserId, UserInfo,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
@@ -518,169 +518,11 @@ impl Store {
         Ok(())
     }
 
-    /// The stored UserInfo of `uid`.
-    pub fn user(&self, uid: UserId) -> Option<Signed<UserInfo>> {
-        self.state.read().users.get(&uid).map(|s| s.record.clone())
-    }
-
-    /// The key bound to `uid`.
-    pub fn public_key(&self, uid: UserId) -> Option<PublicKey> {
-        self.state
-            .read()
-            .users
-            .get(&uid)
-            .map(|s| s.record.public_key)
-    }
-
-    /// The stored ContactList of `uid`.
-    pub fn contact_list(&self, uid: UserId) -> Option<Signed<ContactList>> {
-        self.state.read().lists.get(&uid).map(|s| s.record.clone())
-    }
-
-    /// Whether `uid` is bound to a key here.
-    pub fn contains_user(&self, uid: UserId) -> bool {
-        self.state.read().users.contains_key(&uid)
-    }
-
-    /// Number of UserInfo records.
-    pub fn user_count(&self) -> usize {
-        self.state.read().users.len()
-    }
-
-    /// Number of ContactList records.
-    pub fn list_count(&self) -> usize {
-        self.state.read().lists.len()
-    }
-
-    /// Every UserInfo event count, sorted by UserID (for `eventCounts`).
-    pub fn user_event_counts(&self) -> Vec<EcEntry> {
-        sorted_counts(&self.state.read().users)
-    }
-
-    /// Every ContactList event count, sorted by UserID.
-    pub fn list_event_counts(&self) -> Vec<EcEntry> {
-        sorted_counts(&self.state.read().lists)
-    }
-
-    /// Every stored UserInfo (snapshot; clones are reference-counted).
-    pub fn all_users(&self) -> Vec<Signed<UserInfo>> {
-        self.state
-            .read()
-            .users
-            .values()
-            .map(|s| s.record.clone())
-            .collect()
-    }
-
-    /// A digest of the whole database (UserIDs, event counts, signatures): a 128-bit hash
-    /// (xxh3-128) and the record counts. Two servers holding the same records have equal
-    /// digests; different records give equal digests only by a 2^-128 accident, which is what
-    /// tests and `prodserver status` rely on (a 32-bit CRC made that a real chance at a
-    /// million records). Not a security check: a server could fake its own.
-    pub fn digest(&self) -> String {
-        let state = self.state.read();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (tag, entries) in [
-            (b'u', collect_sigs(&state.users)),
-            (b'c', collect_sigs(&state.lists)),
-        ] {
-            for (uid, ec, sig) in entries {
-                h.update(&[tag]);
-                h.update(&uid.0.to_be_bytes());
-                h.update(&ec.count.to_be_bytes());
-                h.update(&[u8::from(ec.rollover)]);
-                h.update(&sig.to_bytes());
-            }
-        }
-        format!(
-            "{:032x}-{}-{}",
-            h.digest128(),
-            state.users.len(),
-            state.lists.len()
-        )
-    }
-
     /// Records an admin action (or other non-record change) in the transaction log.
     pub fn audit(&self, origin: &str, what: &str) {
         self.writer.send(Command::Log {
             txlog: format!("{} {origin} {what}\n", now_rfc3339()),
         });
-    }
-
-    /// Waits until everything accepted so far is on disk.
-    pub async fn flush(&self) -> io::Result<()> {
-        let (done, rx) = oneshot::channel();
-        self.writer.send(Command::Flush { done });
-        rx.await
-            .unwrap_or_else(|_| Err(io::Error::other("datafile writer stopped")))
-    }
-
-    /// Rewrites both datafiles with only their live entries.
-    pub async fn compact(&self) -> io::Result<()> {
-        for kind in [FileKind::Users, FileKind::Lists] {
-            self.compact_file(kind).await?;
-        }
-        Ok(())
-    }
-
-    async fn compact_file(&self, kind: FileKind) -> io::Result<()> {
-        let (done, rx) = oneshot::channel();
-        {
-            // Holding the read lock while queueing keeps appends (which need the write lock)
-            // from slipping between the snapshot and the compaction command.
-            let state = self.state.read();
-            let lines = match kind {
-                FileKind::Users => snapshot_lines(&state.users),
-                FileKind::Lists => snapshot_lines(&state.lists),
-            };
-            self.writer.send(Command::Compact { kind, lines, done });
-        }
-        let len = rx
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("datafile writer stopped")))?;
-        let mut state = self.state.write();
-        let bytes = match kind {
-            FileKind::Users => &mut state.users_bytes,
-            FileKind::Lists => &mut state.lists_bytes,
-        };
-        bytes.total = len.max(bytes.live);
-        tracing::info!(?kind, bytes = len, "datafile compacted");
-        Ok(())
-    }
-
-    async fn maybe_compact(&self, kind: FileKind) {
-        let needed = {
-            let state = self.state.read();
-            let b = match kind {
-                FileKind::Users => &state.users_bytes,
-                FileKind::Lists => &state.lists_bytes,
-            };
-            b.total > COMPACT_MIN_BYTES && b.total > COMPACT_RATIO * b.live
-        };
-        if needed && !self.compacting.swap(true, Ordering::AcqRel) {
-            // The update that crossed the threshold pays for the rewrite; it holds no lock
-            // while waiting, so everyone else carries on.
-            if let Err(e) = self.compact_file(kind).await {
-                tracing::warn!(error = %e, "compaction failed; datafile left as it was");
-            }
-            self.compacting.store(false, Ordering::Release);
-        }
-    }
-
-    /// Flushes and stops the writer thread. Call once, at shutdown, after every other user of
-    /// the store has finished.
-    pub async fn close(self: Arc<Self>) -> io::Result<()> {
-        self.flush().await?;
-        let thread = self.thread.lock().take();
-        drop(self);
-        if let Some(t) = thread {
-            // The thread exits when the last `Store` (and its writer handle) is gone; if some
-            // other clone is still alive, the flush above already made everything durable.
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-        Ok(())
     }
 }
 
@@ -720,43 +562,6 @@ fn check_newer_and_key(
         return Err(RecordError::KeyMismatch { uid: got.user_id }.into());
     }
     check_newer(stored.event_count, got.event_count)
-}
-
-fn sorted_counts<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> Vec<EcEntry> {
-    let mut v: Vec<EcEntry> = map
-        .iter()
-        .map(|(uid, s)| EcEntry::new(*uid, s.record.event_count()))
-        .collect();
-    v.sort_unstable_by_key(|e| e.uid);
-    v
-}
-
-fn collect_sigs<T: Versioned>(
-    map: &HashMap<UserId, Stored<T>>,
-) -> Vec<(UserId, EventCount, Signature)> {
-    let mut v: Vec<_> = map
-        .iter()
-        .map(|(uid, s)| (*uid, s.record.event_count(), *s.record.signature()))
-        .collect();
-    v.sort_unstable_by_key(|e| e.0);
-    v
-}
-
-/// The live lines of a datafile, encoded lazily (on the writer thread) from a snapshot taken
-/// now: cloning the records is a reference count each, so the lock is held for microseconds per
-/// thousand records, not for the encoding of the whole database.
-fn snapshot_lines<T: Versioned + Send + Sync + 'static>(
-    map: &HashMap<UserId, Stored<T>>,
-) -> Box<dyn Iterator<Item = Vec<u8>> + Send> {
-    let snapshot: Vec<(UserId, Signed<T>)> = map
-        .iter()
-        .map(|(uid, s)| (*uid, s.record.clone()))
-        .collect();
-    Box::new(
-        snapshot
-            .into_iter()
-            .map(|(uid, r)| datafile::encode_line(uid, r.event_count(), &r)),
-    )
 }
 
 /// Writes a fresh data directory holding exactly `users` and `lists`: a bulk import, used by
