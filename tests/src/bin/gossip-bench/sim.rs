@@ -6,6 +6,8 @@
 //! server holds; and the wall and CPU time the simulation took. Then seeded chaos on the
 //! smallest size, reporting the worst heal.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gossip_server::mst::ServerKey;
@@ -37,6 +39,28 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "CPU s",
         ],
     );
+    // Chaos on the smallest size: the worst heal after a cut, a crash or an RTT change.
+    let chaos_n = args.sim_sizes.iter().copied().min().unwrap_or(20).min(50);
+    report::phase(&format!("sim: seeded chaos on {chaos_n} servers"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?;
+    let healed = rt.block_on(chaos(args, chaos_n))?;
+    let worst = healed
+        .iter()
+        .filter(|h| h.kind != "rtt")
+        .map(|h| h.took.as_secs_f64())
+        .fold(0.0, f64::max);
+    println!(
+        "sim chaos: {} faults on {chaos_n} servers; worst heal {worst:.1} s (simulated)",
+        healed.len()
+    );
+    if let Ok(mut p) = PARTIAL.lock() {
+        p.push(
+            json!({"chaos": {"servers": chaos_n, "faults": healed.len(), "worst_heal_s": worst}}),
+        );
+    }
     let mut results = Vec::new();
     let avail_kib = mem_available_kib();
     for &n in &args.sim_sizes {
@@ -56,8 +80,29 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             .enable_all()
             .start_paused(true)
             .build()?;
-        let r = rt.block_on(one(args, n))?;
+        // A watchdog: the simulation stops (and says so) before it can exhaust the machine.
+        let limit_kib = avail_kib * 6 / 10;
+        let guard = MemoryGuard::start(limit_kib);
+        let outcome = rt.block_on(one(args, n, &guard.tripped));
+        let peak_kib = guard.stop();
+        drop(rt);
         let (wall, cpu) = (wall0.elapsed().as_secs_f64(), process_cpu_s() - cpu0);
+        let r = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!(
+                    "stopped after {wall:.0} s wall, {cpu:.0} s CPU, {:.1} GB resident: {e:#}",
+                    peak_kib as f64 / 1e6
+                );
+                println!("sim: {n} servers {why}");
+                results.push(json!({"servers": n, "stopped": why, "peak_rss_kib": peak_kib, "wall_s": wall, "cpu_s": cpu}));
+                continue;
+            }
+        };
+        println!(
+            "sim: {n} servers: tree after start {:.1} s, after an RTT change {:.1} s, after a death {:.1} s (simulated); {:.0} control bytes/server/min; {} matrix cells/server; {wall:.1} s wall, {cpu:.1} s CPU, peak {:.2} GB resident",
+            r.start_s, r.rtt_change_s, r.death_s, r.control_bytes_per_server_min, r.cells_per_server, peak_kib as f64 / 1e6
+        );
         t.row(vec![
             n.to_string(),
             format!("{:.1}", r.start_s),
@@ -79,26 +124,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "matrix_bytes_per_server_est": r.cells_per_server * CELL_BYTES,
             "wall_s": wall,
             "cpu_s": cpu,
+            "peak_rss_kib": peak_kib,
         }));
+        if let Ok(mut p) = PARTIAL.lock() {
+            p.push(results.last().cloned().unwrap_or_default());
+        }
     }
     t.print();
-    // Chaos on the smallest size: the worst heal after a cut, a crash or an RTT change.
-    let chaos_n = args.sim_sizes.iter().copied().min().unwrap_or(20).min(50);
-    report::phase(&format!("sim: seeded chaos on {chaos_n} servers"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()?;
-    let healed = rt.block_on(chaos(args, chaos_n))?;
-    let worst = healed
-        .iter()
-        .filter(|h| h.kind != "rtt")
-        .map(|h| h.took.as_secs_f64())
-        .fold(0.0, f64::max);
-    println!(
-        "sim chaos: {} faults on {chaos_n} servers; worst heal {worst:.1} s (simulated)",
-        healed.len()
-    );
     Ok(json!({
         "scenario": "sim",
         "sizes": results,
@@ -140,23 +172,90 @@ fn cluster(dir: &std::path::Path, n: usize, seed: u64) -> anyhow::Result<Cluster
 }
 
 /// Waits until every server holds the MST of the true RTTs; simulated seconds.
-async fn settle(c: &Cluster, what: &str) -> anyhow::Result<f64> {
-    c.wait(Duration::from_secs(3600), |c| {
-        let want = c.expected_tree();
-        c.one_tree()
-            && c.running()
-                .next()
-                .is_some_and(|(_, n)| n.federation.status().tree == want)
-    })
-    .await
-    .map(|d| d.as_secs_f64())
-    .ok_or_else(|| anyhow::anyhow!("no agreement on the tree within an hour {what}"))
+async fn settle(c: &Cluster, what: &str, stop: &AtomicBool) -> anyhow::Result<f64> {
+    let took = c
+        .wait(Duration::from_secs(3600), |c| {
+            if stop.load(Ordering::Relaxed) {
+                return true;
+            }
+            let want = c.expected_tree();
+            c.one_tree()
+                && c.running()
+                    .next()
+                    .is_some_and(|(_, n)| n.federation.status().tree == want)
+        })
+        .await
+        .map(|d| d.as_secs_f64())
+        .ok_or_else(|| anyhow::anyhow!("no agreement on the tree within an hour {what}"))?;
+    anyhow::ensure!(
+        !stop.load(Ordering::Relaxed),
+        "resident memory passed the limit {what}"
+    );
+    Ok(took)
 }
 
-async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
+/// Results of the sizes done so far, for a report when the memory guard stops the run.
+static PARTIAL: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
+
+/// Watches this process's resident memory from a thread of its own (the simulation's clock is
+/// not wall time) and trips when it passes a limit.
+struct MemoryGuard {
+    tripped: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemoryGuard {
+    fn start(limit_kib: u64) -> MemoryGuard {
+        let (tripped, done, peak) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (t, d, p) = (tripped.clone(), done.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !d.load(Ordering::Relaxed) {
+                let rss = gossip_tests::gossipd::rss_kib(std::process::id());
+                p.fetch_max(rss, Ordering::Relaxed);
+                if rss > limit_kib {
+                    t.store(true, Ordering::Relaxed);
+                    // A simulation this large keeps its one thread busy, so nothing would look
+                    // at the flag in time: report here and stop the process before the machine
+                    // runs out of memory.
+                    println!(
+                        "sim: stopped: resident memory reached {:.1} GB (limit {:.1} GB); results so far: {}",
+                        rss as f64 / 1e6,
+                        limit_kib as f64 / 1e6,
+                        serde_json::Value::Array(PARTIAL.lock().expect("lock").clone())
+                    );
+                    std::process::exit(2);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        MemoryGuard {
+            tripped,
+            done,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; the peak resident memory seen, KiB.
+    fn stop(mut self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+async fn one(args: &Args, n: usize, stop: &AtomicBool) -> anyhow::Result<One> {
     let dir = data_dir()?;
     let mut c = cluster(dir.path(), n, args.seed)?;
-    let start_s = settle(&c, "after start").await?;
+    let start_s = settle(&c, "after start", stop).await?;
     // Steady state: a minute of whatever keeps flowing (pings, rows of unchanged RTTs: none).
     let b0 = c.net.link_bytes();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -176,11 +275,11 @@ async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
     let (ka, kb) = (key(&a), key(&b));
     let slower = c.net.rtt(&ka, &kb) * 10;
     c.net.set_rtt(&ka, &kb, slower);
-    let rtt_change_s = settle(&c, "after an RTT change").await?;
+    let rtt_change_s = settle(&c, "after an RTT change", stop).await?;
     // One server dies (not server 0, which everyone joined through).
     let victim = Cluster::key(n / 2);
     c.crash(&victim).await;
-    let death_s = settle(&c, "after a server died").await?;
+    let death_s = settle(&c, "after a server died", stop).await?;
     c.stop().await;
     Ok(One {
         start_s,
@@ -194,7 +293,7 @@ async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
 async fn chaos(args: &Args, n: usize) -> anyhow::Result<Vec<sim::Healed>> {
     let dir = data_dir()?;
     let mut c = cluster(dir.path(), n, args.seed)?;
-    settle(&c, "before chaos").await?;
+    settle(&c, "before chaos", &AtomicBool::new(false)).await?;
     let faults = if args.quick { 6 } else { 20 };
     let healed = sim::chaos(&mut c, args.seed, faults, Duration::from_secs(10))
         .await
