@@ -39,6 +39,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "CPU s",
         ],
     );
+    let _ = OUT.set(args.out.clone());
     // Chaos on the smallest size: the worst heal after a cut, a crash or an RTT change.
     let chaos_n = args.sim_sizes.iter().copied().min().unwrap_or(20).min(50);
     report::phase(&format!("sim: seeded chaos on {chaos_n} servers"));
@@ -194,6 +195,9 @@ async fn settle(c: &Cluster, what: &str, stop: &AtomicBool) -> anyhow::Result<f6
     Ok(took)
 }
 
+/// Where the report goes, for the memory guard.
+static OUT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
 /// Results of the sizes done so far, for a report when the memory guard stops the run.
 static PARTIAL: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
 
@@ -223,13 +227,20 @@ impl MemoryGuard {
                     // A simulation this large keeps its one thread busy, so nothing would look
                     // at the flag in time: report here and stop the process before the machine
                     // runs out of memory.
-                    println!(
-                        "sim: stopped: resident memory reached {:.1} GB (limit {:.1} GB); results so far: {}",
+                    let why = format!(
+                        "stopped: resident memory reached {:.1} GB (limit {:.1} GB)",
                         rss as f64 / 1e6,
-                        limit_kib as f64 / 1e6,
-                        serde_json::Value::Array(PARTIAL.lock().expect("lock").clone())
+                        limit_kib as f64 / 1e6
                     );
-                    std::process::exit(2);
+                    let done = PARTIAL.lock().map(|p| p.clone()).unwrap_or_default();
+                    let report = json!({"scenario": "sim", "results": done, "stopped": why});
+                    println!("sim: {why}; results so far: {report}");
+                    if let Some(out) = OUT.get().cloned().flatten() {
+                        let _ = std::fs::write(&out, format!("{report:#}"));
+                        println!("report written to {}", out.display());
+                    }
+                    // The stop is the result for this size (it does not fit this machine).
+                    std::process::exit(0);
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
