@@ -55,8 +55,24 @@ impl Cluster {
     }
 
     /// Restarts a crashed server on its data.
-    pub fn restart(&mut self, k: &ServerKey) -> Result<(), StartError> {
-        let node = start_node(&self.net, k, &self.dir(k), &[])?;
+    ///
+    /// A crashed node's last tasks may still be finishing (its data directory stays locked
+    /// until they have: a killed process's lock goes with the process), so a locked directory
+    /// is retried for up to a simulated minute.
+    pub async fn restart(&mut self, k: &ServerKey) -> Result<(), StartError> {
+        let mut tries = 0;
+        let node = loop {
+            match start_node(&self.net, k, &self.dir(k), &[]) {
+                Ok(node) => break node,
+                Err(StartError::Store { source, .. })
+                    if source.kind() == std::io::ErrorKind::WouldBlock && tries < 6_000 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.nodes.insert(k.clone(), Some(node));
         Ok(())
     }
@@ -255,7 +271,7 @@ pub async fn chaos(
                 c.publish(&writer, record(count), false)
                     .await
                     .map_err(|e| e.to_string())?;
-                c.restart(&victim).map_err(|e| e.to_string())?;
+                c.restart(&victim).await.map_err(|e| e.to_string())?;
                 "crash"
             }
             _ => {

@@ -137,7 +137,7 @@ async fn a_server_crashed_in_the_middle_of_a_sync_converges_after_restart() {
             .await
             .unwrap();
     }
-    c.restart(&late).unwrap();
+    c.restart(&late).await.unwrap();
     // Its neighbours see it again, link to it and sync, at 1 MB/s: a few seconds.
     c.net.set_bandwidth(1_000_000);
     let mid = c
@@ -154,7 +154,7 @@ async fn a_server_crashed_in_the_middle_of_a_sync_converges_after_restart() {
         c.node(&late).unwrap().federation.status()
     );
     c.crash(&late).await;
-    c.restart(&late).unwrap();
+    c.restart(&late).await.unwrap();
     c.net.set_bandwidth(0);
     let took = c
         .wait(Duration::from_secs(120), |c| c.one_tree() && c.same_data())
