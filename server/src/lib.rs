@@ -318,6 +318,40 @@ impl RunningNode {
     }
 }
 
+/// What a node is made of besides its sockets and tasks.
+struct NodeParts {
+    config: Config,
+    base_port: u16,
+    store: Arc<Store>,
+    blacklist: blacklist::Blacklist,
+    trace: Option<Arc<trace::Trace>>,
+    lab_clock: Option<lab::LabClock>,
+    transport: Arc<dyn federation::Transport>,
+}
+
+impl Node {
+    /// The node of `parts`, its identity `config.name:base_port`, spawning into `tasks`.
+    fn assemble(parts: NodeParts, tasks: &TaskTracker, shutdown: &CancellationToken) -> Arc<Node> {
+        let me: mst::ServerKey = (parts.config.name.clone(), parts.base_port);
+        Arc::new(Node {
+            federation: federation::Federation::new(me, &parts.config.peers),
+            lab_clock: parts.lab_clock,
+            blacklist: parts.blacklist,
+            trace: parts.trace,
+            base_port: parts.base_port,
+            config: parts.config,
+            store: parts.store,
+            presence: Presence::default(),
+            metrics: metrics::Metrics::default(),
+            locks: UidLocks::default(),
+            started: Instant::now(),
+            transport: parts.transport,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        })
+    }
+}
+
 /// Starts a node with no sockets of its own: its datafiles and its federation, over
 /// `transport`, taking the links that transport hands over on `incoming`. For the simulator
 /// (`sim`), which runs many nodes in one process on an in-memory network.
@@ -333,25 +367,21 @@ pub(crate) fn start_headless(
     let blacklist =
         blacklist::Blacklist::load(&config.data_dir.join("blacklist.txt"), &config.blacklist)
             .map_err(StartError::Admin)?;
-    let me: mst::ServerKey = (config.name.clone(), config.base_port);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let node = Arc::new(Node {
-        lab_clock: None,
-        federation: federation::Federation::new(me, &config.peers),
-        blacklist,
-        trace: None,
-        base_port: config.base_port,
-        config,
-        store,
-        presence: Presence::default(),
-        metrics: metrics::Metrics::default(),
-        locks: UidLocks::default(),
-        started: Instant::now(),
-        transport,
-        tasks: tracker.clone(),
-        shutdown: shutdown.clone(),
-    });
+    let node = Node::assemble(
+        NodeParts {
+            base_port: config.base_port,
+            config,
+            store,
+            blacklist,
+            trace: None,
+            lab_clock: None,
+            transport,
+        },
+        &tracker,
+        &shutdown,
+    );
     federation::accept_from(&node, incoming, &shutdown, &tracker);
     federation::start_loops(&node, &shutdown, &tracker);
     Ok(RunningNode {
@@ -408,22 +438,19 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let node = Arc::new(Node {
-        lab_clock,
-        federation: federation::Federation::new(me, &config.peers),
-        blacklist,
-        trace,
-        base_port: listeners.base_port,
-        config,
-        store,
-        presence: Presence::default(),
-        metrics: metrics::Metrics::default(),
-        locks: UidLocks::default(),
-        started: Instant::now(),
-        transport: Arc::new(federation::Tcp),
-        tasks: tracker.clone(),
-        shutdown: shutdown.clone(),
-    });
+    let node = Node::assemble(
+        NodeParts {
+            base_port: listeners.base_port,
+            config,
+            store,
+            blacklist,
+            trace,
+            lab_clock,
+            transport: Arc::new(federation::Tcp),
+        },
+        &tracker,
+        &shutdown,
+    );
     tracing::info!(
         identity = %node.identity(),
         client_port = node.base_port,
