@@ -196,14 +196,7 @@ async fn chat_command(
     let Some(Cmd::Chat { status, listen }) = &args.command else {
         unreachable!("chat only")
     };
-    let key = profile
-        .load_key()
-        .context("no key yet: run `gossip keygen`, then `gossip register`")?;
-    let settings = profile.settings()?;
-    let uid = settings
-        .uid
-        .map(UserId)
-        .context("not registered yet: run `gossip register --server HOST:PORT --nick NAME`")?;
+    let (key, settings, uid) = registered(profile)?;
     chat::run(chat::Options {
         servers: servers_of(args, &settings)?,
         key,
@@ -342,15 +335,21 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
+/// The profile's key, settings and UserID, or what to run to get them.
+fn registered(profile: &Profile) -> anyhow::Result<(gossip_common::Keypair, Settings, UserId)> {
     let key = profile
         .load_key()
-        .context("no key yet: run `gossip keygen`")?;
+        .context("no key yet: run `gossip keygen`, then `gossip register`")?;
     let settings = profile.settings()?;
     let uid = settings
         .uid
         .map(UserId)
-        .context("not registered yet: run `gossip register`")?;
+        .context("not registered yet: run `gossip register --server HOST:PORT --nick NAME`")?;
+    Ok((key, settings, uid))
+}
+
+async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
+    let (key, settings, uid) = registered(profile)?;
     let (client, mut events, server) = connect(&servers_of(args, &settings)?, key).await?;
     client
         .login(uid)
