@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mst;
 mod net;
 pub mod presence;
+pub mod reconcile;
 pub mod registration;
 mod session;
 pub mod sim;

@@ -13,6 +13,7 @@
 //! two updates to one record matches the order they were accepted in.
 
 mod datafile;
+mod fingerprint;
 mod load;
 mod read;
 mod upkeep;
@@ -26,10 +27,12 @@ use std::sync::Arc;
 
 use gossip_common::{
     ContactList, ErrorCode, EventCount, PublicKey, Record, RecordError, Signed, UserId, UserInfo,
+    Versioned,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use fingerprint::{hash_of, FpTree, LIST, USER};
 use load::{load, verify_all, verify_many};
 use writer::{Command, FileKind, Writer};
 
@@ -150,6 +153,8 @@ struct State {
     lists: HashMap<UserId, Stored<ContactList>>,
     users_bytes: FileBytes,
     lists_bytes: FileBytes,
+    /// Range fingerprints over both maps, for reconciliation and the digest.
+    fp: FpTree,
 }
 
 /// The user database. Cheap to share (`Arc<Store>`).
@@ -193,6 +198,7 @@ impl Store {
         report.bad_signatures += bad;
         for (uid, stored) in users {
             state.users_bytes.live += stored.line_len;
+            state.fp.add(uid, hash_of(USER, uid, &stored.record));
             state.users.insert(uid, stored);
         }
 
@@ -213,6 +219,7 @@ impl Store {
         report.bad_signatures += bad;
         for (uid, stored) in lists {
             state.lists_bytes.live += stored.line_len;
+            state.fp.add(uid, hash_of(LIST, uid, &stored.record));
             state.lists.insert(uid, stored);
         }
         report.users = state.users.len();
@@ -367,6 +374,8 @@ impl Store {
             let bytes = &mut state.users_bytes;
             bytes.total += line_len;
             bytes.live = bytes.live + line_len - previous.as_ref().map_or(0, |p| p.1);
+            let old = previous.as_ref().map(|p| hash_of(USER, uid, &p.0));
+            state.fp.replace(uid, old, hash_of(USER, uid, &record));
             state.users.insert(
                 uid,
                 Stored {
@@ -385,8 +394,10 @@ impl Store {
             (done, previous.map(|p| p.0))
         };
         announce(&record);
-        self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.users)
-            .await?;
+        self.await_durable(done, uid, &record, previous.clone(), USER, |s| {
+            (&mut s.users, &mut s.fp)
+        })
+        .await?;
         self.maybe_compact(FileKind::Users).await;
         Ok(Applied { record, previous })
     }
@@ -430,6 +441,8 @@ impl Store {
             let bytes = &mut state.lists_bytes;
             bytes.total += line_len;
             bytes.live = bytes.live + line_len - previous.as_ref().map_or(0, |p| p.1);
+            let old = previous.as_ref().map(|p| hash_of(LIST, uid, &p.0));
+            state.fp.replace(uid, old, hash_of(LIST, uid, &record));
             state.lists.insert(
                 uid,
                 Stored {
@@ -447,8 +460,10 @@ impl Store {
             );
             (done, previous.map(|p| p.0))
         };
-        self.await_durable(done, uid, &record, previous.clone(), |s| &mut s.lists)
-            .await?;
+        self.await_durable(done, uid, &record, previous.clone(), LIST, |s| {
+            (&mut s.lists, &mut s.fp)
+        })
+        .await?;
         self.maybe_compact(FileKind::Lists).await;
         Ok(Applied { record, previous })
     }
@@ -480,13 +495,14 @@ impl Store {
 
     /// Waits for the writer; if the write failed, puts the previous copy back (if ours is still
     /// the stored one) so memory never claims what the disk does not hold.
-    async fn await_durable<T: Record>(
+    async fn await_durable<T: Versioned>(
         &self,
         done: oneshot::Receiver<io::Result<()>>,
         uid: UserId,
         ours: &Signed<T>,
         previous: Option<Signed<T>>,
-        map: impl FnOnce(&mut State) -> &mut HashMap<UserId, Stored<T>>,
+        kind: u8,
+        map: impl FnOnce(&mut State) -> (&mut HashMap<UserId, Stored<T>>, &mut FpTree),
     ) -> Result<(), StoreError> {
         let result = match done.await {
             Ok(r) => r,
@@ -495,9 +511,13 @@ impl Store {
         if let Err(e) = result {
             tracing::error!(%uid, error = %e, "datafile write failed; update not stored");
             let mut state = self.state.write();
-            let map = map(&mut state);
+            let (map, fp) = map(&mut state);
             // Only undo if nothing newer was stored meanwhile.
             if map.get(&uid).is_some_and(|s| &s.record == ours) {
+                fp.remove(uid, hash_of(kind, uid, ours));
+                if let Some(record) = &previous {
+                    fp.add(uid, hash_of(kind, uid, record));
+                }
                 match previous {
                     Some(record) => {
                         map.insert(

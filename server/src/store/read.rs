@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 
 use gossip_common::message::EcEntry;
-use gossip_common::{
-    ContactList, EventCount, PublicKey, Signature, Signed, UserId, UserInfo, Versioned,
-};
+use gossip_common::{ContactList, PublicKey, Signed, UserId, UserInfo, Versioned};
 
 use super::{Store, Stored};
 
@@ -66,29 +64,17 @@ impl Store {
             .collect()
     }
 
-    /// A digest of the whole database (UserIDs, event counts, signatures): a 128-bit hash
-    /// (xxh3-128) and the record counts. Two servers holding the same records have equal
-    /// digests; different records give equal digests only by a 2^-128 accident, which is what
-    /// tests and `prodserver status` rely on (a 32-bit CRC made that a real chance at a
-    /// million records). Not a security check: a server could fake its own.
+    /// A digest of the whole database: the root range fingerprint (the wrapping sum of a
+    /// 128-bit xxh3 hash of every record's kind, UserID, event count and signature; see
+    /// [`crate::reconcile`]) and the record counts. Two servers holding the same records have
+    /// equal digests; different records give equal digests only by a 2^-128 accident, which is
+    /// what tests and `prodserver status` rely on. Kept up to date on every write, so reading
+    /// it costs nothing. Not a security check: a server could fake its own.
     pub fn digest(&self) -> String {
         let state = self.state.read();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (tag, entries) in [
-            (b'u', collect_sigs(&state.users)),
-            (b'c', collect_sigs(&state.lists)),
-        ] {
-            for (uid, ec, sig) in entries {
-                h.update(&[tag]);
-                h.update(&uid.0.to_be_bytes());
-                h.update(&ec.count.to_be_bytes());
-                h.update(&[u8::from(ec.rollover)]);
-                h.update(&sig.to_bytes());
-            }
-        }
         format!(
             "{:032x}-{}-{}",
-            h.digest128(),
+            state.fp.root().sum,
             state.users.len(),
             state.lists.len()
         )
@@ -101,16 +87,5 @@ pub(super) fn sorted_counts<T: Versioned>(map: &HashMap<UserId, Stored<T>>) -> V
         .map(|(uid, s)| EcEntry::new(*uid, s.record.event_count()))
         .collect();
     v.sort_unstable_by_key(|e| e.uid);
-    v
-}
-
-pub(super) fn collect_sigs<T: Versioned>(
-    map: &HashMap<UserId, Stored<T>>,
-) -> Vec<(UserId, EventCount, Signature)> {
-    let mut v: Vec<_> = map
-        .iter()
-        .map(|(uid, s)| (*uid, s.record.event_count(), *s.record.signature()))
-        .collect();
-    v.sort_unstable_by_key(|e| e.0);
     v
 }
