@@ -390,6 +390,11 @@ pub struct ServerIdMsg {
     pub host: String,
     /// Sender's base port.
     pub port: u16,
+    /// Sync methods the sender offers beyond the spec's `eventCounts`, space-separated
+    /// (`range1`: range-based reconciliation, the `reconcile` message). Servers that predate it
+    /// send none and ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<String>,
 }
 
 /// `serverlist`: every server the sender knows.
@@ -521,6 +526,24 @@ pub struct ChangedEntries {
     pub contactlists: Vec<Signed<ContactList>>,
 }
 
+/// `reconcile`: one frame of a round of range-based reconciliation (`docs/federation.md`).
+/// The text is the round's entries in a compact binary form, base64-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// The round's number (1 is the opening round).
+    #[serde(rename = "@round")]
+    pub round: u32,
+    /// Whether this is the round's final frame.
+    #[serde(rename = "@last")]
+    pub last: u8,
+    /// Whether the round asks nothing, so it ends the reconciliation (on its final frame).
+    #[serde(rename = "@done", default)]
+    pub done: u8,
+    /// The entries (binary, base64).
+    #[serde(rename = "$text", default)]
+    pub data: String,
+}
+
 /// `lockUID`: asks every reachable server to reserve a UserID for a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockUid {
@@ -644,6 +667,7 @@ bodies! {
     UpdateRtts(UpdateRtts) = "updateRTTs",
     EventCounts(EventCounts) = "eventCounts",
     ChangedEntries(ChangedEntries) = "changedEntries",
+    Reconcile(Reconcile) = "reconcile",
     LockUid(LockUid) = "lockUID",
     LockResult(LockResult) = "lockResult",
     UnlockUid(UnlockUid) = "unlockUID",

@@ -120,6 +120,27 @@ fn samples() -> Vec<Body> {
         ServerIdMsg {
             host: "a.example".into(),
             port: 1024,
+            sync: None,
+        }
+        .into(),
+        ServerIdMsg {
+            host: "a.example".into(),
+            port: 1024,
+            sync: Some("range1".into()),
+        }
+        .into(),
+        Reconcile {
+            round: 3,
+            last: 1,
+            done: 0,
+            data: "AAAAAAAA+/8=".into(),
+        }
+        .into(),
+        Reconcile {
+            round: 2,
+            last: 1,
+            done: 1,
+            data: String::new(),
         }
         .into(),
         ServerList {

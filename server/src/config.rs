@@ -67,6 +67,11 @@ pub struct FileConfig {
     /// Seconds a UserID reserved for a registration stays locked [default: 900].
     #[arg(long = "uid-lock", value_name = "SECS")]
     pub uid_lock_s: Option<u64>,
+    /// How links resync at link-up: `range` (range-based reconciliation, falling back to
+    /// `eventCounts` for peers that do not offer it) or `event-counts` (the spec's full lists
+    /// only) [default: range].
+    #[arg(long, value_name = "METHOD")]
+    pub sync: Option<SyncMethod>,
     /// A server to join, HOST:PORT (its base port); repeat for several.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Option<Vec<String>>,
@@ -125,6 +130,17 @@ impl FileConfig {
     }
 }
 
+/// How a link resyncs when it comes up (`docs/federation.md`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMethod {
+    /// Range-based reconciliation with peers that offer it; `eventCounts` with the others.
+    #[default]
+    Range,
+    /// The spec's `eventCounts` exchange only.
+    EventCounts,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,6 +166,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Registration UserID lock lifetime.
     pub uid_lock: Duration,
+    /// How links resync at link-up.
+    pub sync: SyncMethod,
     /// Servers to join at start.
     pub peers: Vec<(String, u16)>,
     /// Admin socket path.
@@ -244,6 +262,7 @@ impl Config {
             keepalive,
             idle_timeout,
             uid_lock: Duration::from_secs(f.uid_lock_s.unwrap_or(900)),
+            sync: f.sync.unwrap_or_default(),
         })
     }
 

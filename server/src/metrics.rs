@@ -82,9 +82,17 @@ pub struct Metrics {
     pub sync_records_sent: Counter,
     /// Records received from peers in `changedEntries`.
     pub sync_records_received: Counter,
-    /// Sync rounds answered: a peer's complete event-count list was diffed against ours and
-    /// what it lacks was queued to it.
+    /// Link-up resyncs completed: a peer's complete event-count list was diffed against ours
+    /// and what it lacks was queued to it, or a range reconciliation ended.
     pub sync_rounds: Counter,
+    /// Round trips of range reconciliations this server started.
+    pub sync_round_trips: Counter,
+    /// Range reconciliations abandoned for `eventCounts` (a bound, a timeout or a bad peer).
+    pub sync_fallbacks: Counter,
+    /// Bytes of resync frames (`eventCounts`, `reconcile`, `changedEntries`) received.
+    pub sync_bytes_in: Counter,
+    /// Bytes of resync frames sent.
+    pub sync_bytes_out: Counter,
     /// Bytes received on server links (frames and their separators).
     pub link_bytes_in: Counter,
     /// Bytes sent on server links.
@@ -165,8 +173,28 @@ impl Metrics {
         );
         counter(
             "sync_rounds_total",
-            "Peer event-count lists diffed and answered.",
+            "Link-up resyncs completed (event-count diffs answered, reconciliations ended).",
             m.sync_rounds.get(),
+        );
+        counter(
+            "sync_round_trips_total",
+            "Round trips of range reconciliations this server started.",
+            m.sync_round_trips.get(),
+        );
+        counter(
+            "sync_fallbacks_total",
+            "Range reconciliations abandoned for eventCounts.",
+            m.sync_fallbacks.get(),
+        );
+        counter(
+            "sync_bytes_in_total",
+            "Bytes of resync frames (eventCounts, reconcile, changedEntries) received.",
+            m.sync_bytes_in.get(),
+        );
+        counter(
+            "sync_bytes_out_total",
+            "Bytes of resync frames sent.",
+            m.sync_bytes_out.get(),
         );
         counter(
             "link_bytes_in_total",

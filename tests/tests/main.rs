@@ -7,4 +7,5 @@ mod durability;
 mod federation;
 mod operators;
 mod processes;
+mod resync;
 mod single_node;

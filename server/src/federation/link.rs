@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::dial::LinkEnd;
 use super::replication::{self, SyncIn, SyncStep};
+use super::resync::{self, Resync};
 use super::uid_lock::LockReply;
 use super::{encode, membership, LOCK_TIMEOUT};
 use crate::mst::{key_string, ServerKey};
@@ -65,6 +66,8 @@ pub(super) async fn run_link(
     let hello = encode(m::ServerIdMsg {
         host: fed.me.0.clone(),
         port: fed.me.1,
+        sync: (node.config.sync == crate::config::SyncMethod::Range)
+            .then(|| resync::OFFER.to_owned()),
     });
     if wr.write_all(&hello).await.is_err() || wr.write_all(b"\n").await.is_err() {
         return LinkEnd::NotUp("closed before the handshake");
@@ -73,12 +76,12 @@ pub(super) async fn run_link(
         _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
         first = tokio::time::timeout(Duration::from_secs(10), frames.next()) => first,
     };
-    let peer: ServerKey = match first {
+    let (peer, peer_offers_range): (ServerKey, bool) = match first {
         Ok(Some(Ok(Ok(frame)))) => match Message::decode(&frame) {
             Ok(Message {
                 body: Body::ServerId(id),
                 ..
-            }) => (id.host, id.port),
+            }) => ((id.host, id.port), resync::offers_range(id.sync.as_deref())),
             _ => {
                 tracing::info!(%addr, "server link refused: first message was not serverID");
                 let _ = wr
@@ -155,18 +158,11 @@ pub(super) async fn run_link(
                 break;
             }
         }
-        // Our event counts go by the bulk queue, from a task: they are a million entries for a
-        // million users, and this task must start reading the peer's meanwhile.
-        {
-            let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
-            tasks.spawn(async move {
-                for frame in replication::event_count_messages(&node) {
-                    if bulk.send((Instant::now(), frame)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        // The resync: a range reconciliation (the smaller identity opens it) if both ends offer
+        // one, else our event counts. Either goes by the bulk queue.
+        let range = (node.config.sync == crate::config::SyncMethod::Range && peer_offers_range)
+            .then(|| fed.me < peer);
+        let mut resync = Resync::start(&node, range, bulk.clone());
         let mut sync = SyncIn::new(bulk);
         let idle = node.config.idle_timeout.max(Duration::from_secs(10));
         let mut last_rx = Instant::now();
@@ -196,6 +192,9 @@ pub(super) async fn run_link(
                         Some(Ok(Ok(f))) => f,
                     };
                     node.metrics.link_bytes_in.add(frame.len() as u64 + 1);
+                    if resync::is_sync_frame(&frame) {
+                        node.metrics.sync_bytes_in.add(frame.len() as u64 + 1);
+                    }
                     if let Some(t) = &node.trace {
                         t.record(crate::trace::Dir::In, addr, "server", &frame);
                     }
@@ -210,7 +209,7 @@ pub(super) async fn run_link(
                     match Message::decode(&frame) {
                         Ok(msg) => {
                             node.metrics.messages_in.add(msg.msgtype(), 1);
-                            if handle_peer(&node, &peer, &tx, &mut sync, msg).await.is_break() {
+                            if handle_peer(&node, &peer, &tx, (&mut sync, &mut resync), msg).await.is_break() {
                                 break;
                             }
                         }
@@ -253,6 +252,9 @@ pub(super) async fn link_writer(
     let stall = node.config.idle_timeout.max(Duration::from_secs(10));
     let trace = |frame: &Bytes| {
         node.metrics.link_bytes_out.add(frame.len() as u64 + 1);
+        if resync::is_sync_frame(frame) {
+            node.metrics.sync_bytes_out.add(frame.len() as u64 + 1);
+        }
         if let Some(tap) = &tap {
             tap.record(crate::trace::Dir::Out, frame);
         }
@@ -329,7 +331,7 @@ pub(super) async fn handle_peer(
     node: &Arc<Node>,
     peer: &ServerKey,
     tx: &mpsc::Sender<(Instant, Bytes)>,
-    sync: &mut SyncIn,
+    (sync, resync): (&mut SyncIn, &mut Resync),
     msg: Message,
 ) -> std::ops::ControlFlow<()> {
     use std::ops::ControlFlow::{Break, Continue};
@@ -392,48 +394,54 @@ pub(super) async fn handle_peer(
                 drop(slot);
             });
         }
-        Body::EventCounts(ec) => match sync.on_event_counts(ec) {
-            SyncStep::Pending => {}
-            SyncStep::Refused { why, close } => {
-                tracing::warn!(why, "sync request refused");
-                let _ = tx.try_send((
-                    Instant::now(),
-                    encode(m::Error {
-                        code: gossip_common::ErrorCode::NotAllowed,
-                        text: why.into(),
-                        current: None,
-                    }),
-                ));
-                if close {
-                    return Break(());
+        Body::Reconcile(r) => resync.on_frame(node, r),
+        Body::EventCounts(ec) => {
+            resync.on_event_counts(node);
+            match sync.on_event_counts(ec) {
+                SyncStep::Pending => {}
+                SyncStep::Refused { why, close } => {
+                    tracing::warn!(why, "sync request refused");
+                    let _ = tx.try_send((
+                        Instant::now(),
+                        encode(m::Error {
+                            code: gossip_common::ErrorCode::NotAllowed,
+                            text: why.into(),
+                            current: None,
+                        }),
+                    ));
+                    if close {
+                        return Break(());
+                    }
+                }
+                SyncStep::Complete {
+                    users: theirs_users,
+                    lists: theirs_lists,
+                } => {
+                    let users =
+                        crate::sync::to_send(&node.store.user_event_counts(), &theirs_users);
+                    let lists =
+                        crate::sync::to_send(&node.store.list_event_counts(), &theirs_lists);
+                    tracing::info!(
+                        users = users.len(),
+                        lists = lists.len(),
+                        "sync: sending what the peer lacks"
+                    );
+                    node.metrics
+                        .sync_records_sent
+                        .add((users.len() + lists.len()) as u64);
+                    node.metrics.sync_rounds.inc();
+                    // Sent by a task of its own: a large sync takes a while, and this link's reader
+                    // must keep reading meanwhile, or two nodes syncing to each other could each
+                    // wait for the other to read.
+                    node.tasks.spawn(replication::send_changed_entries(
+                        Arc::clone(node),
+                        users,
+                        lists,
+                        sync.bulk.clone(),
+                    ));
                 }
             }
-            SyncStep::Complete {
-                users: theirs_users,
-                lists: theirs_lists,
-            } => {
-                let users = crate::sync::to_send(&node.store.user_event_counts(), &theirs_users);
-                let lists = crate::sync::to_send(&node.store.list_event_counts(), &theirs_lists);
-                tracing::info!(
-                    users = users.len(),
-                    lists = lists.len(),
-                    "sync: sending what the peer lacks"
-                );
-                node.metrics
-                    .sync_records_sent
-                    .add((users.len() + lists.len()) as u64);
-                node.metrics.sync_rounds.inc();
-                // Sent by a task of its own: a large sync takes a while, and this link's reader
-                // must keep reading meanwhile, or two nodes syncing to each other could each
-                // wait for the other to read.
-                node.tasks.spawn(replication::send_changed_entries(
-                    Arc::clone(node),
-                    users,
-                    lists,
-                    sync.bulk.clone(),
-                ));
-            }
-        },
+        }
         Body::ChangedEntries(_) => {
             // Routed to `apply_changed_entries` before decoding; never reaches here.
         }

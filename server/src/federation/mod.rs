@@ -39,6 +39,8 @@
 //!   dispatches each message to its owner) and writer;
 //! * `replication`: records from peers (propagation and sync batches) and the event-count
 //!   sync on link-up;
+//! * `resync`: which resync a link runs at link-up, and the driver of a range reconciliation
+//!   (`crate::reconcile`) with its fallback to event counts;
 //! * this module: the service's state behind one short-held lock, its public API (status,
 //!   admin actions, flooding, the lock protocol's driver) and the topology loop.
 
@@ -66,6 +68,7 @@ mod locks;
 mod membership;
 mod probe;
 mod replication;
+mod resync;
 mod topology;
 pub mod transport;
 mod uid_lock;

@@ -281,10 +281,14 @@ pub(super) fn news<T: gossip_common::Record>(
 
 /// Whether a frame is a `changedEntries` message (its root tag), without decoding it.
 pub(super) fn is_changed_entries(frame: &[u8]) -> bool {
-    const TAG: &[u8] = b"<changedEntries";
-    frame.starts_with(TAG)
+    has_root(frame, b"<changedEntries")
+}
+
+/// Whether a frame's root element opens with `tag` (`<name`), without decoding it.
+pub(super) fn has_root(frame: &[u8], tag: &[u8]) -> bool {
+    frame.starts_with(tag)
         && matches!(
-            frame.get(TAG.len()),
+            frame.get(tag.len()),
             Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
         )
 }

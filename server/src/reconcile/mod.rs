@@ -13,7 +13,7 @@
 //! so the records that cross are exactly those the spec's `eventCounts` exchange would send.
 //!
 //! This module is the pure protocol: [`Reconciler`] is a state machine fed the peer's entries
-//! and asked for its next round; the link driver (`federation::reconcile`) moves its rounds.
+//! and asked for its next round; the link driver (`federation::resync`) moves its rounds.
 //! Every peer input is bounded: answers must be about ranges this side asked about (once
 //! each), rounds and listed items are capped, and a breach aborts the reconciliation (the link
 //! then falls back to `eventCounts`).
@@ -199,7 +199,7 @@ pub enum Entry {
         /// The range split.
         node: Node,
         /// (fp64, count) per child.
-        children: [(u64, u64); FANOUT],
+        children: Box<[(u64, u64); FANOUT]>,
     },
     /// "Ours differ here; these are my items in it" (the answer is a [`Entry::Want`]).
     Items {
@@ -355,7 +355,7 @@ impl Reconciler {
                     return Err(Abort::Unasked(node));
                 }
                 let mine = src.children(node);
-                for (i, (theirs, mine)) in children.into_iter().zip(mine).enumerate() {
+                for (i, (theirs, mine)) in children.iter().copied().zip(mine).enumerate() {
                     self.compare(src, node.child(i), theirs, mine);
                 }
             }
@@ -411,7 +411,7 @@ impl Reconciler {
             self.next.push(Entry::Items { node, users, lists });
             self.next_items.insert(node);
         } else {
-            let children = src.children(node).map(|f| (f.fp64(), f.count));
+            let children = Box::new(src.children(node).map(|f| (f.fp64(), f.count)));
             self.next.push(Entry::Children { node, children });
             self.next_fp.extend((0..FANOUT).map(|i| node.child(i)));
         }

@@ -86,8 +86,8 @@ impl ItemSource for Mem {
 #[derive(Debug, Default)]
 struct Outcome {
     /// What A sends B, and B sends A: (users, lists).
-    a_sends: (Vec<UserId>, Vec<UserId>),
-    b_sends: (Vec<UserId>, Vec<UserId>),
+    a_sends: Sends,
+    b_sends: Sends,
     /// Rounds the initiator sent (round trips).
     round_trips: u32,
     /// Base64 text of every round, both ways, plus 40 bytes of XML per frame.
@@ -140,7 +140,10 @@ fn reconcile(a: &Mem, b: &Mem) -> Outcome {
     out
 }
 
-fn expected(a: &Mem, b: &Mem) -> ((Vec<UserId>, Vec<UserId>), (Vec<UserId>, Vec<UserId>)) {
+/// What one side sends: (UserInfo, ContactList) UserIDs.
+type Sends = (Vec<UserId>, Vec<UserId>);
+
+fn expected(a: &Mem, b: &Mem) -> (Sends, Sends) {
     (
         (
             to_send(&a.entries(true), &b.entries(true)),
@@ -263,7 +266,7 @@ fn a_peer_that_never_stops_splitting_is_cut_off() {
             .take(1)
             .map(|n| Entry::Children {
                 node: *n,
-                children: [(1, 1_000_000); FANOUT],
+                children: Box::new([(1, 1_000_000); FANOUT]),
             })
             .collect();
         if let Err(e) = r.receive(&a, lies.clone()) {
@@ -340,7 +343,7 @@ proptest! {
         let uids: Vec<UserId> = items.iter().map(|(u, _, _)| UserId(*u)).collect();
         let entries = vec![
             Entry::Fingerprint { node, fp, count },
-            Entry::Children { node, children: [(fp, count); FANOUT] },
+            Entry::Children { node, children: Box::new([(fp, count); FANOUT]) },
             Entry::Items { node, users: ec.clone(), lists: ec },
             Entry::Want { node, users: uids.clone(), lists: uids },
             Entry::WantAll { node },

@@ -54,7 +54,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         Entry::Children { node, children } => {
             out.push(CHILDREN);
             put_node(out, *node);
-            for (fp, count) in children {
+            for (fp, count) in children.iter() {
                 out.extend_from_slice(&fp.to_le_bytes());
                 put_varint(out, *count);
             }
@@ -121,8 +121,8 @@ pub fn decode_entries(mut b: &[u8]) -> Result<Vec<Entry>, WireError> {
                 count: take_varint(&mut b)?,
             },
             CHILDREN => {
-                let mut children = [(0, 0); FANOUT];
-                for c in &mut children {
+                let mut children = Box::new([(0, 0); FANOUT]);
+                for c in children.iter_mut() {
                     *c = (take_u64(&mut b)?, take_varint(&mut b)?);
                 }
                 Entry::Children { node, children }
