@@ -122,6 +122,9 @@ pub(crate) struct Args {
     /// sync: changes made during the partition.
     #[arg(long, default_value_t = 100)]
     sync_changes: usize,
+    /// sync: the nodes' resync method (gossipd --sync): `range` or `event-counts`.
+    #[arg(long, default_value = "range")]
+    sync_method: String,
 
     /// mst: server counts.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]

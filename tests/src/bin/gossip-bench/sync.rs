@@ -26,12 +26,18 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         seed: args.seed,
     };
     report::phase(&format!(
-        "sync: {m} users + {m} contact lists, then {d} changes"
+        "sync: {m} users + {m} contact lists, then {d} changes (resync by {})",
+        args.sync_method
     ));
     let dir = server::run_dir(args.work_dir(), "sync")?;
     let a_dir = dir.path().join("a");
     data.install(args.cache(), &a_dir)?;
-    let probe = ["--probe-interval-ms".to_string(), "100".into()];
+    let probe = [
+        "--probe-interval-ms".to_string(),
+        "100".into(),
+        "--sync".into(),
+        args.sync_method.clone(),
+    ];
     let load_start = Instant::now();
     let a = Node::start(&NodeSpec {
         base_port: 0,
@@ -72,6 +78,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let setup_s = full_s - transfer_s;
     bar.finish_and_clear();
     let full_bytes = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
+    let full_sync_bytes = a.metric("sync_bytes_out_total")? + a.metric("sync_bytes_in_total")?;
     let (b_cpu, a_cpu) = (b.cpu_s() - b_cpu0, a.cpu_s() - a_cpu0);
     let same =
         a.admin(&AdminRequest::Status)?["digest"] == b.admin(&AdminRequest::Status)?["digest"];
@@ -95,7 +102,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "time s",
             "link-up s",
             "records/s",
-            "bytes on wire",
+            "round trips",
+            "sync bytes",
+            "link bytes",
             "B CPU",
             "A CPU",
         ],
@@ -106,6 +115,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         format!("{full_s:.2}"),
         format!("{setup_s:.2}"),
         report::rate(rate),
+        "-".into(),
+        full_sync_bytes.to_string(),
         full_bytes.to_string(),
         format!("{b_cpu:.1} s"),
         format!("{a_cpu:.1} s"),
@@ -120,42 +131,65 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             format!("{:.3}", r.seconds),
             "-".into(),
             "-".into(),
+            r.round_trips.to_string(),
             r.bytes.to_string(),
+            r.link_bytes.to_string(),
             "-".into(),
             "-".into(),
         ]);
     }
     t.print();
     println!(
-        "  event-count lists: {} bytes for {m} users (≈{:.0} B/user, both directions); \
-         each changed record adds ≈{per_change:.0} bytes",
+        "  resync with no change: {} bytes of sync frames for {m} users (≈{:.2} B/user, both \
+         directions) in {} round trips; each changed record adds ≈{per_change:.0} bytes",
         quiet.bytes,
-        quiet.bytes as f64 / m as f64
+        quiet.bytes as f64 / m as f64,
+        quiet.round_trips
     );
     let judged = !args.quick;
+    let range = args.sync_method == "range";
+    let resync_json = |r: &Resync| {
+        json!({"seconds": r.seconds, "records": r.records, "bytes": r.bytes,
+               "round_trips": r.round_trips, "link_bytes": r.link_bytes})
+    };
     Ok(json!({
         "scenario": "sync",
-        "params": {"users": m, "contacts_per_user": args.sync_contacts, "changes": d},
+        "params": {"users": m, "contacts_per_user": args.sync_contacts, "changes": d,
+                   "sync_method": args.sync_method},
         "results": {
             "a_load_s": a_load_s, "full_sync_s": full_s, "start_and_link_up_s": setup_s,
             "transfer_s": transfer_s, "records": 2 * m, "records_per_s": rate,
-            "full_sync_bytes": full_bytes, "receiver_cpu_s": b_cpu, "sender_cpu_s": a_cpu,
-            "resync_no_change": {"seconds": quiet.seconds, "records": quiet.records, "bytes": quiet.bytes},
-            "resync_changes": {"seconds": changed.seconds, "records": changed.records, "bytes": changed.bytes},
+            "full_sync_bytes": full_sync_bytes, "full_sync_link_bytes": full_bytes,
+            "receiver_cpu_s": b_cpu, "sender_cpu_s": a_cpu,
+            "resync_no_change": resync_json(&quiet),
+            "resync_changes": resync_json(&changed),
             "bytes_per_changed_record": per_change,
         },
         "targets": [
             report::target("full_sync_records_per_s", ">= 40,000 records/s", rate, "/s", ">=", 40_000.0, judged),
             report::target("resync_records_moved", "== d (O(d), not O(M))", changed.records as f64,
                 "records", "==", d as f64, true),
+            report::target("resync_no_change_bytes", "<= 512 bytes (range)", quiet.bytes as f64,
+                "bytes", "<=", 512.0, range),
+            report::target("resync_no_change_round_trips", "<= 1 (range)", quiet.round_trips as f64,
+                "round trips", "<=", 1.0, range),
+            report::target("resync_bytes_per_change", "<= 4 KB incl. the record (range)", per_change,
+                "bytes", "<=", 4096.0, range),
+            report::target("resync_changes_seconds", "< 1 s (range)", changed.seconds,
+                "s", "<", 1.0, range && judged),
         ],
     }))
 }
 
+/// One resync: `bytes` counts the resync frames (`eventCounts`, `reconcile`,
+/// `changedEntries`) both ways; `link_bytes` everything the link carried meanwhile (the
+/// handshake, server list, RTT rows and pings too).
 struct Resync {
     seconds: f64,
     records: u64,
     bytes: u64,
+    link_bytes: u64,
+    round_trips: u64,
 }
 
 /// Cuts the A–B link, makes `changes` status changes at A, restores the link and waits until B
@@ -179,6 +213,8 @@ async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::R
         expect.push((data.uid(i), c.me().expect("own record").event_count.count));
     }
     let bytes0 = a.metric("link_bytes_out_total")? + a.metric("link_bytes_in_total")?;
+    let sync0 = a.metric("sync_bytes_out_total")? + a.metric("sync_bytes_in_total")?;
+    let trips0 = a.metric("sync_round_trips_total")? + b.metric("sync_round_trips_total")?;
     let got0 = b.metric("sync_records_received_total")?;
     let rounds0 = (
         a.metric("sync_rounds_total")?,
@@ -221,6 +257,9 @@ async fn resync(a: &Node, b: &Node, data: &Dataset, changes: usize) -> anyhow::R
     Ok(Resync {
         seconds,
         records: b.metric("sync_records_received_total")? - got0,
-        bytes: last - bytes0,
+        bytes: a.metric("sync_bytes_out_total")? + a.metric("sync_bytes_in_total")? - sync0,
+        link_bytes: last - bytes0,
+        round_trips: a.metric("sync_round_trips_total")? + b.metric("sync_round_trips_total")?
+            - trips0,
     })
 }
