@@ -18,7 +18,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a signature is for; part of the signed bytes.
@@ -100,7 +100,7 @@ impl Keypair {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// Signs `message` for `domain`.
@@ -119,22 +119,68 @@ impl fmt::Debug for Keypair {
 }
 
 /// A user's public key; bound to their UserID forever once stored.
+///
+/// Held as its 32 bytes: the point is decompressed where a signature is checked (by the
+/// verifier, once per distinct key of a batch), not at every parse, which at a million records
+/// a sync was a decompression in five of its CPU cycles. A key that is not a point at all parses
+/// but never verifies anything.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey([u8; 32]);
+
+/// The encodings of the eight points of small order, as ZIP-215 decodes them: the 255-bit y
+/// values 0, 1, p−1, the two y of the order-8 points, and the non-canonical p and p+1 (y + p
+/// fits in 255 bits only for y < 19), each with either sign bit (compared with the top bit
+/// cleared). libsodium refuses keys with the same list; `tests::small_order_keys` checks it
+/// against the curve's torsion points.
+const SMALL_ORDER: [[u8; 32]; 7] = {
+    let mut list = [[0u8; 32]; 7];
+    // 0 (order 4) stays all zeroes.
+    list[1][0] = 1; // 1 (the identity)
+    let mut i = 0;
+    while i < 32 {
+        list[4][i] = 0xff; // p − 1 = −1 (order 2)
+        list[5][i] = 0xff; // p ≡ 0 (order 4), non-canonical
+        list[6][i] = 0xff; // p + 1 ≡ 1, non-canonical
+        i += 1;
+    }
+    list[4][0] = 0xec;
+    list[4][31] = 0x7f;
+    list[5][0] = 0xed;
+    list[5][31] = 0x7f;
+    list[6][0] = 0xee;
+    list[6][31] = 0x7f;
+    list[2] = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ];
+    list[3] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+    list
+};
+
+/// Whether `bytes` encode a point of small order (with either sign bit).
+fn is_small_order(bytes: &[u8; 32]) -> bool {
+    let mut y = *bytes;
+    y[31] &= 0x7f;
+    SMALL_ORDER.contains(&y)
+}
 
 impl PublicKey {
     /// Parses 32 raw bytes. A key of small order is refused: anyone could sign for it.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
-        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::BadKey)?;
-        if key.is_weak() {
+        if is_small_order(bytes) {
             return Err(CryptoError::BadKey);
         }
-        Ok(PublicKey(key))
+        Ok(PublicKey(*bytes))
     }
 
     /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// Verifies `signature` over `domain || message`.
@@ -147,7 +193,7 @@ impl PublicKey {
         let mut buf = Vec::with_capacity(domain.label().len() + message.len());
         buf.extend_from_slice(domain.label());
         buf.extend_from_slice(message);
-        let key = ed25519_zebra::VerificationKey::try_from(*self.0.as_bytes())
+        let key = ed25519_zebra::VerificationKey::try_from(self.0)
             .map_err(|_| CryptoError::BadKey)?;
         key.verify(&signature.0, &buf)
             .map_err(|_| CryptoError::BadSignature)
@@ -162,7 +208,7 @@ impl PublicKey {
         for (key, message, signature) in items {
             let message = [label, message].concat();
             batch.queue((
-                ed25519_zebra::VerificationKeyBytes::from(*key.0.as_bytes()),
+                ed25519_zebra::VerificationKeyBytes::from(key.0),
                 signature.0,
                 &message,
             ));
@@ -176,14 +222,14 @@ impl PublicKey {
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 64];
-        hex::encode_to_slice(self.0.as_bytes(), &mut buf).map_err(|_| fmt::Error)?;
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
         f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", &hex::encode(self.0.as_bytes())[..16])
+        write!(f, "PublicKey({})", &hex::encode(self.0)[..16])
     }
 }
 
@@ -264,6 +310,38 @@ serde_via_string!(Signature);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte list refuses exactly the encodings of the curve's eight small-order points: each
+    /// torsion point with either sign bit, and the non-canonical encodings of 0 and 1; every
+    /// listed encoding decodes to a small-order point; ordinary keys pass.
+    #[test]
+    fn small_order_keys() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let mut seen = std::collections::HashSet::new();
+        for p in EIGHT_TORSION {
+            for sign in [0u8, 0x80] {
+                let mut b = p.compress().to_bytes();
+                b[31] ^= sign;
+                assert!(is_small_order(&b), "{}", hex::encode(b));
+                assert!(PublicKey::from_bytes(&b).is_err());
+                b[31] &= 0x7f;
+                seen.insert(b);
+            }
+        }
+        for entry in SMALL_ORDER {
+            let point = CompressedEdwardsY(entry).decompress().expect("a point");
+            assert!(point.is_small_order(), "{}", hex::encode(entry));
+            seen.insert(entry);
+        }
+        // Five canonical y values (two torsion pairs share one y) plus p and p + 1.
+        assert_eq!(seen.len(), 7);
+        for _ in 0..1000 {
+            let k = Keypair::generate().public();
+            assert!(!is_small_order(k.as_bytes()));
+            assert_eq!(PublicKey::from_bytes(k.as_bytes()), Ok(k));
+        }
+    }
 
     #[test]
     fn sign_verify_and_domain_separation() {

@@ -154,55 +154,53 @@ pub(super) async fn send_changed_entries(
     let budget = node.config.max_frame * 3 / 4;
     let mut msg = m::ChangedEntries::default();
     let mut size = 0;
-    let records = users
-        .iter()
-        .map(|u| (true, *u))
-        .chain(lists.iter().map(|u| (false, *u)));
-    for (is_user, uid) in records {
-        let cost = if is_user {
-            match node.store.user(uid) {
-                Some(r) => {
-                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
-                    msg.userinfo.push(r);
-                    cost
-                }
-                None => continue,
-            }
-        } else {
-            match node.store.contact_list(uid) {
-                Some(r) => {
-                    let cost = escaped_len(r.raw()) + RECORD_OVERHEAD;
-                    msg.contactlists.push(r);
-                    cost
-                }
-                None => continue,
-            }
-        };
-        size += cost;
-        if size > budget {
-            // Over budget: send all but the record just added, which starts the next message.
-            let carry = (msg.userinfo.len() + msg.contactlists.len() > 1).then(|| {
-                let mut next = m::ChangedEntries::default();
-                if is_user {
-                    next.userinfo.extend(msg.userinfo.pop());
-                } else {
-                    next.contactlists.extend(msg.contactlists.pop());
-                }
-                next
-            });
-            let full = std::mem::replace(&mut msg, carry.unwrap_or_default());
-            size = if msg.userinfo.is_empty() && msg.contactlists.is_empty() {
-                0
-            } else {
-                cost
-            };
+    // A user's record and list go side by side, in one frame (both inputs are sorted by
+    // UserID): the receiver verifies a frame as one batch, which decompresses each key once
+    // for both, and a list never arrives in a frame verified before its owner's record.
+    for (uid, user, list) in by_user(&users, &lists) {
+        let user = user.then(|| node.store.user(uid)).flatten();
+        let list = list.then(|| node.store.contact_list(uid)).flatten();
+        let cost = user
+            .as_ref()
+            .map_or(0, |r| escaped_len(r.raw()) + RECORD_OVERHEAD)
+            + list
+                .as_ref()
+                .map_or(0, |r| escaped_len(r.raw()) + RECORD_OVERHEAD);
+        if cost == 0 {
+            continue;
+        }
+        if size + cost > budget && size > 0 {
+            let full = std::mem::take(&mut msg);
+            size = 0;
             if tx.send((Instant::now(), encode(full))).await.is_err() {
                 return;
             }
         }
+        msg.userinfo.extend(user);
+        msg.contactlists.extend(list);
+        size += cost;
     }
     msg.last = 1;
     let _ = tx.send((Instant::now(), encode(msg))).await;
+}
+
+/// `(uid, has user record, has list)` for the UserIDs of two sorted lists, merged.
+fn by_user<'a>(
+    users: &'a [gossip_common::UserId],
+    lists: &'a [gossip_common::UserId],
+) -> impl Iterator<Item = (gossip_common::UserId, bool, bool)> + 'a {
+    let (mut u, mut l) = (users.iter().peekable(), lists.iter().peekable());
+    std::iter::from_fn(move || match (u.peek().copied(), l.peek().copied()) {
+        (Some(a), Some(b)) if a == b => {
+            u.next();
+            l.next();
+            Some((*a, true, true))
+        }
+        (Some(a), Some(b)) if a < b => u.next().map(|x| (*x, true, false)),
+        (_, Some(_)) => l.next().map(|x| (*x, false, true)),
+        (Some(_), None) => u.next().map(|x| (*x, true, false)),
+        (None, None) => None,
+    })
 }
 
 /// Decodes one `changedEntries` frame, stores what is news and passes that on to the other
@@ -377,6 +375,24 @@ mod tests {
             },
             contactlist: m::EcList::default(),
         }
+    }
+
+    #[test]
+    fn records_go_side_by_side_by_user_id() {
+        let u = |v: &[u64]| v.iter().map(|x| UserId(*x)).collect::<Vec<_>>();
+        let got: Vec<(u64, bool, bool)> = by_user(&u(&[1, 3, 4]), &u(&[1, 2, 4, 9]))
+            .map(|(x, a, b)| (x.0, a, b))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, true, true),
+                (2, false, true),
+                (3, true, false),
+                (4, true, true),
+                (9, false, true)
+            ]
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use fingerprint::{hash_of, FpTree, LIST, USER};
-use load::{load, verify_all, verify_many};
+use load::{load, verify_all, verify_signed_bytes};
 use writer::{Command, FileKind, Writer};
 
 const USERS_FILE: &str = "users.udb";
@@ -301,8 +301,20 @@ impl Store {
                 .collect()
         };
         let verified = tokio::task::spawn_blocking(move || {
-            let user_ok = verify_many(users.iter().map(|u| (Some(u.public_key), u)));
-            let list_ok = verify_many(list_keys.iter().copied().zip(&lists));
+            // One verification over both kinds: a user's record and list share their key's
+            // decompression in the batch verifier.
+            let items = users
+                .iter()
+                .map(|u| (Some(u.public_key), u.raw().as_bytes(), u.signature()))
+                .chain(
+                    list_keys
+                        .iter()
+                        .zip(&lists)
+                        .map(|(k, l)| (*k, l.raw().as_bytes(), l.signature())),
+                )
+                .collect();
+            let mut user_ok = verify_signed_bytes(gossip_common::Domain::Record, items);
+            let list_ok = user_ok.split_off(users.len());
             (users, lists, user_ok, list_ok, list_keys)
         })
         .await;
