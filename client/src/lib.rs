@@ -12,6 +12,7 @@
 //! that the server publishes if this connection dies.
 
 mod direct;
+pub mod failover;
 pub mod profile;
 
 use std::collections::HashMap;
@@ -145,6 +146,9 @@ struct State {
     /// Skip signature checks on pushed records (load generators only, see
     /// [`GossipClient::trust_server_pushes`]).
     trust_pushes: bool,
+    /// Records are numbered past this: the event count of the last will handed out (by this
+    /// connection or, after a failover, the previous one), which may still be published.
+    floor: Option<EventCount>,
 }
 
 /// One connection to a Gossip server.
@@ -474,6 +478,11 @@ impl GossipClient {
         let mut contacts = Vec::new();
         for msg in answers {
             match msg.body {
+                // The login's `ok` names the count of a last will of ours the federation may
+                // still publish: our records are numbered past it.
+                Body::Ok(m::Ok {
+                    current: Some(c), ..
+                }) => self.number_past(c.into()),
                 Body::UserInfo(u) => me = Some(u.record),
                 Body::ContactList(cl) => {
                     if cl.own.is_some() {
@@ -518,7 +527,14 @@ impl GossipClient {
         change: impl Fn(&mut UserInfo),
     ) -> Result<Signed<UserInfo>, ClientError> {
         let me = self.me().ok_or(ClientError::NotLoggedIn)?;
-        let mut next_ec = me.event_count.next();
+        // Past any will still out there: a will and a new record must never share a count
+        // (docs/presence.md).
+        let floor = self.state.lock().expect("lock").floor;
+        let base = match floor {
+            Some(f) if f.is_newer_than(me.event_count) => f,
+            _ => me.event_count,
+        };
+        let mut next_ec = base.next();
         for attempt in 0..2 {
             let mut info = me.value().clone();
             change(&mut info);
@@ -588,8 +604,38 @@ impl GossipClient {
 
     async fn send_last_will(&self, current: &Signed<UserInfo>) -> Result<(), ClientError> {
         let record = Signed::sign(offline_version(current), &self.key)?;
+        let ec = record.event_count;
         self.request(m::LastWill { record }).await?;
+        self.number_past(ec);
         Ok(())
+    }
+
+    /// Numbers this client's next records past `ec` (the last will of an earlier connection,
+    /// which its server or the federation may still publish).
+    pub fn number_past(&self, ec: EventCount) {
+        let mut st = self.state.lock().expect("lock");
+        if st.floor.is_none_or(|f| ec.is_newer_than(f)) {
+            st.floor = Some(ec);
+        }
+    }
+
+    /// The event count of the last will this client handed out (or was told to number past).
+    pub fn will_floor(&self) -> Option<EventCount> {
+        self.state.lock().expect("lock").floor
+    }
+
+    /// The servers this client's server knows, as client addresses (`host:port`).
+    pub async fn server_list(&self) -> Result<Vec<String>, ClientError> {
+        let answers = self.request(m::ReqServerList {}).await?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a.body {
+                Body::ServerList(l) => Some(l.servers),
+                _ => None,
+            })
+            .flatten()
+            .map(|s| s.to_string())
+            .collect())
     }
 
     /// Clean logout: publishes the offline record itself (which makes the last will stale) and

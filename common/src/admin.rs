@@ -42,6 +42,11 @@ pub enum AdminRequest {
     },
     /// Re-measure every server and recompute the tree now.
     Recalc,
+    /// Send a notice (`servermsg`) to every client logged in to this server.
+    Notice {
+        /// The text, e.g. "restarting for maintenance at 22:00 UTC".
+        text: String,
+    },
     /// Refuse connections from an IP or CIDR range.
     BlacklistAdd {
         /// `192.0.2.7`, `198.51.100.0/24`, `2001:db8::/32`.

@@ -193,8 +193,8 @@ impl PublicKey {
         let mut buf = Vec::with_capacity(domain.label().len() + message.len());
         buf.extend_from_slice(domain.label());
         buf.extend_from_slice(message);
-        let key = ed25519_zebra::VerificationKey::try_from(self.0)
-            .map_err(|_| CryptoError::BadKey)?;
+        let key =
+            ed25519_zebra::VerificationKey::try_from(self.0).map_err(|_| CryptoError::BadKey)?;
         key.verify(&signature.0, &buf)
             .map_err(|_| CryptoError::BadSignature)
     }

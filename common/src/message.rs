@@ -526,6 +526,18 @@ pub struct ChangedEntries {
     pub contactlists: Vec<Signed<ContactList>>,
 }
 
+/// `heldWill` (S↔S): a logged-in user's last will, held by the server they are logged in to
+/// (`host`, `port`) and replicated so that the others publish it if that server dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldWill {
+    /// The home server's host name.
+    pub host: String,
+    /// The home server's base port.
+    pub port: u16,
+    /// The will: the user's offline record, signed by the user.
+    pub record: Signed<UserInfo>,
+}
+
 /// `reconcile`: one frame of a round of range-based reconciliation (`docs/federation.md`).
 /// The text is the round's entries in a compact binary form, base64-encoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -609,7 +621,7 @@ macro_rules! bodies {
             pub fn ends_request(&self) -> bool {
                 matches!(
                     self,
-                    Body::Ok(_) | Body::Error(_) | Body::Challenge(_) | Body::UserIdGrant(_) | Body::Pong(_)
+                    Body::Ok(_) | Body::Error(_) | Body::Challenge(_) | Body::UserIdGrant(_) | Body::Pong(_) | Body::ServerList(_)
                 )
             }
 
@@ -668,6 +680,7 @@ bodies! {
     EventCounts(EventCounts) = "eventCounts",
     ChangedEntries(ChangedEntries) = "changedEntries",
     Reconcile(Reconcile) = "reconcile",
+    HeldWill(HeldWill) = "heldWill",
     LockUid(LockUid) = "lockUID",
     LockResult(LockResult) = "lockResult",
     UnlockUid(UnlockUid) = "unlockUID",

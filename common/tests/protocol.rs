@@ -129,6 +129,12 @@ fn samples() -> Vec<Body> {
             sync: Some("range1".into()),
         }
         .into(),
+        HeldWill {
+            host: "a.example".into(),
+            port: 1024,
+            record: user(&k, 9, "offline"),
+        }
+        .into(),
         Reconcile {
             round: 3,
             last: 1,

@@ -62,6 +62,11 @@ enum Cmd {
     },
     /// Re-measure every server and recompute the tree now.
     Recalc,
+    /// Send a notice to every client logged in here (e.g. before maintenance).
+    Notice {
+        /// The text clients show.
+        text: String,
+    },
     /// Manage refused IPs and CIDR ranges.
     Blacklist {
         #[command(subcommand)]
@@ -163,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             server: server.clone(),
         },
         Cmd::Recalc => AdminRequest::Recalc,
+        Cmd::Notice { text } => AdminRequest::Notice { text: text.clone() },
         Cmd::Metrics => AdminRequest::Metrics,
         Cmd::Blacklist {
             action: BlacklistCmd::Add { net },

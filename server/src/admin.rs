@@ -199,6 +199,11 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             let removed = fed.admin_delete_server(&key);
             AdminResponse::ok(json!({"deleted": removed}))
         }
+        AdminRequest::Notice { text } => {
+            node.store.audit("admin", &format!("notice {text:?}"));
+            let sent = node.presence.notify_all(&text);
+            AdminResponse::ok(json!({"notice": text, "clients": sent}))
+        }
         AdminRequest::Recalc => {
             node.store.audit("admin", "recalc");
             fed.recalc();

@@ -22,6 +22,7 @@ pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod trace;
+pub mod wills;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -91,6 +92,13 @@ pub struct Node {
     pub(crate) transport: Arc<dyn federation::Transport>,
     /// Every task the node spawns, so a stop can wait for all of them.
     pub(crate) tasks: TaskTracker,
+    /// Replicated last wills of the users logged in anywhere.
+    pub wills: wills::Wills,
+    /// Stops the federation. Cancelled after a stop's client sessions have ended and their last
+    /// wills have crossed the links, so a graceful stop shows its users offline everywhere.
+    pub(crate) links_stop: CancellationToken,
+    /// Client connections being served.
+    pub(crate) sessions_live: std::sync::atomic::AtomicUsize,
     /// Cancelled when the node stops; timers that outlive a request select on it.
     pub(crate) shutdown: CancellationToken,
 }
@@ -167,6 +175,72 @@ impl Node {
         self.federation.unlock_network(uid, holder);
     }
 
+    /// This server's identity as a key.
+    pub fn identity_key(&self) -> mst::ServerKey {
+        (self.config.name.clone(), self.base_port)
+    }
+
+    /// Holds `will` for the sessions of `home` (verified by the caller: signed by the bound
+    /// key) and floods it as `heldWill` to every link but `from_peer` if it is news here.
+    pub fn hold_will(
+        &self,
+        home: mst::ServerKey,
+        will: Signed<UserInfo>,
+        from_peer: Option<&mst::ServerKey>,
+    ) -> bool {
+        if !self.wills.hold(&self.store, &home, will.clone()) {
+            return false;
+        }
+        let frame = Bytes::from(
+            Message::new(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                gossip_common::message::HeldWill {
+                    host: home.0,
+                    port: home.1,
+                    record: will,
+                },
+            )
+            .to_xml(),
+        );
+        self.federation.flood(&frame, from_peer);
+        true
+    }
+
+    /// Publishes every will held for `home` (a server judged dead, or this one after a crash).
+    /// Returns how many were news.
+    pub async fn publish_wills_of(&self, home: &mst::ServerKey, why: &str) -> usize {
+        let wills = self.wills.take_home(home);
+        if wills.is_empty() {
+            return 0;
+        }
+        let n = self.publish_wills(wills, why).await;
+        tracing::info!(home = %mst::key_string(home), published = n, why, "held last wills published");
+        n
+    }
+
+    /// Stores and announces wills, all at once (their writes share `fdatasync`s). The same will
+    /// published by several servers is one change: every copy after the first is stale.
+    async fn publish_wills(&self, wills: Vec<Signed<UserInfo>>, why: &str) -> usize {
+        let origin = format!("will:{why}");
+        let results = futures::future::join_all(wills.into_iter().map(|w| {
+            self.store
+                .apply_user_info_then(w, store::Mode::Update, &origin, |r| {
+                    self.user_changed(r, None)
+                })
+        }))
+        .await;
+        let mut news = 0;
+        for r in results {
+            match r {
+                Ok(_) => news += 1,
+                Err(store::StoreError::Stale { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "held last will refused"),
+            }
+        }
+        self.metrics.last_wills.add(news as u64);
+        news
+    }
+
     /// A client of this server changed a UserInfo: push it locally and forward it to every
     /// tree neighbour.
     pub fn user_changed(&self, record: &Signed<UserInfo>, from_session: Option<SessionId>) {
@@ -213,6 +287,8 @@ impl Node {
         from_peer: Option<&mst::ServerKey>,
         new_user: bool,
     ) {
+        // A stored record makes any will of that user it is as new as void.
+        self.wills.superseded(record.user_id, record.event_count);
         // One encoding serves the push and the forward, unless the forward must say "new".
         let push = user_info_frame(record);
         let forward = if new_user {
@@ -236,6 +312,7 @@ impl Node {
     /// sessions; encodes the push only if someone here will receive it. For records that are
     /// forwarded to peers some other way (sync batches).
     pub fn user_changed_locally(&self, record: &Signed<UserInfo>) {
+        self.wills.superseded(record.user_id, record.event_count);
         if self.presence.has_audience(record.user_id) {
             self.push_local(record, None, &user_info_frame(record));
         }
@@ -328,6 +405,7 @@ struct NodeParts {
     trace: Option<Arc<trace::Trace>>,
     lab_clock: Option<lab::LabClock>,
     transport: Arc<dyn federation::Transport>,
+    wills: wills::Wills,
 }
 
 impl Node {
@@ -349,9 +427,45 @@ impl Node {
             transport: parts.transport,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
+            wills: parts.wills,
+            links_stop: CancellationToken::new(),
+            sessions_live: std::sync::atomic::AtomicUsize::new(0),
         })
     }
+
+    /// What a node does as it starts and stops, whatever its transport: publishes the wills
+    /// of its own sessions that a crash left outstanding, and at a stop lets the sessions end
+    /// and their wills cross the links before the federation stops.
+    fn spawn_lifecycle(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let node = Arc::clone(self);
+        self.tasks.spawn(async move {
+            node.publish_wills_of(&node.identity_key(), "restart").await;
+        });
+        let (node, shutdown) = (Arc::clone(self), shutdown.clone());
+        self.tasks.spawn(async move {
+            shutdown.cancelled().await;
+            let deadline = tokio::time::Instant::now() + SESSION_DRAIN;
+            while node
+                .sessions_live
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let deadline = tokio::time::Instant::now() + LINK_DRAIN;
+            while !node.federation.links_idle() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            node.links_stop.cancel();
+        });
+    }
 }
+
+/// How long a stop waits for its client sessions to end (and publish their wills).
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a stop then waits for the links' queues to empty.
+const LINK_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Starts a node with no sockets of its own: its datafiles and its federation, over
 /// `transport`, taking the links that transport hands over on `incoming`. For the simulator
@@ -370,6 +484,7 @@ pub(crate) fn start_headless(
             .map_err(StartError::Admin)?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let wills = open_wills(&config, &store, &tracker, &shutdown)?;
     let node = Node::assemble(
         NodeParts {
             base_port: config.base_port,
@@ -379,16 +494,32 @@ pub(crate) fn start_headless(
             trace: None,
             lab_clock: None,
             transport,
+            wills,
         },
         &tracker,
         &shutdown,
     );
-    federation::accept_from(&node, incoming, &shutdown, &tracker);
-    federation::start_loops(&node, &shutdown, &tracker);
+    node.spawn_lifecycle(&shutdown);
+    federation::accept_from(&node, incoming, &node.links_stop, &tracker);
+    federation::start_loops(&node, &node.links_stop, &tracker);
     Ok(RunningNode {
         node,
         shutdown,
         tracker,
+    })
+}
+
+fn open_wills(
+    config: &Config,
+    store: &Store,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<wills::Wills, StartError> {
+    wills::Wills::open(&config.data_dir, store, tracker, shutdown).map_err(|source| {
+        StartError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
     })
 }
 
@@ -439,6 +570,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let wills = open_wills(&config, &store, &tracker, &shutdown)?;
     let node = Node::assemble(
         NodeParts {
             base_port: listeners.base_port,
@@ -448,10 +580,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             trace,
             lab_clock,
             transport: Arc::new(federation::Tcp),
+            wills,
         },
         &tracker,
         &shutdown,
     );
+    node.spawn_lifecycle(&shutdown);
     tracing::info!(
         identity = %node.identity(),
         client_port = node.base_port,
@@ -496,7 +630,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         ));
     }
     // Server links on P+1, RTT probing, tree maintenance.
-    federation::start(&node, listeners.server, &shutdown, &tracker);
+    federation::start(&node, listeners.server, &node.links_stop, &tracker);
     // Local administration.
     admin::serve(&node, admin_listener, false, &shutdown, &tracker);
     admin::serve(&node, status_listener, true, &shutdown, &tracker);

@@ -115,6 +115,25 @@ impl Presence {
         sent
     }
 
+    /// Queues a `servermsg` with `text` to every logged-in session; returns how many.
+    pub fn notify_all(&self, text: &str) -> usize {
+        let frame = Bytes::from(
+            gossip_common::Message::new(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                gossip_common::message::ServerMsg {
+                    text: text.to_owned(),
+                },
+            )
+            .to_xml(),
+        );
+        let inner = self.inner.read();
+        inner
+            .sessions
+            .values()
+            .filter(|(handle, _)| self.try_queue(handle, frame.clone()))
+            .count()
+    }
+
     /// Queues `frame` to every session of user `uid` except `except`.
     pub fn send_to_user(&self, uid: UserId, except: Option<SessionId>, frame: &Bytes) {
         let inner = self.inner.read();

@@ -98,9 +98,13 @@ pub(crate) async fn serve(
             auth: Auth::Anonymous,
             last_will: None,
         };
+        node.sessions_live
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let reason = session.read_loop(rd, &shutdown).await;
         tracing::debug!(%reason, "session ending");
         Box::pin(session.finish()).await;
+        node.sessions_live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if reason == "server shutting down" {
             session
                 .send(m::Disconnect {
@@ -368,6 +372,20 @@ impl Session {
                 self.send_contact_list(re, uid).await;
                 self.reply(re, m::Ok { current: None }).await;
             }
+            Body::ReqServerList(_) => {
+                // Every server this one knows (host and base port = client port), so a client
+                // can fail over to another when this one goes away.
+                let servers = self
+                    .node
+                    .federation
+                    .status()
+                    .servers
+                    .iter()
+                    .filter_map(|s| crate::config::parse_server(s).ok())
+                    .map(|(host, port)| m::ServerAddr { host, port })
+                    .collect();
+                self.reply(re, m::ServerList { servers }).await;
+            }
             other => {
                 let text = format!("<{}> is not a client-to-server message", other.msgtype());
                 self.error(re, ErrorCode::NotAllowed, text, None).await;
@@ -419,6 +437,11 @@ impl Session {
     /// Marks the session logged in and sends the spec's handshake: own UserInfo, then the
     /// contact list with every known contact's UserInfo, then `ok`.
     async fn login(&mut self, re: Option<u64>, uid: UserId) {
+        // An outstanding will of this user (from a session on a server that died and is not yet
+        // judged dead, or another device's) may still be published: the login's `ok` carries
+        // its event count, and the client numbers its next records past it, so a will and a
+        // new record never share a count (docs/presence.md).
+        let will_floor = self.node.wills.peek(uid);
         self.auth = Auth::LoggedIn { uid };
         self.node.metrics.logins.inc();
         tracing::info!(%uid, "logged in");
@@ -442,7 +465,13 @@ impl Session {
             self.reply(re, m::UserInfoMsg { record }).await;
         }
         self.send_contact_list(re, uid).await;
-        self.reply(re, m::Ok { current: None }).await;
+        self.reply(
+            re,
+            m::Ok {
+                current: will_floor.map(Into::into),
+            },
+        )
+        .await;
     }
 
     /// Sends `contactlist`, split over several messages if the records would not fit one frame.
@@ -522,15 +551,21 @@ impl Session {
             .store
             .apply_user_info(record, Mode::Create, &self.origin())
             .await;
-        self.node.release_uid(uid, &holder);
+        self.auth = Auth::Anonymous;
         match result {
             Ok(applied) => {
                 self.node.metrics.registrations.inc();
                 tracing::info!(%uid, "registered");
+                // The `newuser` goes out before the `unlockUID`, over the same links in the
+                // same order: no server can grant the UserID again in between.
                 self.node.user_created(&applied.record, Some(self.sid));
+                self.node.release_uid(uid, &holder);
                 self.login(re, uid).await;
             }
-            Err(e) => self.store_error(re, e).await,
+            Err(e) => {
+                self.node.release_uid(uid, &holder);
+                self.store_error(re, e).await
+            }
         }
     }
 
@@ -604,6 +639,9 @@ impl Session {
             let text = "last will must be your own UserInfo, signed with your key".to_owned();
             return self.error(re, ErrorCode::BadSignature, text, None).await;
         }
+        // Replicated, so that the others publish it if this server dies.
+        self.node
+            .hold_will(self.node.identity_key(), record.clone(), None);
         self.last_will = Some(record);
         self.reply(re, m::Ok { current: None }).await;
     }
@@ -612,6 +650,14 @@ impl Session {
     /// if it is still newer than the stored record (a clean logout that already published an
     /// offline status makes it stale, and it is dropped).
     async fn finish(&mut self) {
+        if let Auth::Registering { uid, .. } = self.auth {
+            // The connection that asked for the reservation is gone: free the UserID now, not
+            // when the lock expires.
+            let holder = format!("{}/s{}", self.node.identity(), self.sid);
+            self.node.release_uid(uid, &holder);
+            tracing::info!(%uid, "registration abandoned; UserID released");
+            return;
+        }
         let Some(uid) = self.logged_in() else { return };
         self.node.presence.unregister(self.sid);
         if let Some(will) = self.last_will.take() {

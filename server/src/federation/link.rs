@@ -163,6 +163,19 @@ pub(super) async fn run_link(
         let range = (node.config.sync == crate::config::SyncMethod::Range && peer_offers_range)
             .then(|| fed.me < peer);
         let mut resync = Resync::start(&node, range, bulk.clone());
+        // The last wills of this server's sessions, so a peer that was away holds them too.
+        {
+            let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
+            tasks.spawn(async move {
+                let me = node.identity_key();
+                for record in node.wills.of_home(&me) {
+                    let frame = encode(m::HeldWill { host: me.0.clone(), port: me.1, record });
+                    if bulk.send((Instant::now(), frame)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let mut sync = SyncIn::new(bulk);
         let idle = node.config.idle_timeout.max(Duration::from_secs(10));
         let mut last_rx = Instant::now();
@@ -395,6 +408,16 @@ pub(super) async fn handle_peer(
             });
         }
         Body::Reconcile(r) => resync.on_frame(node, r),
+        Body::HeldWill(h) => {
+            // Signed by the user's bound key, or it is not a will of theirs.
+            let record = h.record;
+            let bound = node.store.public_key(record.user_id) == Some(record.public_key);
+            if bound && !record.is_online() && record.verify_self().is_ok() {
+                node.hold_will((h.host, h.port), record, Some(peer));
+            } else {
+                tracing::info!(uid = %record.user_id, "held will refused: not an offline record signed by the bound key");
+            }
+        }
         Body::EventCounts(ec) => {
             resync.on_event_counts(node);
             match sync.on_event_counts(ec) {

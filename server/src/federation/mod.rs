@@ -264,6 +264,13 @@ impl Federation {
         (rows.len(), rows.values().map(|r| r.rtts.len()).sum())
     }
 
+    /// Whether every link's queues are empty (a stop waits for that before closing them).
+    pub fn links_idle(&self) -> bool {
+        self.state.lock().links.values().all(|l| {
+            l.tx.capacity() == l.tx.max_capacity() && l.bulk.capacity() == l.bulk.max_capacity()
+        })
+    }
+
     /// Server links dropped because their queue was full.
     pub fn link_drops(&self) -> u64 {
         self.link_drops.load(Ordering::Relaxed)

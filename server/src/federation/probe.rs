@@ -34,6 +34,17 @@ pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
                         .map(|s| (s.clone(), alive_us(results.get(s))))
                         .collect();
                     fed.publish_measurements(&measured);
+                    // A server judged dead by this node's own probes: the users logged in there
+                    // are not online any more. Its held wills are published (once: they are
+                    // taken; copies published by other servers are the same change).
+                    for (server, rtt) in &measured {
+                        if rtt.is_none() && *server != node.identity_key() {
+                            let (node, server) = (Arc::clone(&node), server.clone());
+                            node.tasks.clone().spawn(async move {
+                                node.publish_wills_of(&server, "server dead").await;
+                            });
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "RTT probe failed; keeping the previous row"),
             }

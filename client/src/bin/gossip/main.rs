@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use gossip_client::failover::Update;
 use gossip_client::profile::{portable_key, Profile, Settings};
 use gossip_client::{Event, GossipClient};
 use gossip_common::{Signed, UserId, UserInfo};
@@ -183,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         } => keygen(&profile, force, portable.as_deref(), args.json),
         Cmd::Whoami => whoami(&profile, args.json),
         Cmd::Register { .. } => register(&profile, &args).await,
+        Cmd::Watch { .. } => watch(&profile, &args).await,
         _ => logged_in(&profile, &args).await,
     }
 }
@@ -348,9 +350,122 @@ fn registered(profile: &Profile) -> anyhow::Result<(gossip_common::Keypair, Sett
     Ok((key, settings, uid))
 }
 
+/// `gossip watch`: online until Ctrl-C, printing presence changes, messages and notices, and
+/// staying up across its server's death (it logs in to the nearest live server it knows and
+/// says where).
+async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
+    let Some(Cmd::Watch { status, listen }) = &args.command else {
+        unreachable!("watch only")
+    };
+    let (key, mut settings, uid) = registered(profile)?;
+    let servers = servers_of(args, &settings)?;
+    let mut cfg = gossip_client::failover::Config::new(servers, key, uid, status);
+    cfg.listen = Some(*listen);
+    let (session, mut updates) = gossip_client::failover::Failover::start(cfg)
+        .await
+        .with_context(|| format!("logging in as {uid}"))?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let nick_of = |from: UserId| {
+        session
+            .client()
+            .and_then(|c| c.contacts().into_iter().find(|c| c.user_id == from))
+            .map(|c| c.nick_name.clone())
+            .unwrap_or_default()
+    };
+    loop {
+        let update = tokio::select! {
+            _ = &mut ctrl_c => break,
+            u = updates.recv() => u,
+        };
+        let Some(update) = update else {
+            bail!("the session ended")
+        };
+        let again = matches!(update, Update::Reconnected { .. });
+        match update {
+            Update::Connected { server } | Update::Reconnected { server } => {
+                let client = session.client();
+                let contacts = client.map(|c| c.contacts()).unwrap_or_default();
+                if args.json {
+                    let event = if again { "reconnected" } else { "connected" };
+                    println!(
+                        "{}",
+                        json!({"event": event, "server": server, "uid": uid.0})
+                    );
+                    for c in &contacts {
+                        print_presence(c, true);
+                    }
+                } else {
+                    if again {
+                        println!("reconnected to {server}");
+                    } else {
+                        println!(
+                            "online as {uid} ({status}) on {server}; watching {} contacts. Ctrl-C to go offline.",
+                            contacts.len()
+                        );
+                    }
+                    for c in &contacts {
+                        println!("  {} ({}) is {}", c.nick_name, c.user_id, c.status);
+                    }
+                }
+            }
+            Update::Lost { server, why } => {
+                if args.json {
+                    println!("{}", json!({"event": "lost", "server": server, "why": why}));
+                } else {
+                    println!("lost {server} ({why}); finding another server…");
+                }
+            }
+            Update::Servers(list) => {
+                // Kept in the profile, so the next start can reach any of them too.
+                settings.servers = list;
+                if let Err(e) = profile.save_settings(&settings) {
+                    tracing::warn!(error = %e, "could not save the learned servers");
+                }
+            }
+            Update::Event(Event::Presence(r)) => print_presence(&r, args.json),
+            Update::Event(Event::Message(m)) => {
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"event": "message", "from": m.from.0, "sent_ms": m.sent_ms, "text": m.text})
+                    );
+                } else {
+                    println!("{} ({}) says: {}", nick_of(m.from), m.from, m.text);
+                }
+            }
+            Update::Event(Event::Unreachable(u)) => {
+                if args.json {
+                    println!("{}", json!({"event": "unreachable", "uid": u.0}));
+                } else {
+                    println!("{u} is unreachable; showing offline");
+                }
+            }
+            Update::Event(Event::ServerMessage(t)) => {
+                if args.json {
+                    println!("{}", json!({"event": "servermsg", "text": t}));
+                } else {
+                    println!("server: {t}");
+                }
+            }
+            Update::Event(Event::Error { code, text }) => {
+                eprintln!("server error {code:?}: {text}")
+            }
+            Update::Event(Event::Disconnected(_)) => {}
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+    session.logout().await?;
+    if !args.json {
+        println!("offline");
+    }
+    Ok(())
+}
+
 async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let (key, settings, uid) = registered(profile)?;
-    let (client, mut events, server) = connect(&servers_of(args, &settings)?, key).await?;
+    let (client, _events, server) = connect(&servers_of(args, &settings)?, key).await?;
     client
         .login(uid)
         .await
@@ -419,67 +534,11 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 println!("sent to {to}");
             }
         }
-        Cmd::Watch { status, listen } => {
-            let listener = client.listen_direct(*listen).await?;
-            client
-                .go_online(status, Some(listener.local_addr()))
-                .await?;
-            if !args.json {
-                println!(
-                    "online as {uid} ({}); watching {} contacts. Ctrl-C to go offline.",
-                    status,
-                    client.contact_ids().len()
-                );
-                for c in client.contacts() {
-                    println!("  {} ({}) is {}", c.nick_name, c.user_id, c.status);
-                }
-            } else {
-                for c in client.contacts() {
-                    print_presence(&c, true);
-                }
-            }
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
-            loop {
-                tokio::select! {
-                    _ = &mut ctrl_c => break,
-                    ev = events.next() => match ev {
-                        Some(Event::Presence(r)) if r.user_id == uid => {
-                            // Another client of ours changed our record: refresh the last will.
-                            let _ = client.refresh_last_will().await;
-                        }
-                        Some(Event::Presence(r)) => print_presence(&r, args.json),
-                        Some(Event::Message(m)) => {
-                            if args.json {
-                                println!("{}", json!({"event": "message", "from": m.from.0, "sent_ms": m.sent_ms, "text": m.text}));
-                            } else {
-                                let nick = client
-                                    .contacts()
-                                    .into_iter()
-                                    .find(|c| c.user_id == m.from)
-                                    .map(|c| c.nick_name.clone())
-                                    .unwrap_or_default();
-                                println!("{nick} ({}) says: {}", m.from, m.text);
-                            }
-                        }
-                        Some(Event::Unreachable(u)) => {
-                            if args.json { println!("{}", json!({"event": "unreachable", "uid": u.0})); } else { println!("{u} is unreachable; showing offline"); }
-                        }
-                        Some(Event::ServerMessage(t)) => {
-                            if args.json { println!("{}", json!({"event": "servermsg", "text": t})); } else { println!("server: {t}"); }
-                        }
-                        Some(Event::Error { code, text }) => eprintln!("server error {code:?}: {text}"),
-                        Some(Event::Disconnected(why)) => bail!("disconnected: {why}"),
-                        None => bail!("connection lost"),
-                    }
-                }
-            }
-            client.logout().await?;
-            if !args.json {
-                println!("offline");
-            }
-        }
-        Cmd::Keygen { .. } | Cmd::Whoami | Cmd::Register { .. } | Cmd::Chat { .. } => {
+        Cmd::Keygen { .. }
+        | Cmd::Whoami
+        | Cmd::Register { .. }
+        | Cmd::Chat { .. }
+        | Cmd::Watch { .. } => {
             unreachable!("handled earlier")
         }
     }
