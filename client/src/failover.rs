@@ -100,6 +100,7 @@ impl Failover {
         let (tx, rx) = mpsc::channel(1024);
         let current = Arc::new(Mutex::new(None));
         let first = connect(&cfg, None).await?;
+        *current.lock().expect("lock") = Some(Arc::clone(&first.client));
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(cfg, first, Arc::clone(&current), tx, stop.clone()));
         Ok((

@@ -6,6 +6,7 @@ mod docs;
 mod durability;
 mod federation;
 mod operators;
+mod presence;
 mod processes;
 mod resync;
 mod single_node;

@@ -14,6 +14,10 @@ use crate::Node;
 /// Longest wait between reconnection attempts to a tree neighbour.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Why a connect failed when nothing listens on the peer's server port (a live gossipd always
+/// does, so its process is gone).
+pub const REFUSED: &str = "connection refused";
+
 /// Shortest wait before redialling a server whose link ended or could not be opened.
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -46,7 +50,20 @@ pub(super) async fn dial(node: Arc<Node>, peer: ServerKey, shutdown: Cancellatio
                 LinkEnd::NotUp(why) => Err(why),
             }
         }
-        Some(Err(why)) => Err(why),
+        Some(Err(why)) => {
+            if why == REFUSED {
+                // Killed or crashed: its host refuses the connection. This node's probes would
+                // take the dead timeout to say so; its users must not stay online that long.
+                // Marked dead in this node's row now (the revival probes notice a restart),
+                // and the wills of its users published.
+                fed.publish_measurements(&[(peer.clone(), None)]);
+                let (n, p) = (Arc::clone(&node), peer.clone());
+                node.tasks.spawn(async move {
+                    n.publish_wills_of(&p, "server refuses connections").await;
+                });
+            }
+            Err(why)
+        }
     };
     let mut st = fed.state.lock();
     st.connecting.remove(&peer);

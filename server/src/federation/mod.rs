@@ -73,6 +73,7 @@ mod topology;
 pub mod transport;
 mod uid_lock;
 
+pub use dial::REFUSED;
 use link::{run_link, Link};
 use locks::LOCK_TIMEOUT;
 use membership::Membership;

@@ -77,7 +77,10 @@ impl Transport for Tcp {
             let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
                 .await
                 .map_err(|_| "connect timed out")?
-                .map_err(|_| "connection refused")?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => super::dial::REFUSED,
+                    _ => "connect failed",
+                })?;
             let _ = stream.set_nodelay(true);
             Ok((Box::new(stream) as Conn, addr))
         })

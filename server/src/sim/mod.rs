@@ -171,7 +171,7 @@ impl Transport for SimTransport {
         Box::pin(async move {
             let target = self.net.state.lock().accept.get(peer).cloned();
             let Some(target) = target else {
-                return Err("connection refused");
+                return Err(crate::federation::REFUSED);
             };
             if !self.net.reachable(&self.me, peer) {
                 // A SYN into a cut cable: nothing answers until the connect timeout.

@@ -187,3 +187,45 @@ async fn seeded_chaos_always_heals_within_ten_simulated_seconds() {
         c.stop().await;
     }
 }
+
+/// A server cut off without a trace (a power cut: connects time out, probes go unanswered, no
+/// connection is refused): the others judge it dead by their probes and publish the replicated
+/// will of a user who was logged in there; when it comes back, everyone holds the same record.
+#[tokio::test(start_paused = true)]
+async fn the_wills_of_a_server_cut_off_are_published_by_the_others() {
+    let dir = root();
+    let c = cluster(dir.path(), 4, 3);
+    c.wait(Duration::from_secs(300), Cluster::one_tree)
+        .await
+        .expect("formed");
+    let key = Keypair::generate();
+    let home = Cluster::key(2);
+    c.publish(&home, user(&key, 77, 1, "online"), true)
+        .await
+        .unwrap();
+    let node = c.node(&home).unwrap();
+    assert!(node.hold_will(home.clone(), user(&key, 77, 2, "offline"), None));
+    c.wait(Duration::from_secs(30), |c| {
+        c.running()
+            .all(|(_, n)| n.wills.peek(UserId(77)) == Some(EventCount::new(2, false)))
+    })
+    .await
+    .expect("the will replicated everywhere");
+    c.net.cut(&home);
+    let took = c
+        .wait(Duration::from_secs(180), |c| {
+            c.running().filter(|(k, _)| **k != home).all(|(_, n)| {
+                n.store
+                    .user(UserId(77))
+                    .is_some_and(|u| u.event_count == EventCount::new(2, false) && !u.is_online())
+            })
+        })
+        .await
+        .expect("the will published by the others");
+    eprintln!("will of a user on a cut-off server published everywhere {took:?} after the cut (simulated)");
+    c.net.heal(&home);
+    c.wait(Duration::from_secs(60), |c| c.one_tree() && c.same_data())
+        .await
+        .expect("one tree and the same records after the heal");
+    c.stop().await;
+}
