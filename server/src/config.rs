@@ -54,7 +54,8 @@ pub struct FileConfig {
     #[arg(long, value_name = "N")]
     pub max_clients: Option<usize>,
     /// Messages queued to one client before it counts as a slow consumer and is dropped
-    /// [default: 256].
+    /// [default: 1024: more than the contacts one list can hold, so every contact changing at
+    /// once (their server died) fits; an idle queue costs nothing].
     #[arg(long, value_name = "N")]
     pub outbound_queue: Option<usize>,
     /// Seconds of client silence before the server pings it [default: 10].
@@ -258,7 +259,7 @@ impl Config {
             data_dir,
             max_frame,
             max_clients: f.max_clients.unwrap_or(18_000).max(1),
-            outbound_queue: f.outbound_queue.unwrap_or(256).max(4),
+            outbound_queue: f.outbound_queue.unwrap_or(1024).max(4),
             keepalive,
             idle_timeout,
             uid_lock: Duration::from_secs(f.uid_lock_s.unwrap_or(900)),

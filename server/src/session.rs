@@ -614,7 +614,9 @@ impl Session {
             Ok(applied) => {
                 let new = &applied.record.contacts;
                 self.node.list_changed_from(&applied.record, None);
-                // Tell the owner's sessions about contacts they did not have before.
+                // Tell the owner's sessions about contacts they did not have before. This
+                // session waits for room in its own queue (hundreds of new contacts at once
+                // must not count as a slow consumer); its other sessions get them as pushes.
                 let old: std::collections::HashSet<UserId> = applied
                     .previous
                     .map(|p| p.contacts.iter().copied().collect())
@@ -622,7 +624,10 @@ impl Session {
                 for c in new.iter().filter(|c| !old.contains(c)) {
                     if let Some(record) = self.node.store.user(*c) {
                         let frame = self.encode(m::UserInfoMsg { record }, None);
-                        self.node.presence.send_to_user(uid, None, &frame);
+                        self.node.presence.send_to_user(uid, Some(self.sid), &frame);
+                        if self.tx.send(frame).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 self.stored(re, applied.record.event_count).await;

@@ -446,3 +446,43 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_hold_up_shutdown
         t1.elapsed()
     );
 }
+
+/// A reservation is released when the connection that asked for it closes (not 15 minutes
+/// later), and an admin notice reaches every logged-in client as `servermsg`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_registration_frees_its_user_id_and_notices_reach_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    let id = raw
+        .send(m::Register {
+            publickey: Keypair::generate().public(),
+        })
+        .await;
+    let Body::UserIdGrant(grant) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("no grant")
+    };
+    assert!(node.node.locks.is_locked(grant.uid));
+    drop(raw);
+    gossip_tests::wait_for(
+        "the reservation to be released",
+        Duration::from_secs(5),
+        || (!node.node.locks.is_locked(grant.uid)).then_some(()),
+    )
+    .await;
+
+    let (_alice, mut events, _) = new_user(&node, "alice").await;
+    let sent = node.node.presence.notify_all("maintenance at 22:00 UTC");
+    assert_eq!(sent, 1);
+    let text = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(Event::ServerMessage(t)) = events.next().await {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the notice");
+    assert_eq!(text, "maintenance at 22:00 UTC");
+    node.stop().await.unwrap();
+}

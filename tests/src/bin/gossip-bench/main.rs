@@ -7,6 +7,7 @@
 
 mod connections;
 mod dataset;
+mod death;
 mod fanout;
 mod federation;
 mod mst;
@@ -36,6 +37,9 @@ enum Scenario {
     Mst,
     /// The federation in the cluster simulator at 100-1,000 servers (simulated time).
     Sim,
+    /// A server with U users dies (kill -9, then SIGSTOP): time until every watcher elsewhere
+    /// sees them offline.
+    Death,
 }
 
 /// Benchmarks Gossip servers on this machine (real processes on loopback).
@@ -122,6 +126,12 @@ pub(crate) struct Args {
     /// sync: changes made during the partition.
     #[arg(long, default_value_t = 100)]
     sync_changes: usize,
+    /// death: users logged in to the server that dies.
+    #[arg(long, default_value_t = 1000)]
+    death_users: usize,
+    /// death: the nodes' dead timeout in seconds (gossipd --dead-after).
+    #[arg(long, default_value_t = 5.0)]
+    death_dead_after: f64,
     /// sync: the nodes' resync method (gossipd --sync): `range` or `event-counts`.
     #[arg(long, default_value = "range")]
     sync_method: String,
@@ -206,6 +216,8 @@ impl Args {
         self.mst_sizes = vec![100, 1000];
         self.mst_repeats = 3;
         self.sim_sizes = vec![20];
+        self.death_users = 50;
+        self.death_dead_after = 2.0;
     }
 }
 
@@ -278,6 +290,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Sync => rt.block_on(sync::run(&args)),
                 Scenario::Mst => mst::run(&args),
                 Scenario::Sim => sim::run(&args),
+                Scenario::Death => rt.block_on(death::run(&args)),
             }
             .with_context(|| format!("scenario {s:?}"))?;
             each.push(r);
