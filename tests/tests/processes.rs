@@ -378,3 +378,99 @@ fn base_port_zero_reports_its_ports_on_stdout_and_in_the_data_dir() {
         taken.err().map(|e| e.to_string())
     );
 }
+
+/// `gossip watch` outlives its server: given only node 0, it learns node 1 from it, keeps it in
+/// the profile, and when node 0 is killed it logs in to node 1 and says so; pushes reach it
+/// there. Prodserver's notice reaches it too.
+#[test]
+fn gossip_watch_fails_over_when_its_server_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n0 = start(&spec(&dir.path().join("n0")).fast_probes());
+    let n1 = start(
+        &spec(&dir.path().join("n1"))
+            .fast_probes()
+            .args(["--peer".to_string(), n0.identity()]),
+    );
+    let ids = [n0.identity(), n1.identity()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !one_tree(
+        &[
+            n0.status().unwrap_or_default(),
+            n1.status().unwrap_or_default(),
+        ],
+        &ids,
+    ) {
+        assert!(Instant::now() < deadline, "no tree");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let mut uids = Vec::new();
+    for (home, nick, node) in [(&alice, "alice", &n0), (&bob, "bob", &n1)] {
+        gossip(home, &["keygen"]);
+        let out = gossip(
+            home,
+            &[
+                "--json",
+                "register",
+                "--server",
+                &node.addr(),
+                "--nick",
+                nick,
+            ],
+        );
+        uids.push(json(&out)["uid"].as_u64().unwrap());
+    }
+    gossip(&alice, &["contacts", "add", &uids[1].to_string()]);
+    let mut watch = Command::new(bin_path("gossip"))
+        .arg("--home")
+        .arg(&alice)
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = watch_lines(&mut watch);
+    wait_event(&rx, "connected to n0", |v| {
+        v["event"] == "connected" && v["server"] == n0.addr()
+    });
+    // The learned servers are saved in the profile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(alice.join("profile.toml"))
+        .unwrap_or_default()
+        .contains(&n1.addr())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never saved in the profile"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n0.admin(&gossip_common::admin::AdminRequest::Notice {
+        text: "going down for maintenance".into(),
+    })
+    .unwrap();
+    wait_event(&rx, "the notice", |v| {
+        v["event"] == "servermsg" && v["text"] == "going down for maintenance"
+    });
+
+    let t0 = Instant::now();
+    n0.kill9();
+    wait_event(&rx, "reconnected to n1", |v| {
+        v["event"] == "reconnected" && v["server"] == n1.addr()
+    });
+    let reconnected = t0.elapsed();
+    gossip(
+        &bob,
+        &["set-status", "away", "--message", "after the failover"],
+    );
+    wait_event(&rx, "bob's change pushed after the failover", |v| {
+        v["uid"] == uids[1] && v["message"] == "after the failover"
+    });
+    eprintln!(
+        "gossip watch reconnected {reconnected:?} after its server was killed; pushes again after {:?}",
+        t0.elapsed()
+    );
+    assert!(reconnected < Duration::from_secs(3), "{reconnected:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
