@@ -27,6 +27,18 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Starts `gossip --json watch` for the profile at `home`, its output piped.
+fn watch(home: &Path) -> Child {
+    Command::new(bin_path("gossip"))
+        .arg("--home")
+        .arg(home)
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Reads lines from a `gossip watch --json` child on a thread, so tests can wait on them with a
 /// deadline.
 fn watch_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
@@ -85,28 +97,14 @@ fn cli_users_see_each_other_and_a_killed_client_goes_offline() {
     gossip(&alice, &["contacts", "add", &b]);
     gossip(&bob, &["contacts", "add", &a]);
 
-    let mut alice_watch = Command::new(bin_path("gossip"))
-        .arg("--home")
-        .arg(&alice)
-        .args(["--json", "watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut alice_watch = watch(&alice);
     let alice_rx = watch_lines(&mut alice_watch);
     // Alice's watch starts with the snapshot of her contacts: bob, offline.
     wait_event(&alice_rx, "bob offline in snapshot", |v| {
         v["uid"] == uids[1] && v["online"] == false
     });
 
-    let mut bob_watch = Command::new(bin_path("gossip"))
-        .arg("--home")
-        .arg(&bob)
-        .args(["--json", "watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut bob_watch = watch(&bob);
     let _bob_rx = watch_lines(&mut bob_watch);
     wait_event(&alice_rx, "bob online", |v| {
         v["uid"] == uids[1] && v["status"] == "online"
@@ -421,15 +419,8 @@ fn gossip_watch_fails_over_when_its_server_is_killed() {
         uids.push(json(&out)["uid"].as_u64().unwrap());
     }
     gossip(&alice, &["contacts", "add", &uids[1].to_string()]);
-    let mut watch = Command::new(bin_path("gossip"))
-        .arg("--home")
-        .arg(&alice)
-        .args(["--json", "watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = watch_lines(&mut watch);
+    let mut child = watch(&alice);
+    let rx = watch_lines(&mut child);
     wait_event(&rx, "connected to n0", |v| {
         v["event"] == "connected" && v["server"] == n0.addr()
     });
@@ -471,6 +462,6 @@ fn gossip_watch_fails_over_when_its_server_is_killed() {
         t0.elapsed()
     );
     assert!(reconnected < Duration::from_secs(3), "{reconnected:?}");
-    let _ = watch.kill();
-    let _ = watch.wait();
+    let _ = child.kill();
+    let _ = child.wait();
 }
