@@ -14,7 +14,7 @@
 //! firing late is stale everywhere.
 //!
 //! Wills are appended to `wills.log` in the data directory (JSON lines, `fdatasync`ed in
-//! batches by a task of their own) and reloaded at start, dropping those the store has since
+//! batches gathered for 20 ms by a task of their own) and reloaded at start, dropping those the store has since
 //! superseded; the file is rewritten when it holds four times more lines than live wills.
 
 use std::collections::HashMap;
@@ -36,6 +36,8 @@ pub const MAX_PER_HOME: usize = 100_000;
 pub const MAX_HELD: usize = 2_000_000;
 
 const FILE: &str = "wills.log";
+/// How long the writer gathers wills before a write and its `fdatasync`.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Lines queued for the file before new ones are dropped from it (still held in memory).
 const QUEUE: usize = 4096;
 
@@ -166,6 +168,7 @@ impl Line {
 pub struct Wills {
     table: Arc<Mutex<WillTable>>,
     file: mpsc::Sender<Vec<u8>>,
+    lagging: std::sync::atomic::AtomicBool,
 }
 
 impl Wills {
@@ -202,7 +205,11 @@ impl Wills {
         rewrite(&path, &table.lock())?;
         let (file, rx) = mpsc::channel(QUEUE);
         tasks.spawn(writer(path, rx, Arc::clone(&table), shutdown.clone()));
-        Ok(Wills { table, file })
+        Ok(Wills {
+            table,
+            file,
+            lagging: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Holds `will` for `home` if it is outstanding at `store` and newer than the will held;
@@ -214,7 +221,13 @@ impl Wills {
         let line = Line::of(home, &will);
         let news = self.table.lock().hold(home, will).is_ok();
         if news && self.file.try_send(line).is_err() {
-            tracing::warn!("wills file queue full; a will is held in memory only");
+            // Under a burst the file lags; said once, not once per will.
+            if !self
+                .lagging
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!("wills file queue full; some wills are held in memory only");
+            }
         }
         news
     }
@@ -273,6 +286,12 @@ async fn writer(
             _ = shutdown.cancelled() => rx.try_recv().ok(),
         };
         let Some(mut batch) = first else { return };
+        // A short window gathers the wills of a burst into one write and one `fdatasync`
+        // (each status change hands over a new will: one flush per will would cost more than
+        // the change itself).
+        if !shutdown.is_cancelled() {
+            tokio::time::sleep(GATHER).await;
+        }
         let mut n = 1;
         while let Ok(more) = rx.try_recv() {
             batch.extend_from_slice(&more);

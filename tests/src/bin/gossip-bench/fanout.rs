@@ -63,10 +63,15 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut logins = futures::stream::iter(0..data.users)
         .map(|i| {
             let addr = addr.clone();
+            let wills = args.fanout_wills;
             async move {
                 let (c, events) = server::connect_client(&addr, 10, i, data.key(i)).await?;
                 c.trust_server_pushes();
                 c.login(data.uid(i)).await?;
+                if wills {
+                    // As real clients do: every status change then hands over a fresh will.
+                    c.go_online("online", None).await?;
+                }
                 Ok::<_, gossip_client::ClientError>((i, c, events))
             }
         })

@@ -126,6 +126,10 @@ pub(crate) struct Args {
     /// sync: changes made during the partition.
     #[arg(long, default_value_t = 100)]
     sync_changes: usize,
+    /// fanout: clients hand over a last will after every change, as real clients do (each
+    /// change then also costs the will's replication).
+    #[arg(long)]
+    fanout_wills: bool,
     /// death: users logged in to the server that dies.
     #[arg(long, default_value_t = 1000)]
     death_users: usize,
