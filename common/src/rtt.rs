@@ -2,7 +2,7 @@
 //! and the UDP echo responder that answers it on every server's port P+2.
 //!
 //! A probe packet is the spec's 8-bit sequence number, followed by the sender's identity
-//! (`host:port`, UTF-8). The identity is only used by the lab link emulation, which must know
+//! (`host:port`, UTF-8); a reply is the packet with a zero byte appended (see [`udp_echo`]). The identity is only used by the lab link emulation, which must know
 //! who a reply goes to even on loopback where every node has the same address.
 //!
 //! The prober measures many servers at once over one socket, as the spec's revised design asks:
@@ -185,29 +185,83 @@ pub async fn probe(
 /// The UDP echo responder for port P+2: returns each packet to its sender. One loop, so it
 /// measures the network rather than server load (spec); lab delays apply to replies, keyed by
 /// the identity in the packet.
+///
+/// Every reply is the request plus [`REPLY_MARK`], and a packet carrying the mark is never
+/// answered: otherwise one packet with a forged source (one server's echo port, sent to
+/// another's) would start an endless echo loop between two servers. Each source (address and
+/// port: one prober) gets at most [`ECHO_PER_SOURCE`] replies a second, each source address
+/// [`ECHO_PER_IP`], and at most [`ECHO_SOURCES`] sources are tracked per second, so the echo
+/// cannot be used to amplify or flood.
 pub async fn udp_echo(
     socket: Arc<UdpSocket>,
     lab: LabDelays,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut buf = [0u8; 512];
+    let mut limiter = EchoLimiter::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) if n > 0 => {
+                    let packet = &buf[..n];
+                    if packet.contains(&REPLY_MARK) || !limiter.allow(from, Instant::now()) {
+                        continue;
+                    }
                     let delay = if lab.is_empty() {
                         Duration::ZERO
                     } else {
-                        std::str::from_utf8(&buf[1..n]).map(|who| lab.to(who)).unwrap_or_default()
+                        std::str::from_utf8(&packet[1..]).map(|who| lab.to(who)).unwrap_or_default()
                     };
-                    send_later(&socket, buf[..n].to_vec(), from, delay);
+                    let mut reply = packet.to_vec();
+                    reply.push(REPLY_MARK);
+                    send_later(&socket, reply, from, delay);
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
+    }
+}
+
+/// Appended to every echo reply; never part of a request (whose identity is UTF-8 text).
+pub const REPLY_MARK: u8 = 0;
+/// Echo replies per source (address and port) per second: a prober sends one packet per target
+/// per interval (2 s by default, 20 ms in the tests).
+pub const ECHO_PER_SOURCE: u32 = 200;
+/// Echo replies per source address per second (many probers may share one: a NAT, or every
+/// node of a test on loopback).
+pub const ECHO_PER_IP: u32 = 5_000;
+/// Source addresses answered per second.
+pub const ECHO_SOURCES: usize = 10_000;
+
+/// Per-source counts, reset every second.
+#[derive(Default)]
+struct EchoLimiter {
+    window: Option<Instant>,
+    sources: HashMap<SocketAddr, u32>,
+    ips: HashMap<std::net::IpAddr, u32>,
+}
+
+impl EchoLimiter {
+    fn allow(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.sources.clear();
+            self.ips.clear();
+        }
+        if !self.sources.contains_key(&from) && self.sources.len() >= ECHO_SOURCES {
+            return false;
+        }
+        let ip = self.ips.entry(from.ip()).or_default();
+        *ip += 1;
+        let source = self.sources.entry(from).or_default();
+        *source += 1;
+        *source <= ECHO_PER_SOURCE && *ip <= ECHO_PER_IP
     }
 }
 
@@ -229,6 +283,42 @@ mod tests {
             dead_after: Duration::from_millis(400),
             source: None,
         }
+    }
+
+    /// Replies carry the mark and a marked packet is never answered (no echo loop between two
+    /// servers from one forged packet); a flood from one source is cut at the per-source rate.
+    #[tokio::test]
+    async fn replies_are_marked_never_echoed_and_rate_limited() {
+        let target = echo(LabDelays::default()).await;
+        let me = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 64];
+        me.send_to(b"\x07me:1", target).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), me.recv_from(&mut buf))
+            .await
+            .expect("a reply")
+            .unwrap();
+        assert_eq!(&buf[..n], b"\x07me:1\x00");
+        // A reply sent back (as a forged source would make another echo do) gets no answer.
+        me.send_to(&buf[..n], target).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), me.recv_from(&mut buf))
+                .await
+                .is_err(),
+            "a marked packet was echoed"
+        );
+        // 1,000 packets at once: at most the per-source budget is answered.
+        for _ in 0..1000 {
+            me.send_to(b"\x01flood", target).await.unwrap();
+        }
+        let mut replies = 0u32;
+        while tokio::time::timeout(Duration::from_millis(300), me.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {
+            replies += 1;
+        }
+        assert!(replies > 0, "nothing answered");
+        assert!(replies <= 2 * ECHO_PER_SOURCE, "{replies} replies");
     }
 
     #[tokio::test]

@@ -42,12 +42,29 @@ pub(crate) fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    // Bound inside a private (0700) directory, given its final mode there, then moved into
+    // place: there is no moment when the socket exists with the default permissions where
+    // another local user could connect.
+    // Short names: a socket path is limited to 107 bytes, and this one must fit as well.
+    let private = dir.join(format!(".{}.{mode:o}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// The read-only socket's path: `status.sock` beside the admin socket.

@@ -413,6 +413,12 @@ impl Session {
     }
 
     async fn challenge_response(&mut self, re: Option<u64>, r: m::ChallengeResponse) {
+        if let Some(me) = self.logged_in() {
+            // Leaves the session as it is: resetting it here would leave it registered for
+            // presence with no one to unregister it or fire its will.
+            let text = format!("already logged in as {me}");
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
         // Taking the challenge out makes the nonce single-use: a replayed response finds none.
         let Auth::Challenged { uid, nonce } = std::mem::replace(&mut self.auth, Auth::Anonymous)
         else {
@@ -511,6 +517,11 @@ impl Session {
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
         let holder = format!("{}/s{}", self.node.identity(), self.sid);
+        if let Auth::Registering { uid, .. } = self.auth {
+            // One reservation per connection: a second `register` gives up the first.
+            self.node.release_uid(uid, &holder);
+            self.auth = Auth::Anonymous;
+        }
         // The address as the server sees it, never the `ipaddr` the client claims.
         match self.node.reserve_uid(self.peer.ip(), &holder).await {
             Some(uid) => {

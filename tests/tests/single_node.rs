@@ -463,6 +463,20 @@ async fn an_abandoned_registration_frees_its_user_id_and_notices_reach_clients()
         panic!("no grant")
     };
     assert!(node.node.locks.is_locked(grant.uid));
+    // A second `register` on the same connection gives up the first reservation.
+    let id = raw
+        .send(m::Register {
+            publickey: Keypair::generate().public(),
+        })
+        .await;
+    let Body::UserIdGrant(second) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("no second grant")
+    };
+    if second.uid != grant.uid {
+        assert!(!node.node.locks.is_locked(grant.uid));
+    }
+    assert!(node.node.locks.is_locked(second.uid));
+    let grant = second;
     drop(raw);
     gossip_tests::wait_for(
         "the reservation to be released",
@@ -471,7 +485,38 @@ async fn an_abandoned_registration_frees_its_user_id_and_notices_reach_clients()
     )
     .await;
 
-    let (_alice, mut events, _) = new_user(&node, "alice").await;
+    let (alice, mut events, alice_key) = new_user(&node, "alice").await;
+    let uid = alice.uid().unwrap();
+    // A logged-in session that gets a stray challenge response stays logged in (it used to be
+    // reset without leaving the presence registry: a leaked session whose will never fired).
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    let id = raw.send(m::Authenticate { uid }).await;
+    let Body::Challenge(ch) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("no challenge")
+    };
+    let response = m::ChallengeResponse {
+        uid,
+        signature: alice_key.sign(
+            Domain::Login,
+            &gossip_common::login_challenge_bytes(&ch.nonce, &ch.server, uid),
+        ),
+    };
+    let id = raw.send(response.clone()).await;
+    assert!(matches!(
+        raw.until_final(id).await.pop().unwrap().body,
+        Body::Ok(_)
+    ));
+    let id = raw.send(response).await;
+    let Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("no error")
+    };
+    assert_eq!(e.code, ErrorCode::NotAllowed);
+    assert_eq!(node.node.presence.session_count(), 2);
+    drop(raw);
+    gossip_tests::wait_for("the raw session to leave", Duration::from_secs(5), || {
+        (node.node.presence.session_count() == 1).then_some(())
+    })
+    .await;
     let sent = node.node.presence.notify_all("maintenance at 22:00 UTC");
     assert_eq!(sent, 1);
     let text = tokio::time::timeout(Duration::from_secs(5), async {
