@@ -65,6 +65,10 @@ pub struct FileConfig {
     /// published [default: 30].
     #[arg(long = "idle-timeout", value_name = "SECS")]
     pub idle_timeout_s: Option<f64>,
+    /// Seconds a connection has to log in or register, pings or not; then it is closed
+    /// [default: 60].
+    #[arg(long = "login-deadline", value_name = "SECS")]
+    pub login_deadline_s: Option<f64>,
     /// Seconds a UserID reserved for a registration stays locked [default: 900].
     #[arg(long = "uid-lock", value_name = "SECS")]
     pub uid_lock_s: Option<u64>,
@@ -167,6 +171,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Registration UserID lock lifetime.
     pub uid_lock: Duration,
+    /// Time a connection has to log in.
+    pub login_deadline: Duration,
     /// How links resync at link-up.
     pub sync: SyncMethod,
     /// Servers to join at start.
@@ -264,6 +270,7 @@ impl Config {
             idle_timeout,
             uid_lock: Duration::from_secs(f.uid_lock_s.unwrap_or(900)),
             sync: f.sync.unwrap_or_default(),
+            login_deadline: Duration::from_secs_f64(f.login_deadline_s.unwrap_or(60.0).max(0.1)),
         })
     }
 

@@ -99,6 +99,9 @@ pub struct Node {
     pub(crate) links_stop: CancellationToken,
     /// Client connections being served.
     pub(crate) sessions_live: std::sync::atomic::AtomicUsize,
+    /// Connections not logged in (yet), per address: bounded, so one address cannot hold the
+    /// server's connections without ever authenticating.
+    anonymous: parking_lot::Mutex<std::collections::HashMap<IpAddr, usize>>,
     /// Cancelled when the node stops; timers that outlive a request select on it.
     pub(crate) shutdown: CancellationToken,
 }
@@ -173,6 +176,17 @@ impl Node {
     pub fn release_uid(&self, uid: UserId, holder: &str) {
         self.locks.unlock(uid, holder);
         self.federation.unlock_network(uid, holder);
+    }
+
+    /// Client connections that have not logged in (yet), from every address.
+    pub fn anonymous_connections(&self) -> usize {
+        self.anonymous.lock().values().sum()
+    }
+
+    pub(crate) fn anonymous_map(
+        &self,
+    ) -> &parking_lot::Mutex<std::collections::HashMap<IpAddr, usize>> {
+        &self.anonymous
     }
 
     /// This server's identity as a key.
@@ -430,6 +444,7 @@ impl Node {
             wills: parts.wills,
             links_stop: CancellationToken::new(),
             sessions_live: std::sync::atomic::AtomicUsize::new(0),
+            anonymous: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 

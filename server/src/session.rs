@@ -60,6 +60,46 @@ struct Session {
     kill: CancellationToken,
     auth: Auth,
     last_will: Option<Signed<UserInfo>>,
+    /// This connection's place among its address's connections that are not logged in;
+    /// given up at login.
+    anonymous: Option<AnonymousSlot>,
+}
+
+/// Connections from one address that have not logged in (a NAT's users each take one for the
+/// milliseconds a login takes).
+pub(crate) const ANONYMOUS_PER_ADDRESS: usize = 256;
+
+/// A counted place among an address's anonymous connections; released when dropped.
+struct AnonymousSlot {
+    node: Arc<Node>,
+    ip: std::net::IpAddr,
+}
+
+impl AnonymousSlot {
+    fn take(node: &Arc<Node>, ip: std::net::IpAddr) -> Option<AnonymousSlot> {
+        let mut map = node.anonymous_map().lock();
+        let n = map.entry(ip).or_default();
+        if *n >= ANONYMOUS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AnonymousSlot {
+            node: Arc::clone(node),
+            ip,
+        })
+    }
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut map = self.node.anonymous_map().lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves one client connection until it closes, fails, idles out or the server shuts down.
@@ -97,7 +137,20 @@ pub(crate) async fn serve(
             kill: kill.clone(),
             auth: Auth::Anonymous,
             last_will: None,
+            anonymous: None,
         };
+        session.anonymous = AnonymousSlot::take(&node, peer.ip());
+        if session.anonymous.is_none() {
+            tracing::info!("too many connections from this address without a login; refused");
+            let text = format!(
+                "more than {ANONYMOUS_PER_ADDRESS} connections from your address have not logged in; log in on those first"
+            );
+            session.error(None, ErrorCode::ServerFull, text, None).await;
+            drop(session);
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            kill.cancel();
+            return;
+        }
         node.sessions_live
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let reason = session.read_loop(rd, &shutdown).await;
@@ -201,10 +254,19 @@ impl Session {
         let mut frames = FramedRead::with_capacity(rd, XmlFrameCodec::new(cfg.max_frame), 1024);
         let mut last_rx = Instant::now();
         let mut pinged = false;
+        let login_deadline = cfg.login_deadline;
+        let login_by = Instant::now() + login_deadline;
         loop {
             let ping_at = last_rx + keepalive;
+            let anonymous = self.logged_in().is_none();
             tokio::select! {
                 _ = shutdown.cancelled() => return "server shutting down",
+                _ = tokio::time::sleep_until(login_by), if anonymous => {
+                    tracing::info!(?login_deadline, "no login in time; closing");
+                    let text = format!("log in within {:.0} s of connecting", login_deadline.as_secs_f64());
+                    self.error(None, ErrorCode::NotAuthenticated, text, None).await;
+                    return "no login in time";
+                }
                 _ = self.kill.cancelled() => return "disconnected (slow consumer or write error)",
                 _ = tokio::time::sleep_until(ping_at), if !pinged => {
                     pinged = true;
@@ -443,6 +505,7 @@ impl Session {
     /// Marks the session logged in and sends the spec's handshake: own UserInfo, then the
     /// contact list with every known contact's UserInfo, then `ok`.
     async fn login(&mut self, re: Option<u64>, uid: UserId) {
+        self.anonymous = None;
         // An outstanding will of this user (from a session on a server that died and is not yet
         // judged dead, or another device's) may still be published: the login's `ok` carries
         // its event count, and the client numbers its next records past it, so a will and a

@@ -531,3 +531,73 @@ async fn an_abandoned_registration_frees_its_user_id_and_notices_reach_clients()
     assert_eq!(text, "maintenance at 22:00 UTC");
     node.stop().await.unwrap();
 }
+
+/// One address cannot hold connections without logging in: past the per-address bound the
+/// next is refused with `server-full` (logged-in clients are not counted), and the others
+/// still log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_log_in_are_bounded_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        let mut raw = RawConn::connect(node.client_addr()).await;
+        // A round trip, so the server has counted this connection before the next one.
+        let id = raw.send(m::Ping {}).await;
+        raw.until_final(id).await;
+        idle.push(raw);
+    }
+    let mut refused = RawConn::connect(node.client_addr()).await;
+    let Body::Error(e) = refused.recv().await.unwrap().body else {
+        panic!("not refused")
+    };
+    assert_eq!(e.code, ErrorCode::ServerFull);
+    // A logged-in client is not anonymous: once one of the idle ones is gone, logins work.
+    drop(idle.pop());
+    gossip_tests::wait_for("a slot to free", Duration::from_secs(5), || {
+        (node.node.anonymous_connections() < 256).then_some(())
+    })
+    .await;
+    let (alice, _e, _) = new_user(&node, "alice").await;
+    assert!(alice.uid().is_some());
+    node.stop().await.unwrap();
+}
+
+/// A connection that pings but never logs in is closed at the login deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_logs_in_is_closed_at_the_deadline_even_if_it_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_tests(dir.path(), 0);
+    cfg.login_deadline = Duration::from_millis(1500);
+    let node = gossip_server::start(cfg).await.unwrap();
+    let mut raw = RawConn::connect(node.client_addr()).await;
+    let t0 = std::time::Instant::now();
+    let closed_with = 'outer: loop {
+        raw.send(m::Ping {}).await;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+                .await
+                .expect("the server answers or closes")
+                .expect("closed without saying why");
+            match msg.body {
+                Body::Error(e) => break 'outer e,
+                Body::Pong(_) => break,
+                _ => {}
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still open after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(raw.recv().await.is_none(), "not closed after the error");
+    assert_eq!(closed_with.code, ErrorCode::NotAuthenticated);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(node.node.anonymous_connections(), 0);
+    node.stop().await.unwrap();
+}

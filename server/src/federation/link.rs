@@ -409,13 +409,24 @@ pub(super) async fn handle_peer(
         }
         Body::Reconcile(r) => resync.on_frame(node, r),
         Body::HeldWill(h) => {
-            // Signed by the user's bound key, or it is not a will of theirs.
-            let record = h.record;
-            let bound = node.store.public_key(record.user_id) == Some(record.public_key);
-            if bound && !record.is_online() && record.verify_self().is_ok() {
-                node.hold_will((h.host, h.port), record, Some(peer));
+            if node.store.contains_user(h.record.user_id) {
+                hold_peer_will(node, h, peer);
             } else {
-                tracing::info!(uid = %record.user_id, "held will refused: not an offline record signed by the bound key");
+                // A new user's will can overtake their first record, which is being applied by
+                // a task of its own: it waits for it (briefly, and a bounded number at a time).
+                let Ok(slot) = Arc::clone(&sync.records_in_flight).try_acquire_owned() else {
+                    tracing::info!("held will for an unknown user dropped: too many waiting");
+                    return Continue(());
+                };
+                let (tasks, node, peer) = (node.tasks.clone(), Arc::clone(node), peer.clone());
+                tasks.spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while !node.store.contains_user(h.record.user_id) && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    hold_peer_will(&node, h, &peer);
+                    drop(slot);
+                });
             }
         }
         Body::EventCounts(ec) => {
@@ -519,4 +530,15 @@ pub(super) async fn handle_peer(
         other => tracing::debug!(msgtype = other.msgtype(), "ignored on a server link"),
     }
     Continue(())
+}
+
+/// Holds a will a peer sent if it is the user's offline record signed by their bound key.
+fn hold_peer_will(node: &Arc<Node>, h: m::HeldWill, peer: &ServerKey) {
+    let record = h.record;
+    let bound = node.store.public_key(record.user_id) == Some(record.public_key);
+    if bound && !record.is_online() && record.verify_self().is_ok() {
+        node.hold_will((h.host, h.port), record, Some(peer));
+    } else {
+        tracing::info!(uid = %record.user_id, "held will refused: not an offline record signed by the bound key");
+    }
 }
