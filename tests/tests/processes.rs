@@ -27,6 +27,23 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// A new profile at `home`: a key, registered as `nick` on `node`; returns the UserID.
+fn keygen_and_register(home: &Path, nick: &str, node: &Gossipd) -> u64 {
+    gossip(home, &["keygen"]);
+    let out = gossip(
+        home,
+        &[
+            "--json",
+            "register",
+            "--server",
+            &node.addr(),
+            "--nick",
+            nick,
+        ],
+    );
+    json(&out)["uid"].as_u64().unwrap()
+}
+
 /// Starts `gossip --json watch` for the profile at `home`, its output piped.
 fn watch(home: &Path) -> Child {
     Command::new(bin_path("gossip"))
@@ -79,19 +96,7 @@ fn cli_users_see_each_other_and_a_killed_client_goes_offline() {
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let mut uids = Vec::new();
     for (home, nick) in [(&alice, "alice"), (&bob, "bob")] {
-        gossip(home, &["keygen"]);
-        let out = gossip(
-            home,
-            &[
-                "--json",
-                "register",
-                "--server",
-                &daemon.addr(),
-                "--nick",
-                nick,
-            ],
-        );
-        uids.push(json(&out)["uid"].as_u64().unwrap());
+        uids.push(keygen_and_register(home, nick, &daemon));
     }
     let (a, b) = (uids[0].to_string(), uids[1].to_string());
     gossip(&alice, &["contacts", "add", &b]);
@@ -404,19 +409,7 @@ fn gossip_watch_fails_over_when_its_server_is_killed() {
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let mut uids = Vec::new();
     for (home, nick, node) in [(&alice, "alice", &n0), (&bob, "bob", &n1)] {
-        gossip(home, &["keygen"]);
-        let out = gossip(
-            home,
-            &[
-                "--json",
-                "register",
-                "--server",
-                &node.addr(),
-                "--nick",
-                nick,
-            ],
-        );
-        uids.push(json(&out)["uid"].as_u64().unwrap());
+        uids.push(keygen_and_register(home, nick, node));
     }
     gossip(&alice, &["contacts", "add", &uids[1].to_string()]);
     let mut child = watch(&alice);
