@@ -37,6 +37,9 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// Longest wait between attempts.
     pub max_backoff: Duration,
+    /// Server keys pinned per server; servers without one are pinned at first contact (or
+    /// from a connected server's list) and reported by [`Update::Pins`].
+    pub pins: crate::Pins,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
                 source: None,
             },
             max_backoff: Duration::from_secs(10),
+            pins: crate::Pins::new(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum Update {
     },
     /// The servers now known (given and learned), to keep in the profile.
     Servers(Vec<String>),
+    /// The server keys now pinned, to keep in the profile.
+    Pins(crate::Pins),
 }
 
 /// A logged-in session that reconnects by itself.
@@ -147,7 +153,7 @@ async fn connect(
     floor: Option<gossip_common::EventCount>,
 ) -> Result<Connected, ClientError> {
     let (client, events) =
-        GossipClient::connect_nearest(&cfg.servers, cfg.key.clone(), &cfg.probe).await?;
+        GossipClient::connect_nearest(&cfg.servers, cfg.key.clone(), &cfg.probe, &cfg.pins).await?;
     client.login(cfg.uid).await?;
     if let Some(f) = floor {
         client.number_past(f);
@@ -209,9 +215,16 @@ async fn run(
         reconnect = true;
         let _ = tx.send(hello).await;
         // Learn the federation's servers, so the next failover can reach any of them.
-        if let Ok(learned) = c.client.server_list().await {
+        let pins_before = cfg.pins.clone();
+        cfg.pins
+            .entry(server.clone())
+            .or_insert_with(|| c.client.server_key());
+        if let Ok(learned) = c.client.server_keys().await {
             let before = cfg.servers.len();
-            for s in learned {
+            for (s, key) in learned {
+                if let Some(key) = key {
+                    cfg.pins.entry(s.clone()).or_insert(key);
+                }
                 if !cfg.servers.contains(&s) {
                     cfg.servers.push(s);
                 }
@@ -219,6 +232,9 @@ async fn run(
             if cfg.servers.len() != before {
                 let _ = tx.send(Update::Servers(cfg.servers.clone())).await;
             }
+        }
+        if cfg.pins != pins_before {
+            let _ = tx.send(Update::Pins(cfg.pins.clone())).await;
         }
         let why = loop {
             let ev = tokio::select! {

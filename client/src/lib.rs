@@ -26,9 +26,10 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use gossip_common::message::{self as m};
 use gossip_common::record::STATUS_OFFLINE;
+use gossip_common::secure::{self, Identity, Purpose};
 use gossip_common::{
     login_challenge_bytes, Body, ChatMessage, ContactList, Domain, ErrorCode, EventCount, Keypair,
-    Message, ProtocolError, Signed, UserId, UserInfo, XmlFrameCodec,
+    Message, ProtocolError, PublicKey, Signed, UserId, UserInfo, XmlFrameCodec,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -52,6 +53,30 @@ pub enum ClientError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The encrypted channel could not be set up (a server from before encryption, or not a
+    /// Gossip server at all).
+    #[error("cannot open an encrypted connection to {addr}: {source}")]
+    Handshake {
+        /// Server address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: gossip_common::secure::SecureError,
+    },
+    /// The server proved a different identity key from the one pinned for it.
+    #[error(
+        "{addr} presented server key {presented}, but {pinned} was pinned for it at first \
+         contact: it may be an impostor. If its admin rotated the key (they can confirm it with \
+         `prodserver status`), accept the new one with `gossip trust-server {addr} {presented}`"
+    )]
+    ServerKeyChanged {
+        /// Server address.
+        addr: String,
+        /// The key pinned.
+        pinned: PublicKey,
+        /// The key it presented.
+        presented: PublicKey,
     },
     /// The connection closed while a request was waiting.
     #[error("the server closed the connection")]
@@ -151,6 +176,9 @@ struct State {
     floor: Option<EventCount>,
 }
 
+/// Server identity keys pinned per server address (`host:port`, base port).
+pub type Pins = std::collections::BTreeMap<String, PublicKey>;
+
 /// One connection to a Gossip server.
 pub struct GossipClient {
     key: Keypair,
@@ -169,25 +197,61 @@ pub struct GossipClient {
     /// fails at once instead of waiting out its timeout.
     closed: tokio_util::sync::CancellationToken,
     request_timeout: Duration,
+    /// The identity key the server proved.
+    server_key: PublicKey,
 }
 
 impl GossipClient {
-    /// Connects to `addr` (`host:port`, the server's base port) with the user's key.
+    /// Connects to `addr` (`host:port`, the server's base port) with the user's key,
+    /// accepting whatever identity key the server proves (first contact: the caller pins
+    /// [`Self::server_key`]).
     pub async fn connect(addr: &str, key: Keypair) -> Result<(GossipClient, Events), ClientError> {
+        GossipClient::connect_pinned(addr, key, None).await
+    }
+
+    /// Connects to `addr`, refusing it unless it proves `pinned` (when given).
+    pub async fn connect_pinned(
+        addr: &str,
+        key: Keypair,
+        pinned: Option<PublicKey>,
+    ) -> Result<(GossipClient, Events), ClientError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
                 addr: addr.to_owned(),
                 source,
             })?;
-        Ok(GossipClient::with_stream(stream, addr, key))
+        GossipClient::with_stream(stream, addr, key, pinned).await
     }
 
     /// Runs the protocol over a connection the caller opened (to bind a source address, or
-    /// set socket options first). `addr` names the server in errors and [`Self::server`].
-    pub fn with_stream(stream: TcpStream, addr: &str, key: Keypair) -> (GossipClient, Events) {
+    /// set socket options first): the encryption handshake (refusing a server that does not
+    /// prove `pinned`, when given), then the client. `addr` names the server in errors and
+    /// [`Self::server`].
+    pub async fn with_stream(
+        stream: TcpStream,
+        addr: &str,
+        key: Keypair,
+        pinned: Option<PublicKey>,
+    ) -> Result<(GossipClient, Events), ClientError> {
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        // A fresh anonymous Noise key per connection: nothing links two connections of one
+        // client before it logs in.
+        let (secured, server_key) =
+            secure::connect(stream, Purpose::Client, &Identity::anonymous())
+                .await
+                .map_err(|source| ClientError::Handshake {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+        if let Some(pinned) = pinned.filter(|p| *p != server_key) {
+            return Err(ClientError::ServerKeyChanged {
+                addr: addr.to_owned(),
+                pinned,
+                presented: server_key,
+            });
+        }
+        let (rd, wr) = secured.split_with(TcpStream::into_split);
         let (out, mut out_rx) = mpsc::channel::<Message>(64);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
@@ -252,17 +316,26 @@ impl GossipClient {
             will_active: std::sync::atomic::AtomicBool::new(false),
             closed,
             request_timeout: Duration::from_secs(30),
+            server_key,
         };
-        (client, Events { rx: events_rx })
+        Ok((client, Events { rx: events_rx }))
+    }
+
+    /// The identity key the server proved in the handshake (pin it on first contact).
+    pub fn server_key(&self) -> PublicKey {
+        self.server_key
     }
 
     /// Measures the RTT to every server in `servers` (`host:port`, base ports) at once with the
     /// spec's prober, then connects to the nearest live one, falling back to the next if it
     /// refuses. Servers that did not answer probes are still tried, last (UDP may be filtered).
+    /// `pins` holds the keys pinned per server (`host:port`); a server that proves another key
+    /// is skipped, and if no server could be reached that error is returned.
     pub async fn connect_nearest(
         servers: &[String],
         key: Keypair,
         probe: &gossip_common::rtt::ProbeConfig,
+        pins: &Pins,
     ) -> Result<(GossipClient, Events), ClientError> {
         let mut targets = std::collections::BTreeMap::new();
         for s in servers {
@@ -295,7 +368,8 @@ impl GossipClient {
         order.sort_by_key(|(d, _)| (d.is_none(), *d));
         let mut last_err = None;
         for (rtt, server) in order {
-            match GossipClient::connect(server, key.clone()).await {
+            match GossipClient::connect_pinned(server, key.clone(), pins.get(server).copied()).await
+            {
                 Ok(c) => {
                     tracing::info!(%server, ?rtt, "connected to the nearest reachable server");
                     return Ok(c);
@@ -626,6 +700,18 @@ impl GossipClient {
 
     /// The servers this client's server knows, as client addresses (`host:port`).
     pub async fn server_list(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .server_keys()
+            .await?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    /// Every server the connected one knows, with the identity key bound to it there (if
+    /// any): the server is authenticated, so a key it vouches for may be pinned before the
+    /// first connection to that server.
+    pub async fn server_keys(&self) -> Result<Vec<(String, Option<PublicKey>)>, ClientError> {
         let answers = self.request(m::ReqServerList {}).await?;
         Ok(answers
             .into_iter()
@@ -634,7 +720,10 @@ impl GossipClient {
                 _ => None,
             })
             .flatten()
-            .map(|s| s.to_string())
+            .map(|s| {
+                let key = s.key.as_deref().and_then(|k| k.parse().ok());
+                (format!("{}:{}", s.host, s.port), key)
+            })
             .collect())
     }
 
@@ -936,6 +1025,10 @@ mod tests {
         contacts: Vec<Signed<UserInfo>>,
     ) {
         let (stream, _) = listener.accept().await.unwrap();
+        let server_id = Identity::new(&Keypair::generate());
+        let (stream, _) = secure::accept(stream, Purpose::Client, &server_id, false)
+            .await
+            .unwrap();
         let mut framed = tokio_util::codec::Framed::new(stream, XmlFrameCodec::default());
         let reply =
             |re: Option<u64>, body: Body| Message::new(Ipv6Addr::LOCALHOST, body).in_reply_to(re);

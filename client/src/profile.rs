@@ -51,9 +51,32 @@ pub struct Settings {
     /// Servers to use, `host:port` (base port).
     #[serde(default)]
     pub servers: Vec<String>,
+    /// Server identity keys pinned at first contact (or vouched for by a pinned server),
+    /// `host:port` → key (hex). A server that proves another key is refused.
+    #[serde(default)]
+    pub server_keys: std::collections::BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// The pinned keys that parse.
+    pub fn pins(&self) -> crate::Pins {
+        self.server_keys
+            .iter()
+            .filter_map(|(s, k)| Some((s.clone(), k.parse().ok()?)))
+            .collect()
+    }
+
+    /// Replaces the pinned keys.
+    pub fn set_pins(&mut self, pins: &crate::Pins) {
+        self.server_keys = pins
+            .iter()
+            .map(|(s, k)| (s.clone(), k.to_string()))
+            .collect();
+    }
 }
 
 /// A profile directory.
+#[derive(Debug, Clone)]
 pub struct Profile {
     home: PathBuf,
 }

@@ -41,6 +41,8 @@ fn main() {
                 port: 2,
                 ms: Some(12.25),
             }],
+            key: Some("abababababababababababababababababababababababababababababababab".into()),
+            sig: Some("cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd".into()),
         }
         .into(),
     ];

@@ -35,10 +35,19 @@ pub enum AdminRequest {
         /// `host:port`.
         server: String,
     },
-    /// Remove a server from the federation (flooded as `deleteServer`).
+    /// Forget and refuse a server here (others take it as a hint to re-measure it); naming
+    /// this server itself makes it leave the federation (its signed removal is flooded).
     DeleteServer {
         /// `host:port`.
         server: String,
+    },
+    /// Bind a server name to an identity key: pin it before first contact, or accept a key
+    /// rotation. Links of that name with another key are closed.
+    Trust {
+        /// `host:port`.
+        server: String,
+        /// The key, 64 hex digits.
+        key: String,
     },
     /// Re-measure every server and recompute the tree now.
     Recalc,
@@ -47,9 +56,9 @@ pub enum AdminRequest {
         /// The text, e.g. "restarting for maintenance at 22:00 UTC".
         text: String,
     },
-    /// Refuse connections from an IP or CIDR range.
+    /// Refuse connections from an IP or CIDR range, or links from a server identity key.
     BlacklistAdd {
-        /// `192.0.2.7`, `198.51.100.0/24`, `2001:db8::/32`.
+        /// `192.0.2.7`, `198.51.100.0/24`, `2001:db8::/32`, or a key (64 hex digits).
         net: String,
     },
     /// Allow an IP or range again.

@@ -30,6 +30,10 @@ pub enum Domain {
     Login,
     /// Client-to-client chat messages.
     Chat,
+    /// A server's or client's X25519 Noise static key, signed by its ed25519 identity.
+    NoiseStatic,
+    /// Statements a server makes about itself to the federation (its RTT row, its removal).
+    ServerControl,
 }
 
 impl Domain {
@@ -38,6 +42,8 @@ impl Domain {
             Domain::Record => b"gossip-record-v1\0",
             Domain::Login => b"gossip-login-v1\0",
             Domain::Chat => b"gossip-chat-v1\0",
+            Domain::NoiseStatic => b"gossip-noise-static-v1\0",
+            Domain::ServerControl => b"gossip-server-control-v1\0",
         }
     }
 }
@@ -124,7 +130,7 @@ impl fmt::Debug for Keypair {
 /// verifier, once per distinct key of a batch), not at every parse, which at a million records
 /// a sync was a decompression in five of its CPU cycles. A key that is not a point at all parses
 /// but never verifies anything.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
 
 /// The encodings of the eight points of small order, as ZIP-215 decodes them: the 255-bit y

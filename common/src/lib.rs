@@ -15,6 +15,7 @@ pub mod event_count;
 pub mod message;
 pub mod record;
 pub mod rtt;
+pub mod secure;
 pub mod user_id;
 pub mod xml;
 

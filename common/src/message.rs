@@ -375,6 +375,10 @@ pub struct ServerAddr {
     /// Client (base) port.
     #[serde(rename = "@port")]
     pub port: u16,
+    /// The server's ed25519 identity key (hex), when the sender knows it: a receiver that has
+    /// no key bound to this name yet binds this one.
+    #[serde(rename = "@key", default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl std::fmt::Display for ServerAddr {
@@ -416,15 +420,30 @@ pub struct AddServer {
     pub host: String,
     /// Base port.
     pub port: u16,
+    /// Its identity key (hex), as proven on the sender's link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
-/// `deleteServer`: a server was removed by an admin.
+/// `deleteServer`: a server leaves the federation. Only a statement signed by the leaving
+/// server's own key (`key`, `seq`, `sig`) removes it anywhere; without a valid signature it is
+/// a hint to re-measure that server, never a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteServer {
     /// Host name.
     pub host: String,
     /// Base port.
     pub port: u16,
+    /// The leaving server's identity key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When it left, in its clock's milliseconds: a removal older than a row it published
+    /// since (it was re-added) is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Its signature (hex, domain `gossip-server-control-v1`) over `delete\n{host}:{port}\n{seq}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 /// One measured round trip.
@@ -456,6 +475,14 @@ pub struct UpdateRtts {
     /// Its measurements.
     #[serde(rename = "rtt", default)]
     pub rtts: Vec<RttEntry>,
+    /// The measuring server's identity key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The measurer's signature (hex, domain `gossip-server-control-v1`) over the row's
+    /// canonical form (see `docs/protocol.md`); rows are forwarded verbatim, so no other server
+    /// can forge, alter or freeze one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 /// One `(uid, event count)` pair of an `eventCounts` list: `<e u="42" c="7" r="0"/>`.

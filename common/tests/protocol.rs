@@ -154,10 +154,12 @@ fn samples() -> Vec<Body> {
                 ServerAddr {
                     host: "a".into(),
                     port: 1,
+                    key: None,
                 },
                 ServerAddr {
                     host: "b".into(),
                     port: 2,
+                    key: Some("abababababababababababababababababababababababababababababababab".into()),
                 },
             ],
         }
@@ -166,11 +168,15 @@ fn samples() -> Vec<Body> {
         AddServer {
             host: "c.example".into(),
             port: 2000,
+            key: Some("abababababababababababababababababababababababababababababababab".into()),
         }
         .into(),
         DeleteServer {
             host: "c.example".into(),
             port: 2000,
+            key: Some("abababababababababababababababababababababababababababababababab".into()),
+            seq: Some(1_790_000_000_000),
+            sig: Some("cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd".into()),
         }
         .into(),
         UpdateRtts {
@@ -189,6 +195,8 @@ fn samples() -> Vec<Body> {
                     ms: None,
                 },
             ],
+            key: Some("abababababababababababababababababababababababababababababababab".into()),
+            sig: Some("cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd".into()),
         }
         .into(),
         EventCounts {

@@ -55,10 +55,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Remove a server from the federation.
+    /// Forget and refuse a server here. Naming this server itself makes it leave the
+    /// federation: its signed removal makes every server forget it.
     DeleteServer {
         /// HOST:PORT (base port).
         server: String,
+    },
+    /// Bind a server name to its identity key: pin it before the first link, or accept a key
+    /// rotation its admin announced. Compare the key out of band (`prodserver status` on it).
+    Trust {
+        /// HOST:PORT (base port).
+        server: String,
+        /// Its key, 64 hex digits.
+        key: String,
     },
     /// Re-measure every server and recompute the tree now.
     Recalc,
@@ -67,7 +76,7 @@ enum Cmd {
         /// The text clients show.
         text: String,
     },
-    /// Manage refused IPs and CIDR ranges.
+    /// Manage refused IPs, CIDR ranges and server keys.
     Blacklist {
         #[command(subcommand)]
         action: BlacklistCmd,
@@ -109,7 +118,8 @@ enum TraceCmd {
 enum BlacklistCmd {
     /// Refuse an IP or CIDR range.
     Add {
-        /// e.g. 192.0.2.7 or 198.51.100.0/24.
+        /// e.g. 192.0.2.7, 198.51.100.0/24, or a server key (64 hex digits): its links are
+        /// refused whatever its address.
         net: String,
     },
     /// Allow it again.
@@ -167,6 +177,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::DeleteServer { server } => AdminRequest::DeleteServer {
             server: server.clone(),
         },
+        Cmd::Trust { server, key } => AdminRequest::Trust {
+            server: server.clone(),
+            key: key.clone(),
+        },
         Cmd::Recalc => AdminRequest::Recalc,
         Cmd::Notice { text } => AdminRequest::Notice { text: text.clone() },
         Cmd::Metrics => AdminRequest::Metrics,
@@ -201,6 +215,8 @@ fn main() -> anyhow::Result<()> {
                 data["identity"].as_str().unwrap_or("?"),
                 data["base_port"]
             );
+            println!("key       {}", data["key"].as_str().unwrap_or("?"));
+            println!("federation {}", data["federation"].as_str().unwrap_or("?"));
             println!("uptime    {} s", data["uptime_s"]);
             println!(
                 "users     {} (contact lists {})",
@@ -480,14 +496,18 @@ fn join(v: &Value) -> String {
 }
 
 fn print_peers(peers: &Value) {
-    println!("{:<24} {:>10} {:<6} LINKED", "PEER", "RTT (ms)", "ALIVE");
+    println!(
+        "{:<24} {:>10} {:<6} {:<6} KEY",
+        "PEER", "RTT (ms)", "ALIVE", "LINKED"
+    );
     for p in peers.as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:>10} {:<6} {}",
+            "{:<24} {:>10} {:<6} {:<6} {}",
             p["id"].as_str().unwrap_or("?"),
             ms(&p["rtt_ms"]),
             p["alive"],
-            p["linked"]
+            p["linked"],
+            p["key"].as_str().unwrap_or("(not seen yet)")
         );
     }
 }

@@ -209,12 +209,44 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 Err(e) => return AdminResponse::err(e),
             };
             if key == *fed.me() {
-                return AdminResponse::err("cannot delete this server itself");
+                node.store.audit("admin", "leave the federation");
+                let links = fed.leave();
+                return AdminResponse::ok(json!({
+                    "left": true,
+                    "links_told": links,
+                    "note": "every server that verifies the signed removal forgets this one and refuses its links; stop this server now",
+                }));
             }
             node.store
                 .audit("admin", &format!("delete-server {}", key_string(&key)));
             let removed = fed.admin_delete_server(&key);
-            AdminResponse::ok(json!({"deleted": removed}))
+            AdminResponse::ok(json!({
+                "deleted": removed,
+                "note": "forgotten and refused here; only that server itself can remove it everywhere (prodserver delete-server on it)",
+            }))
+        }
+        AdminRequest::Trust { server, key } => {
+            let name = match parse_server(&server) {
+                Ok(k) => k,
+                Err(e) => return AdminResponse::err(e),
+            };
+            let Ok(pk) = key.parse::<gossip_common::PublicKey>() else {
+                return AdminResponse::err(format!(
+                    "{key:?} is not a server key (64 hex digits, as `prodserver servers` shows)"
+                ));
+            };
+            if name == *fed.me() {
+                return AdminResponse::err("this server's own key is its server.key file");
+            }
+            node.store
+                .audit("admin", &format!("trust {} {pk}", key_string(&name)));
+            let replaced = fed.with_keyring(|k| k.pin(&name, pk));
+            let closed = fed.drop_links_by_key();
+            fed.recalc();
+            AdminResponse::ok(json!({
+                "server": key_string(&name), "key": pk.to_string(),
+                "replaced": replaced.map(|k| k.to_string()), "links_closed": closed,
+            }))
         }
         AdminRequest::Notice { text } => {
             node.store.audit("admin", &format!("notice {text:?}"));
@@ -225,6 +257,33 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             node.store.audit("admin", "recalc");
             fed.recalc();
             AdminResponse::ok(json!({"recalc": "started"}))
+        }
+        AdminRequest::BlacklistAdd { net }
+            if net.trim().parse::<gossip_common::PublicKey>().is_ok() =>
+        {
+            let key = net
+                .trim()
+                .parse::<gossip_common::PublicKey>()
+                .expect("checked");
+            node.store
+                .audit("admin", &format!("blacklist add key {key}"));
+            let added = fed.with_keyring(|k| k.refuse(key));
+            let links = fed.drop_links_by_key();
+            AdminResponse::ok(
+                json!({"added": added, "key": key.to_string(), "links_closed": links}),
+            )
+        }
+        AdminRequest::BlacklistRemove { net }
+            if net.trim().parse::<gossip_common::PublicKey>().is_ok() =>
+        {
+            let key = net
+                .trim()
+                .parse::<gossip_common::PublicKey>()
+                .expect("checked");
+            node.store
+                .audit("admin", &format!("blacklist remove key {key}"));
+            let removed = fed.with_keyring(|k| k.unrefuse(&key));
+            AdminResponse::ok(json!({"removed": removed, "key": key.to_string()}))
         }
         AdminRequest::BlacklistAdd { net } => match node.blacklist.add(&net) {
             Ok(added) => {
@@ -247,7 +306,12 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             }
             Err(e) => AdminResponse::err(e),
         },
-        AdminRequest::BlacklistList => AdminResponse::ok(json!(node.blacklist.list())),
+        AdminRequest::BlacklistList => {
+            let (_, refused, _) = fed.keyring_view();
+            let mut all = node.blacklist.list();
+            all.extend(refused);
+            AdminResponse::ok(json!(all))
+        }
         AdminRequest::Diagnostics => {
             let c = &node.config;
             // The server holds no private keys; the config's only sensitive-ish parts are
@@ -293,18 +357,21 @@ pub(crate) fn status(node: &Node) -> serde_json::Value {
     let me = key_string(node.federation.me());
     let rtts: std::collections::HashMap<&String, Option<f64>> =
         st.rtts.iter().map(|(k, v)| (k, *v)).collect();
+    let (keys, _, admission) = node.federation.keyring_view();
     let peers: Vec<_> = st
         .servers
         .iter()
         .filter(|s| **s != me)
         .map(|s| {
             let rtt = rtts.get(s).copied().flatten();
-            json!({"id": s, "rtt_ms": rtt, "alive": rtt.is_some(), "linked": st.links.contains(s)})
+            json!({"id": s, "rtt_ms": rtt, "alive": rtt.is_some(), "linked": st.links.contains(s), "key": keys.get(s)})
         })
         .collect();
     json!({
         "name": node.config.name,
         "identity": me,
+        "key": crate::server_keys::fingerprint(&node.keys.public()),
+        "federation": admission,
         "base_port": node.base_port(),
         "users": node.store.user_count(),
         "contact_lists": node.store.list_count(),

@@ -77,6 +77,15 @@ pub struct FileConfig {
     /// only) [default: range].
     #[arg(long, value_name = "METHOD")]
     pub sync: Option<SyncMethod>,
+    /// Who may join the federation through this server: `open` (any server with a valid
+    /// identity key; names bind to their first key) or `allowlist` (only the keys given by
+    /// `allow_key`) [default: open].
+    #[arg(long, value_name = "POLICY")]
+    pub federation: Option<crate::federation::keyring::Admission>,
+    /// A server identity key (64 hex digits, as `prodserver servers` shows it) admitted in
+    /// `allowlist` mode; repeat for several.
+    #[arg(long = "allow-key", value_name = "KEY")]
+    pub allowed_keys: Option<Vec<String>>,
     /// A server to join, HOST:PORT (its base port); repeat for several.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Option<Vec<String>>,
@@ -177,6 +186,10 @@ pub struct Config {
     pub sync: SyncMethod,
     /// Servers to join at start.
     pub peers: Vec<(String, u16)>,
+    /// Admission policy for servers.
+    pub federation: crate::federation::keyring::Admission,
+    /// Keys admitted in allowlist mode.
+    pub allowed_keys: std::collections::BTreeSet<gossip_common::PublicKey>,
     /// Admin socket path.
     pub admin_socket: PathBuf,
     /// Blacklist entries from the config file.
@@ -248,7 +261,27 @@ impl Config {
             lab.insert(format!("{host}:{port}"), Duration::from_millis(ms));
         }
         let data_dir = f.data_dir.unwrap_or_else(|| PathBuf::from("gossip-data"));
+        let allowed_keys: std::collections::BTreeSet<gossip_common::PublicKey> = f
+            .allowed_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|k| {
+                k.parse().map_err(|e| {
+                    ConfigError(format!(
+                        "allowed key {k:?}: {e} (use the key `prodserver servers` shows)"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let federation = f.federation.unwrap_or_default();
+        ensure!(
+            federation != crate::federation::keyring::Admission::Allowlist
+                || !allowed_keys.is_empty(),
+            "federation = \"allowlist\" needs at least one allowed key (allow_key / --allow-key)"
+        );
         Ok(Config {
+            federation,
+            allowed_keys,
             admin_socket: f
                 .admin_socket
                 .unwrap_or_else(|| data_dir.join("admin.sock")),

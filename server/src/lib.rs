@@ -17,6 +17,7 @@ mod net;
 pub mod presence;
 pub mod reconcile;
 pub mod registration;
+pub mod server_keys;
 mod session;
 pub mod sim;
 pub mod store;
@@ -104,6 +105,8 @@ pub struct Node {
     anonymous: parking_lot::Mutex<std::collections::HashMap<IpAddr, usize>>,
     /// Cancelled when the node stops; timers that outlive a request select on it.
     pub(crate) shutdown: CancellationToken,
+    /// This server's identity key (and the handshake identity made from it).
+    pub keys: server_keys::ServerKeys,
 }
 
 impl Node {
@@ -420,6 +423,7 @@ struct NodeParts {
     lab_clock: Option<lab::LabClock>,
     transport: Arc<dyn federation::Transport>,
     wills: wills::Wills,
+    keys: server_keys::ServerKeys,
 }
 
 impl Node {
@@ -427,7 +431,13 @@ impl Node {
     fn assemble(parts: NodeParts, tasks: &TaskTracker, shutdown: &CancellationToken) -> Arc<Node> {
         let me: mst::ServerKey = (parts.config.name.clone(), parts.base_port);
         Arc::new(Node {
-            federation: federation::Federation::new(me, &parts.config.peers),
+            federation: federation::Federation::new(
+                me,
+                &parts.config.peers,
+                federation::Federation::load_keyring(&parts.config),
+                Some(parts.config.data_dir.join(federation::KEYRING_FILE)),
+                parts.keys.signing().clone(),
+            ),
             lab_clock: parts.lab_clock,
             blacklist: parts.blacklist,
             trace: parts.trace,
@@ -445,6 +455,7 @@ impl Node {
             links_stop: CancellationToken::new(),
             sessions_live: std::sync::atomic::AtomicUsize::new(0),
             anonymous: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            keys: parts.keys,
         })
     }
 
@@ -500,6 +511,7 @@ pub(crate) fn start_headless(
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let wills = open_wills(&config, &store, &tracker, &shutdown)?;
+    let keys = open_keys(&config)?;
     let node = Node::assemble(
         NodeParts {
             base_port: config.base_port,
@@ -510,6 +522,7 @@ pub(crate) fn start_headless(
             lab_clock: None,
             transport,
             wills,
+            keys,
         },
         &tracker,
         &shutdown,
@@ -521,6 +534,13 @@ pub(crate) fn start_headless(
         node,
         shutdown,
         tracker,
+    })
+}
+
+fn open_keys(config: &Config) -> Result<server_keys::ServerKeys, StartError> {
+    server_keys::ServerKeys::load_or_create(&config.data_dir).map_err(|source| StartError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
     })
 }
 
@@ -586,6 +606,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let wills = open_wills(&config, &store, &tracker, &shutdown)?;
+    let keys = open_keys(&config)?;
     let node = Node::assemble(
         NodeParts {
             base_port: listeners.base_port,
@@ -596,6 +617,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             lab_clock,
             transport: Arc::new(federation::Tcp),
             wills,
+            keys,
         },
         &tracker,
         &shutdown,
@@ -603,6 +625,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     node.spawn_lifecycle(&shutdown);
     tracing::info!(
         identity = %node.identity(),
+        key = %server_keys::fingerprint(&node.keys.public()),
         client_port = node.base_port,
         server_port = node.base_port + 1,
         rtt_port = node.base_port + 2,

@@ -64,6 +64,14 @@ pub struct Metrics {
     pub refused_full: Counter,
     /// Connections dropped at accept because the address is blacklisted.
     pub refused_blacklisted: Counter,
+    /// Connections (client or server) whose encryption handshake failed: plaintext, bad
+    /// identity, garbage, timeout.
+    pub handshakes_failed: Counter,
+    /// Server links refused because the peer's key is not the one bound to its name, is
+    /// refused by an admin, or is not on the allowlist.
+    pub refused_keys: Counter,
+    /// RTT rows dropped: unsigned, badly signed, or signed by a key not bound to the measurer.
+    pub refused_rows: Counter,
     /// Successful logins (including the implicit one after registration).
     pub logins: Counter,
     /// Login attempts whose challenge response did not verify.
@@ -119,6 +127,21 @@ impl Metrics {
             "refused_full_total",
             "Client connections refused at the connection limit.",
             m.refused_full.get(),
+        );
+        counter(
+            "handshakes_failed_total",
+            "Connections whose encryption handshake failed (plaintext, bad identity, timeout).",
+            m.handshakes_failed.get(),
+        );
+        counter(
+            "refused_keys_total",
+            "Server links refused for their key (not the bound one, refused, not allowed).",
+            m.refused_keys.get(),
+        );
+        counter(
+            "refused_rows_total",
+            "RTT rows dropped for their signature or key.",
+            m.refused_rows.get(),
         );
         counter(
             "refused_blacklisted_total",

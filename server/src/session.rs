@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use gossip_common::message as m;
+use gossip_common::secure::{self, Purpose, SecureReader, SecureWriter};
 use gossip_common::{
     login_challenge_bytes, Body, Domain, ErrorCode, Message, PublicKey, Signed, UserId, UserInfo,
     XmlFrameCodec,
@@ -117,7 +118,23 @@ pub(crate) async fn serve(
             .local_addr()
             .map(|a| gossip_common::user_id::to_ipv6(a.ip()))
             .unwrap_or(Ipv6Addr::UNSPECIFIED);
-        let (rd, wr) = stream.into_split();
+        // The connection counts as anonymous from its first byte. Over the limit, the
+        // handshake still runs (bounded by its timeout and `max_clients`) so that the refusal
+        // is one the client can read.
+        let slot = AnonymousSlot::take(&node, peer.ip());
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            h = secure::accept(stream, Purpose::Client, node.keys.noise(), false) => h,
+        };
+        let secured = match handshake {
+            Ok((secured, _)) => secured,
+            Err(e) => {
+                node.metrics.handshakes_failed.inc();
+                tracing::info!(error = %e, "encryption handshake failed; closed");
+                return;
+            }
+        };
+        let (rd, wr) = secured.split_with(TcpStream::into_split);
         let (tx, rx) = mpsc::channel(node.config.outbound_queue);
         let kill = CancellationToken::new();
         let tap = crate::trace::Tap::new(node.trace.as_ref(), peer, "client");
@@ -139,7 +156,7 @@ pub(crate) async fn serve(
             last_will: None,
             anonymous: None,
         };
-        session.anonymous = AnonymousSlot::take(&node, peer.ip());
+        session.anonymous = slot;
         if session.anonymous.is_none() {
             tracing::info!("too many connections from this address without a login; refused");
             let text = format!(
@@ -178,7 +195,7 @@ pub(crate) async fn serve(
 /// write, straight from the shared frames. No write buffer is kept per connection (an idle
 /// client costs no buffer memory, and a push encoded once is never copied per recipient).
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: SecureWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
@@ -240,13 +257,14 @@ pub(crate) async fn write_frames(
         }
         std::io::IoSlice::advance_slices(&mut bufs, n);
     }
-    Ok(())
+    // An encrypted stream holds what the socket did not take at once until flushed.
+    wr.flush().await
 }
 
 impl Session {
     async fn read_loop(
         &mut self,
-        rd: tokio::net::tcp::OwnedReadHalf,
+        rd: SecureReader<tokio::net::tcp::OwnedReadHalf>,
         shutdown: &CancellationToken,
     ) -> &'static str {
         let cfg = &self.node.config;
@@ -444,7 +462,21 @@ impl Session {
                     .servers
                     .iter()
                     .filter_map(|s| crate::config::parse_server(s).ok())
-                    .map(|(host, port)| m::ServerAddr { host, port })
+                    .map(|(host, port)| {
+                        // With the key bound here, so a client can pin it before it first
+                        // connects there.
+                        let key = self.node.federation.key_of(&(host.clone(), port));
+                        let key = if (host.clone(), port) == self.node.identity_key() {
+                            Some(self.node.keys.public())
+                        } else {
+                            key
+                        };
+                        m::ServerAddr {
+                            host,
+                            port,
+                            key: key.map(|k| k.to_string()),
+                        }
+                    })
                     .collect();
                 self.reply(re, m::ServerList { servers }).await;
             }

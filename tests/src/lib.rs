@@ -99,24 +99,59 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
 }
 
 use futures::{SinkExt, StreamExt};
+use gossip_common::secure::{self, SecureStream};
 use gossip_common::{Body, Message, XmlFrameCodec};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+/// Opens a server link to `port` (a node's P+1) as a scripted server would: the encryption
+/// handshake with the identity `key`, and nothing else. Returns the stream and the node's key.
+pub async fn server_link(
+    port: u16,
+    key: &gossip_common::Keypair,
+) -> Result<(SecureStream<TcpStream>, gossip_common::PublicKey), secure::SecureError> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    secure::connect(
+        stream,
+        secure::Purpose::Federation,
+        &secure::Identity::new(key),
+    )
+    .await
+}
+
 /// A raw protocol connection, for tests that must send what a well-behaved client never would.
 pub struct RawConn {
-    framed: Framed<TcpStream, XmlFrameCodec>,
+    framed: Framed<SecureStream<TcpStream>, XmlFrameCodec>,
     next_id: u64,
+    server_key: gossip_common::PublicKey,
 }
 
 impl RawConn {
-    /// Connects to a server's client port.
+    /// Connects to a server's client port (through the encryption handshake, as every client
+    /// must).
     pub async fn connect(addr: std::net::SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        // As every client does: the handshake's last message and the first request are two
+        // small writes in a row, which Nagle's algorithm would hold for a delayed ACK.
+        stream.set_nodelay(true).expect("nodelay");
+        let (secured, server_key) = secure::connect(
+            stream,
+            secure::Purpose::Client,
+            &secure::Identity::anonymous(),
+        )
+        .await
+        .expect("encryption handshake");
         RawConn {
-            framed: Framed::new(stream, XmlFrameCodec::default()),
+            framed: Framed::new(secured, XmlFrameCodec::default()),
             next_id: 1,
+            server_key,
         }
+    }
+
+    /// The identity key the server proved.
+    pub fn server_key(&self) -> gossip_common::PublicKey {
+        self.server_key
     }
 
     /// Sends a message with a fresh request id; returns the id.
@@ -136,6 +171,7 @@ impl RawConn {
             .write_all(bytes)
             .await
             .expect("send raw");
+        self.framed.get_mut().flush().await.expect("send raw");
     }
 
     /// The next message (pings are answered and skipped), or `None` when the server closed.

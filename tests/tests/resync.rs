@@ -162,7 +162,7 @@ async fn range_reconciliation_moves_what_changed_and_interoperates_with_event_co
 
 /// Reads the node's frames until one starts with `tag`, or fails after the deadline.
 async fn read_until(
-    lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    lines: &mut tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin>>,
     tag: &str,
 ) {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -219,14 +219,16 @@ async fn a_peer_that_breaks_the_reconciliation_gets_event_counts_and_nothing_els
         round(7, 0, "BAAA").repeat(200),
     ];
     for (i, bad) in bad_rounds.iter().enumerate() {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", server_port))
+        let (stream, _) = gossip_tests::server_link(server_port, &Keypair::generate())
             .await
             .unwrap();
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         let mut lines = BufReader::new(rd).lines();
         wr.write_all(hello(i as u16 + 1).as_bytes()).await.unwrap();
+        wr.flush().await.unwrap();
         read_until(&mut lines, "<serverID").await;
         wr.write_all(bad.as_bytes()).await.unwrap();
+        wr.flush().await.unwrap();
         read_until(&mut lines, "<eventCounts").await;
         let m = &a.node.metrics;
         wait_for(

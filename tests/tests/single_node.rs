@@ -396,18 +396,20 @@ async fn client_logs_in_to_the_nearest_live_server() {
         far.client_addr().to_string(),
         near.client_addr().to_string(),
     ];
-    let (c, _e) = GossipClient::connect_nearest(&list, Keypair::generate(), &probe)
-        .await
-        .unwrap();
+    let (c, _e) =
+        GossipClient::connect_nearest(&list, Keypair::generate(), &probe, &Default::default())
+            .await
+            .unwrap();
     assert_eq!(c.server(), near.client_addr().to_string());
 
     // The nearest one goes away: the client falls back to the next.
     let near_addr = near.client_addr().to_string();
     near.stop().await.unwrap();
     let list = vec![near_addr, far.client_addr().to_string()];
-    let (c, _e) = GossipClient::connect_nearest(&list, Keypair::generate(), &probe)
-        .await
-        .unwrap();
+    let (c, _e) =
+        GossipClient::connect_nearest(&list, Keypair::generate(), &probe, &Default::default())
+            .await
+            .unwrap();
     assert_eq!(c.server(), far.client_addr().to_string());
     far.stop().await.unwrap();
 }
@@ -551,7 +553,7 @@ async fn connections_that_never_log_in_are_bounded_per_address() {
     let Body::Error(e) = refused.recv().await.unwrap().body else {
         panic!("not refused")
     };
-    assert_eq!(e.code, ErrorCode::ServerFull);
+    assert_eq!(e.code, ErrorCode::ServerFull, "{}", e.text);
     // A logged-in client is not anonymous: once one of the idle ones is gone, logins work.
     drop(idle.pop());
     gossip_tests::wait_for("a slot to free", Duration::from_secs(5), || {

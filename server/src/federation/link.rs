@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use gossip_common::message as m;
+use gossip_common::secure::{self, Purpose};
 use gossip_common::{Body, Message, XmlFrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -22,7 +23,7 @@ use super::dial::LinkEnd;
 use super::replication::{self, SyncIn, SyncStep};
 use super::resync::{self, Resync};
 use super::uid_lock::LockReply;
-use super::{encode, membership, LOCK_TIMEOUT};
+use super::{encode, LOCK_TIMEOUT};
 use crate::mst::{key_string, ServerKey};
 use crate::Node;
 
@@ -34,6 +35,8 @@ pub(super) struct Link {
     pub(super) addr: SocketAddr,
     /// When the handshake completed: a dead mark older than the link is not trusted.
     pub(super) up_at: Instant,
+    /// The identity key the peer proved in the handshake.
+    pub(super) key: gossip_common::PublicKey,
     /// Who opened it; decides which of two simultaneous links survives.
     pub(super) opened_by: ServerKey,
     /// Control and propagation: never waited on (a link whose queue is full is cut).
@@ -51,6 +54,42 @@ pub(super) type LinkQueue = mpsc::Receiver<(Instant, Bytes)>;
 /// Frames a link's bulk queue holds (each at most one frame limit, 64 KiB by default).
 const BULK_QUEUE: usize = 16;
 
+/// The server list with the keys bound here, as sent to peers.
+fn server_list(fed: &super::Federation) -> Vec<m::ServerAddr> {
+    let me = fed.signer.public();
+    let st = fed.state.lock();
+    st.members
+        .servers()
+        .iter()
+        .map(|s| m::ServerAddr {
+            host: s.0.clone(),
+            port: s.1,
+            key: if *s == fed.me {
+                Some(&me)
+            } else {
+                st.keys.key_of(s)
+            }
+            .map(|k| k.to_string()),
+        })
+        .collect()
+}
+
+/// Tells a peer why its link is refused (one `error`, flushed) before the link closes.
+async fn refuse_link(wr: &mut (impl tokio::io::AsyncWrite + Unpin), text: &str) {
+    let mut frame = encode(m::Error {
+        code: gossip_common::ErrorCode::NotAllowed,
+        text: text.to_owned(),
+        current: None,
+    })
+    .to_vec();
+    frame.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        wr.write_all(&frame).await?;
+        wr.shutdown().await
+    })
+    .await;
+}
+
 /// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
 pub(super) async fn run_link(
     node: Arc<Node>,
@@ -59,7 +98,29 @@ pub(super) async fn run_link(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> LinkEnd {
-    let (rd, mut wr) = tokio::io::split(stream);
+    // The encrypted channel first: whoever dialled initiates, and both ends must prove an
+    // identity key.
+    let noise = node.keys.noise();
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
+        h = async {
+            if expect.is_some() {
+                secure::connect(stream, Purpose::Federation, noise).await.map(|(s, k)| (s, Some(k)))
+            } else {
+                secure::accept(stream, Purpose::Federation, noise, true).await
+            }
+        } => h,
+    };
+    let (stream, peer_key) = match handshake {
+        Ok((s, Some(k))) => (s, k),
+        Ok((_, None)) => return LinkEnd::NotUp("no identity shown"),
+        Err(e) => {
+            node.metrics.handshakes_failed.inc();
+            tracing::info!(%addr, error = %e, "server link refused: encryption handshake failed");
+            return LinkEnd::NotUp("encryption handshake failed");
+        }
+    };
+    let (rd, mut wr) = stream.split_with(tokio::io::split);
     let fed = &node.federation;
     let mut frames = FramedRead::new(rd, XmlFrameCodec::new(node.config.max_frame));
     // Handshake: serverID first, both ways.
@@ -69,7 +130,9 @@ pub(super) async fn run_link(
         sync: (node.config.sync == crate::config::SyncMethod::Range)
             .then(|| resync::OFFER.to_owned()),
     });
-    if wr.write_all(&hello).await.is_err() || wr.write_all(b"\n").await.is_err() {
+    let mut hello = hello.to_vec();
+    hello.push(b'\n');
+    if wr.write_all(&hello).await.is_err() || wr.flush().await.is_err() {
         return LinkEnd::NotUp("closed before the handshake");
     }
     let first = tokio::select! {
@@ -84,16 +147,11 @@ pub(super) async fn run_link(
             }) => ((id.host, id.port), resync::offers_range(id.sync.as_deref())),
             _ => {
                 tracing::info!(%addr, "server link refused: first message was not serverID");
-                let _ = wr
-                    .write_all(
-                        encode(m::Error {
-                            code: gossip_common::ErrorCode::NotAllowed,
-                            text: "the first message on a server link must be serverID".into(),
-                            current: None,
-                        })
-                        .as_ref(),
-                    )
-                    .await;
+                refuse_link(
+                    &mut wr,
+                    "the first message on a server link must be serverID",
+                )
+                .await;
                 return LinkEnd::NotUp("first message was not serverID");
             }
         },
@@ -107,6 +165,21 @@ pub(super) async fn run_link(
     if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
         tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
         return LinkEnd::NotUp("unexpected identity");
+    }
+    let verdict = fed.claim_key(&peer, &peer_key);
+    if !verdict.accepted() {
+        node.metrics.refused_keys.inc();
+        tracing::warn!(%addr, peer = %key_string(&peer), key = %peer_key, why = verdict.why(), "server link refused for its key");
+        refuse_link(
+            &mut wr,
+            &format!(
+                "{} refuses this link: {}",
+                key_string(&fed.me),
+                verdict.why()
+            ),
+        )
+        .await;
+        return LinkEnd::NotUp("its key is refused");
     }
     let span = tracing::info_span!("link", peer = %key_string(&peer));
     let node = Arc::clone(&node);
@@ -129,7 +202,7 @@ pub(super) async fn run_link(
                 }
                 existing.kill.cancel();
             }
-            st.links.insert(peer.clone(), Link { id, addr, up_at: Instant::now(), opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
+            st.links.insert(peer.clone(), Link { id, addr, key: peer_key, up_at: Instant::now(), opened_by, tx: tx.clone(), bulk: bulk.clone(), kill: kill.clone() });
             st.connecting.remove(&peer);
             st.backoff.remove(&peer);
         }
@@ -137,7 +210,7 @@ pub(super) async fn run_link(
         fed.revive_now.notify_one();
         let learned = fed.add_servers([peer.clone()]);
         if !learned.is_empty() {
-            fed.flood(&encode(m::AddServer { host: peer.0.clone(), port: peer.1 }), Some(&peer));
+            fed.flood(&encode(m::AddServer { host: peer.0.clone(), port: peer.1, key: Some(peer_key.to_string()) }), Some(&peer));
         }
         tracing::info!("server link up");
         let delay = node.config.lab.to(&key_string(&peer));
@@ -145,14 +218,9 @@ pub(super) async fn run_link(
         let writer = node.tasks.spawn(link_writer(wr, (rx, bulk_rx), delay, kill.clone(), tap, Arc::clone(&node)));
         // Initial exchange: servers, every known row, and our event counts for sync.
         let now = Instant::now();
-        let (servers, rows) = {
-            let st = fed.state.lock();
-            let servers: Vec<m::ServerAddr> = st.members.servers().iter().map(|(h, p)| m::ServerAddr { host: h.clone(), port: *p }).collect();
-            let rows: Vec<Bytes> = st.members.rows().iter().map(|(k, r)| encode(membership::row_message(k, r))).collect();
-            (servers, rows)
-        };
+        let servers = server_list(fed);
         let mut initial = vec![encode(m::ServerList { servers })];
-        initial.extend(rows);
+        initial.extend(fed.row_frames());
         for frame in initial {
             if tx.send((now, frame)).await.is_err() {
                 break;
@@ -254,7 +322,7 @@ pub(super) async fn run_link(
 /// Writes queued frames, each no earlier than its enqueue time plus the lab delay (a delay
 /// line: constant delay, order kept).
 pub(super) async fn link_writer(
-    wr: tokio::io::WriteHalf<super::transport::Conn>,
+    wr: secure::SecureWriter<tokio::io::WriteHalf<super::transport::Conn>>,
     (mut rx, mut bulk): (LinkQueue, LinkQueue),
     delay: Duration,
     kill: CancellationToken,
@@ -360,39 +428,37 @@ pub(super) async fn handle_peer(
             return Break(());
         }
         Body::ServerList(l) => {
-            fed.add_servers(l.servers.into_iter().map(|s| (s.host, s.port)));
+            fed.learn_servers(l.servers);
         }
         Body::ReqServerList(_) => {
-            let servers = fed
-                .state
-                .lock()
-                .members
-                .servers()
-                .iter()
-                .map(|(h, p)| m::ServerAddr {
-                    host: h.clone(),
-                    port: *p,
-                })
-                .collect();
+            let servers = server_list(fed);
             let _ = tx.try_send((Instant::now(), encode(m::ServerList { servers })));
         }
         Body::AddServer(a) => {
-            if !fed.add_servers([(a.host.clone(), a.port)]).is_empty() {
+            if fed.learn_servers([m::ServerAddr {
+                host: a.host.clone(),
+                port: a.port,
+                key: a.key.clone(),
+            }]) > 0
+            {
                 fed.flood(&encode(a), Some(peer));
             }
         }
-        Body::DeleteServer(d) => {
-            let key = (d.host.clone(), d.port);
-            if key != fed.me && fed.remove_server(&key) {
-                fed.flood(&encode(d), Some(peer));
+        Body::DeleteServer(d) => match fed.receive_removal(&d) {
+            Ok(true) => fed.flood(&encode(d), Some(peer)),
+            Ok(false) => {}
+            Err(why) => {
+                tracing::info!(server = %format!("{}:{}", d.host, d.port), why, "deleteServer not applied")
             }
-        }
-        Body::UpdateRtts(u) => {
-            let (measurer, row) = membership::row_of(&u);
-            if fed.store_row(measurer, row) {
-                fed.flood(&encode(u), Some(peer));
+        },
+        Body::UpdateRtts(u) => match fed.receive_row(&u) {
+            Ok(true) => fed.flood(&encode(u), Some(peer)),
+            Ok(false) => {}
+            Err(why) => {
+                node.metrics.refused_rows.inc();
+                tracing::debug!(measurer = %format!("{}:{}", u.host, u.port), why, "RTT row dropped");
             }
-        }
+        },
         body @ (Body::UserInfo(_) | Body::NewUser(_) | Body::ChangeCl(_)) => {
             // Applied by a task of its own: this reader must not wait for each record's
             // fdatasync (it would carry one record per flush); the bound keeps a fast peer from

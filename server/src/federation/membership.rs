@@ -32,6 +32,24 @@ pub(crate) struct Row {
     pub(crate) seq: u64,
     /// Measured server → RTT in µs, `None` = dead.
     pub(crate) rtts: BTreeMap<ServerKey, Option<u64>>,
+    /// The measurer's signature over [`row_bytes`]; every row held carries one (this node's
+    /// own gets it as it is published).
+    pub(crate) sig: Option<[u8; 64]>,
+}
+
+/// The bytes a measurer signs for its row (domain `ServerControl`): a canonical text of the
+/// measurer, `seq` and every cell in order, RTTs in whole µs (at least 1, as the wire's
+/// milliseconds round-trip them) or `dead`.
+pub(crate) fn row_bytes(measurer: &ServerKey, row: &Row) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s = format!("rtt-row\n{}:{}\n{}\n", measurer.0, measurer.1, row.seq);
+    for ((h, p), v) in &row.rtts {
+        let _ = match v {
+            Some(us) => writeln!(s, "{h}:{p} {}", (*us).max(1)),
+            None => writeln!(s, "{h}:{p} dead"),
+        };
+    }
+    s.into_bytes()
 }
 
 /// What the rows say of the edge between two servers.
@@ -247,9 +265,18 @@ impl Membership {
             return None;
         }
         row.seq = now_ms.max(old.seq + 1).max(self.min_own_seq);
+        row.sig = None;
         self.rows.insert(self.me.clone(), row.clone());
         self.version += 1;
         Some(row)
+    }
+
+    /// Attaches the signature of this server's own row `seq` (made by the caller, which holds
+    /// the key).
+    pub(crate) fn set_own_sig(&mut self, seq: u64, sig: [u8; 64]) {
+        if let Some(row) = self.rows.get_mut(&self.me).filter(|r| r.seq == seq) {
+            row.sig = Some(sig);
+        }
     }
 
     /// If a row of ours from before a restart outranks the current one, gives the current one
@@ -261,6 +288,7 @@ impl Membership {
             return None;
         }
         row.seq = now_ms.max(min);
+        row.sig = None;
         self.version += 1;
         Some(row.clone())
     }
@@ -318,8 +346,14 @@ impl Membership {
 }
 
 /// `measurer`'s row as an `updateRTTs` message (RTTs in ms).
-pub(crate) fn row_message(measurer: &ServerKey, row: &Row) -> m::UpdateRtts {
+pub(crate) fn row_message(
+    measurer: &ServerKey,
+    row: &Row,
+    key: Option<&gossip_common::PublicKey>,
+) -> m::UpdateRtts {
     m::UpdateRtts {
+        key: key.map(|k| k.to_string()),
+        sig: row.sig.map(hex::encode),
         host: measurer.0.clone(),
         port: measurer.1,
         seq: row.seq,
@@ -338,6 +372,7 @@ pub(crate) fn row_message(measurer: &ServerKey, row: &Row) -> m::UpdateRtts {
 /// The measurer and row an `updateRTTs` message carries (RTTs rounded to whole µs, at least 1).
 pub(crate) fn row_of(u: &m::UpdateRtts) -> (ServerKey, Row) {
     let row = Row {
+        sig: None,
         seq: u.seq,
         rtts: u
             .rtts
@@ -365,6 +400,7 @@ mod tests {
         Row {
             seq,
             rtts: cells.iter().map(|(n, v)| (k(*n), *v)).collect(),
+            sig: None,
         }
     }
 
@@ -474,8 +510,18 @@ mod tests {
 
     #[test]
     fn rows_round_trip_through_update_rtts() {
-        let r = row(42, &[(2, Some(1500)), (3, None)]);
-        let (who, back) = row_of(&row_message(&k(1), &r));
+        let r = row(
+            42,
+            &[
+                (2, Some(1500)),
+                (3, None),
+                (4, Some(1)),
+                (5, Some(123_456_789)),
+            ],
+        );
+        let (who, back) = row_of(&row_message(&k(1), &r, None));
+        // The signed bytes survive the wire's milliseconds, so a forwarded row still verifies.
+        assert_eq!(row_bytes(&who, &back), row_bytes(&k(1), &r));
         assert_eq!((who, back), (k(1), r));
     }
 

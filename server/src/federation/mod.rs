@@ -63,6 +63,7 @@ use crate::mst::{key_string, ServerKey, TreeEdge};
 use crate::Node;
 
 mod dial;
+pub mod keyring;
 mod link;
 mod locks;
 mod membership;
@@ -85,6 +86,8 @@ use uid_lock::LockTable;
 struct State {
     /// Known servers, tombstones, RTT rows.
     members: Membership,
+    /// Which key each server name is bound to; refused keys; admission policy.
+    keys: keyring::Keyring,
     /// Network-wide lock requests waiting for their subtree.
     locks: LockTable,
     /// The tree last computed.
@@ -125,11 +128,25 @@ pub struct Federation {
     link_drops: AtomicU64,
     /// Whether the "server list full" warning was logged.
     warned_full: std::sync::atomic::AtomicBool,
+    /// Where the keyring is saved; its lock serialises the saves.
+    keys_file: Mutex<Option<std::path::PathBuf>>,
+    /// This server's identity key: signs its RTT rows and its own removal.
+    signer: gossip_common::Keypair,
 }
 
+/// The keyring's file in the data directory.
+pub(crate) const KEYRING_FILE: &str = "servers.keys";
+
 impl Federation {
-    pub(crate) fn new(me: ServerKey, peers: &[ServerKey]) -> Federation {
+    pub(crate) fn new(
+        me: ServerKey,
+        peers: &[ServerKey],
+        keys: keyring::Keyring,
+        keys_file: Option<std::path::PathBuf>,
+        signer: gossip_common::Keypair,
+    ) -> Federation {
         let state = State {
+            keys,
             members: Membership::new(me.clone(), peers),
             locks: LockTable::default(),
             tree: Vec::new(),
@@ -148,6 +165,170 @@ impl Federation {
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
             warned_full: std::sync::atomic::AtomicBool::new(false),
+            keys_file: Mutex::new(keys_file),
+            signer,
+        }
+    }
+
+    /// Signs this server's own row `row` (just made by membership), stores the signature with
+    /// it, and returns the `updateRTTs` to flood.
+    fn sign_own_row(&self, st: &mut State, mut row: membership::Row) -> m::UpdateRtts {
+        let sig = self
+            .signer
+            .sign(
+                gossip_common::Domain::ServerControl,
+                &membership::row_bytes(&self.me, &row),
+            )
+            .to_bytes();
+        st.members.set_own_sig(row.seq, sig);
+        row.sig = Some(sig);
+        membership::row_message(&self.me, &row, Some(&self.signer.public()))
+    }
+
+    /// A row from a peer: checked against the key bound to its measurer (bound on first sight
+    /// from the key it carries), then stored if newer. Returns whether to forward it. A row
+    /// that does not verify is dropped: no server can forge, alter or freeze another's row.
+    pub(crate) fn receive_row(&self, u: &m::UpdateRtts) -> Result<bool, &'static str> {
+        let measurer: ServerKey = (u.host.clone(), u.port);
+        let key = if measurer == self.me {
+            self.signer.public()
+        } else {
+            let carried: gossip_common::PublicKey = u
+                .key
+                .as_deref()
+                .ok_or("row without its measurer's key")?
+                .parse()
+                .map_err(|_| "row with an invalid key")?;
+            if !self.claim_key(&measurer, &carried).accepted() {
+                return Err("row signed by a key not bound to its measurer");
+            }
+            carried
+        };
+        let sig: gossip_common::Signature = u
+            .sig
+            .as_deref()
+            .ok_or("unsigned row")?
+            .parse()
+            .map_err(|_| "row with an invalid signature")?;
+        let (measurer, mut row) = membership::row_of(u);
+        key.verify(
+            gossip_common::Domain::ServerControl,
+            &membership::row_bytes(&measurer, &row),
+            &sig,
+        )
+        .map_err(|_| "row signature does not verify")?;
+        row.sig = Some(sig.to_bytes());
+        Ok(self.store_row(measurer, row))
+    }
+
+    /// Every row held, as `updateRTTs` frames with their measurers' keys (a link's opening).
+    pub(crate) fn row_frames(&self) -> Vec<Bytes> {
+        let mine = self.signer.public();
+        let st = self.state.lock();
+        st.members
+            .rows()
+            .iter()
+            .filter(|(_, r)| r.sig.is_some())
+            .map(|(k, r)| {
+                let key = if *k == self.me {
+                    Some(&mine)
+                } else {
+                    st.keys.key_of(k)
+                };
+                encode(membership::row_message(k, r, key))
+            })
+            .collect()
+    }
+
+    /// Loads the keyring saved in `dir` (bindings and refusals) under the configured policy.
+    pub(crate) fn load_keyring(config: &crate::config::Config) -> keyring::Keyring {
+        let mut ring = keyring::Keyring::new(
+            config.federation,
+            config.allowed_keys.clone(),
+            membership::MAX_SERVERS,
+        );
+        let path = config.data_dir.join(KEYRING_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match ring.load_json(&text) {
+                Ok(skipped) if skipped.is_empty() => {}
+                Ok(skipped) => {
+                    tracing::warn!(path = %path.display(), ?skipped, "keyring entries that do not parse were skipped")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "keyring unreadable; starting with no bindings (names re-bind on first sight)")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "keyring unreadable"),
+        }
+        ring
+    }
+
+    /// Checks `name` presenting `key` (a link's handshake, or a key carried by a message),
+    /// binding it on first sight; refusals are logged and counted by the caller.
+    pub(crate) fn claim_key(
+        &self,
+        name: &ServerKey,
+        key: &gossip_common::PublicKey,
+    ) -> keyring::Verdict {
+        let (verdict, snapshot) = {
+            let mut st = self.state.lock();
+            let (v, added) = st.keys.claim(name, key);
+            (v, added.then(|| st.keys.to_json()))
+        };
+        if let Some(json) = snapshot {
+            tracing::info!(server = %key_string(name), key = %key, "server key bound on first sight");
+            self.save_keys(&json);
+        }
+        verdict
+    }
+
+    /// The key bound to `name`, if any.
+    pub(crate) fn key_of(&self, name: &ServerKey) -> Option<gossip_common::PublicKey> {
+        self.state.lock().keys.key_of(name).copied()
+    }
+
+    /// Runs `f` on the keyring (admin changes) and saves it.
+    pub(crate) fn with_keyring<T>(&self, f: impl FnOnce(&mut keyring::Keyring) -> T) -> T {
+        let (out, json) = {
+            let mut st = self.state.lock();
+            let out = f(&mut st.keys);
+            (out, st.keys.to_json())
+        };
+        self.save_keys(&json);
+        out
+    }
+
+    /// Bindings and refusals, for display.
+    pub(crate) fn keyring_view(
+        &self,
+    ) -> (BTreeMap<String, String>, Vec<String>, keyring::Admission) {
+        let st = self.state.lock();
+        let bound = st
+            .members
+            .servers()
+            .iter()
+            .filter_map(|s| st.keys.key_of(s).map(|k| (key_string(s), k.to_string())))
+            .collect();
+        let refused = st.keys.refused().map(|k| k.to_string()).collect();
+        (bound, refused, st.keys.admission())
+    }
+
+    /// Writes the keyring file (temporary file, fsync, rename). Rare (a new server, an admin
+    /// change) and small, so done in place.
+    fn save_keys(&self, json: &str) {
+        let guard = self.keys_file.lock();
+        let Some(path) = guard.as_ref() else { return };
+        let tmp = path.with_extension("tmp");
+        let result = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(json.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "cannot save the keyring; bindings made since the last save are lost at restart");
         }
     }
 
@@ -208,10 +389,12 @@ impl Federation {
     pub(crate) fn admin_add_server(&self, key: ServerKey) {
         self.state.lock().members.undelete(&key);
         if !self.add_servers([key.clone()]).is_empty() {
+            let bound = self.key_of(&key).map(|k| k.to_string());
             self.flood(
                 &encode(m::AddServer {
                     host: key.0,
                     port: key.1,
+                    key: bound,
                 }),
                 None,
             );
@@ -219,17 +402,71 @@ impl Federation {
         self.probe_now.notify_one();
     }
 
-    /// An admin removed a server: forget it here and everywhere.
+    /// An admin removed another server: forgotten and refused here only. Only a server itself
+    /// can sign its removal for everyone ([`Federation::leave`]); the others get an unsigned
+    /// `deleteServer`, which they take as a hint to re-measure it.
     pub(crate) fn admin_delete_server(&self, key: &ServerKey) -> bool {
-        // Tell everyone (the deleted server included, while its link is still up) first.
         self.flood(
             &encode(m::DeleteServer {
                 host: key.0.clone(),
                 port: key.1,
+                key: None,
+                seq: None,
+                sig: None,
             }),
             None,
         );
         self.remove_server(key)
+    }
+
+    /// This server leaves the federation: its signed removal is flooded, and every server that
+    /// verifies it forgets this one and refuses its links until an admin adds it again.
+    pub(crate) fn leave(&self) -> usize {
+        let seq = now_ms().max(self.state.lock().members.my_row().map_or(0, |r| r.seq + 1));
+        let sig = self.signer.sign(
+            gossip_common::Domain::ServerControl,
+            &removal_bytes(&self.me, seq),
+        );
+        let frame = encode(m::DeleteServer {
+            host: self.me.0.clone(),
+            port: self.me.1,
+            key: Some(self.signer.public().to_string()),
+            seq: Some(seq),
+            sig: Some(sig.to_string()),
+        });
+        let links = self.state.lock().links.len();
+        self.flood(&frame, None);
+        links
+    }
+
+    /// A `deleteServer` from a peer. Signed by the removed server's bound key, and newer than
+    /// every row it published: the server is forgotten here (returns true: forward it
+    /// verbatim). Otherwise it is only a hint: that server is re-measured now.
+    pub(crate) fn receive_removal(&self, d: &m::DeleteServer) -> Result<bool, &'static str> {
+        let name: ServerKey = (d.host.clone(), d.port);
+        if name == self.me {
+            return Err("a removal of this server itself");
+        }
+        let verified = (|| {
+            let key = self.key_of(&name)?;
+            let sig: gossip_common::Signature = d.sig.as_deref()?.parse().ok()?;
+            let seq = d.seq?;
+            key.verify(
+                gossip_common::Domain::ServerControl,
+                &removal_bytes(&name, seq),
+                &sig,
+            )
+            .ok()?;
+            let newest_row = self.state.lock().members.row(&name).map_or(0, |r| r.seq);
+            (seq > newest_row).then_some(())
+        })();
+        if verified.is_none() {
+            self.probe_now.notify_one();
+            self.revive_now.notify_one();
+            return Err("not signed by the server removed (a hint to re-measure it)");
+        }
+        tracing::info!(server = %key_string(&name), "server left the federation (signed removal)");
+        Ok(self.remove_server(&name))
     }
 
     /// Re-measure now and recompute the tree.
@@ -242,11 +479,29 @@ impl Federation {
     /// Closes every server link whose peer address `refused` matches (a blacklist entry was
     /// added); returns how many.
     pub(crate) fn drop_links_from(&self, refused: impl Fn(std::net::IpAddr) -> bool) -> usize {
+        self.drop_links_where(|_, link| refused(link.addr.ip()))
+    }
+
+    /// Closes the links the keyring no longer accepts (after an admin refused a key or
+    /// re-bound a name); returns how many.
+    pub(crate) fn drop_links_by_key(&self) -> usize {
+        let st = self.state.lock();
+        let stale: Vec<ServerKey> = st
+            .links
+            .iter()
+            .filter(|(name, link)| !st.keys.check(name, &link.key).accepted())
+            .map(|(name, _)| name.clone())
+            .collect();
+        drop(st);
+        self.drop_links_where(|name, _| stale.contains(name))
+    }
+
+    fn drop_links_where(&self, refused: impl Fn(&ServerKey, &Link) -> bool) -> usize {
         let st = self.state.lock();
         let mut n = 0;
         for (key, link) in &st.links {
-            if refused(link.addr.ip()) {
-                tracing::warn!(peer = %key_string(key), addr = %link.addr, "closing a link to a blacklisted address");
+            if refused(key, link) {
+                tracing::warn!(peer = %key_string(key), addr = %link.addr, "closing a link an admin refused");
                 link.kill.cancel();
                 n += 1;
             }
@@ -328,6 +583,25 @@ impl Federation {
         }
     }
 
+    /// Servers a peer names (`serverlist`, `addServer`): a key it carries is bound on first
+    /// sight; a server whose carried key contradicts the one bound here is not learned from
+    /// that message. Returns how many were new.
+    pub(crate) fn learn_servers(&self, servers: impl IntoIterator<Item = m::ServerAddr>) -> usize {
+        let mut names = Vec::new();
+        for s in servers {
+            let name: ServerKey = (s.host, s.port);
+            if let Some(key) = s.key.as_deref().and_then(|k| k.parse().ok()) {
+                let v = self.claim_key(&name, &key);
+                if !v.accepted() {
+                    tracing::debug!(server = %key_string(&name), why = v.why(), "server not learned");
+                    continue;
+                }
+            }
+            names.push(name);
+        }
+        self.add_servers(names).len()
+    }
+
     fn add_servers(&self, servers: impl IntoIterator<Item = ServerKey>) -> Vec<ServerKey> {
         let (added, full) = {
             let mut st = self.state.lock();
@@ -368,10 +642,12 @@ impl Federation {
             let bumped = {
                 let mut st = self.state.lock();
                 st.members.store_row(measurer, row);
-                st.members.bump_own_row(now_ms())
+                st.members
+                    .bump_own_row(now_ms())
+                    .map(|row| self.sign_own_row(&mut st, row))
             };
-            if let Some(row) = bumped {
-                self.flood(&encode(membership::row_message(&self.me, &row)), None);
+            if let Some(msg) = bumped {
+                self.flood(&encode(msg), None);
                 self.changed.notify_one();
             }
             return false;
@@ -397,6 +673,11 @@ impl Federation {
         }
         newer
     }
+}
+
+/// The bytes a server signs to remove itself (domain `ServerControl`).
+fn removal_bytes(me: &ServerKey, seq: u64) -> Vec<u8> {
+    format!("delete\n{}:{}\n{seq}", me.0, me.1).into_bytes()
 }
 
 fn encode(body: impl Into<Body>) -> Bytes {
@@ -490,7 +771,11 @@ impl Federation {
             st.backoff
                 .retain(|k, _| !measured.iter().any(|(s, m)| s == k && m.is_some()));
             let redial = st.backoff.len() != before;
-            (st.members.apply_measurements(measured, now_ms()), redial)
+            let row = st
+                .members
+                .apply_measurements(measured, now_ms())
+                .map(|row| self.sign_own_row(&mut st, row));
+            (row, redial)
         };
         if redial {
             self.changed.notify_one();
@@ -498,8 +783,8 @@ impl Federation {
         let Some(row) = row else {
             return false;
         };
-        tracing::debug!(?row, "publishing RTT row");
-        self.flood(&encode(membership::row_message(&self.me, &row)), None);
+        tracing::debug!(seq = row.seq, "publishing RTT row");
+        self.flood(&encode(row), None);
         self.changed.notify_one();
         true
     }

@@ -165,6 +165,7 @@ mod tests {
         Row {
             seq: 1,
             rtts: cells.iter().map(|(n, v)| (k(*n), *v)).collect(),
+            sig: None,
         }
     }
 

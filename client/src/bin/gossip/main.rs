@@ -73,6 +73,14 @@ enum Cmd {
     },
     /// Show the profile: UserID, public key, servers.
     Whoami,
+    /// Accept a server's new identity key after its admin rotated it (compare it with
+    /// `prodserver status` on that server first); replaces the key pinned for it.
+    TrustServer {
+        /// HOST:PORT (base port), as in your profile.
+        server: String,
+        /// The new key, 64 hex digits.
+        key: String,
+    },
     /// Set your status (online, away, busy, offline, or anything) and status message.
     SetStatus {
         /// The status.
@@ -183,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
             ref portable,
         } => keygen(&profile, force, portable.as_deref(), args.json),
         Cmd::Whoami => whoami(&profile, args.json),
+        Cmd::TrustServer {
+            ref server,
+            ref key,
+        } => trust_server(&profile, server, key),
         Cmd::Register { .. } => register(&profile, &args).await,
         Cmd::Watch { .. } => watch(&profile, &args).await,
         _ => logged_in(&profile, &args).await,
@@ -200,6 +212,7 @@ async fn chat_command(
     };
     let (key, settings, uid) = registered(profile)?;
     chat::run(chat::Options {
+        profile: Profile::at(profile.home()),
         servers: servers_of(args, &settings)?,
         key,
         uid,
@@ -245,7 +258,7 @@ fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            json!({"uid": s.uid, "public_key": key.public().to_string(), "servers": s.servers, "home": profile.home()})
+            json!({"uid": s.uid, "public_key": key.public().to_string(), "servers": s.servers, "server_keys": s.server_keys, "home": profile.home()})
         );
     } else {
         match s.uid {
@@ -254,6 +267,9 @@ fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
         }
         println!("public key: {}", key.public());
         println!("servers:    {}", s.servers.join(", "));
+        for (server, key) in &s.server_keys {
+            println!("  {server} key {key}");
+        }
         println!("profile:    {}", profile.home().display());
     }
     Ok(())
@@ -274,23 +290,41 @@ fn servers_of(args: &Args, settings: &Settings) -> anyhow::Result<Vec<String>> {
     Ok(list)
 }
 
-/// Connects to the only server, or to the nearest of several (RTT-probed, 200 ms apart).
+/// Connects to the only server, or to the nearest of several (RTT-probed, 200 ms apart),
+/// refusing a server whose key differs from the one pinned in the profile, and pinning the key
+/// of a server met for the first time (said on stderr unless `quiet`).
 async fn connect(
+    profile: &Profile,
     servers: &[String],
     key: gossip_common::Keypair,
+    quiet: bool,
 ) -> anyhow::Result<(GossipClient, gossip_client::Events, String)> {
-    if let [only] = servers {
-        let (c, e) = GossipClient::connect(only, key).await?;
-        return Ok((c, e, only.clone()));
-    }
-    let probe = gossip_common::rtt::ProbeConfig {
-        interval: std::time::Duration::from_millis(200),
-        replies: 3,
-        dead_after: std::time::Duration::from_secs(3),
-        source: None,
+    let mut settings = profile.settings()?;
+    let pins = settings.pins();
+    let (c, e) = if let [only] = servers {
+        GossipClient::connect_pinned(only, key, pins.get(only).copied()).await?
+    } else {
+        let probe = gossip_common::rtt::ProbeConfig {
+            interval: std::time::Duration::from_millis(200),
+            replies: 3,
+            dead_after: std::time::Duration::from_secs(3),
+            source: None,
+        };
+        GossipClient::connect_nearest(servers, key, &probe, &pins).await?
     };
-    let (c, e) = GossipClient::connect_nearest(servers, key, &probe).await?;
     let server = c.server().to_owned();
+    if !pins.contains_key(&server) {
+        let mut pins = pins;
+        pins.insert(server.clone(), c.server_key());
+        settings.set_pins(&pins);
+        profile.save_settings(&settings)?;
+        if !quiet {
+            eprintln!(
+                "{server} is new to this profile: its server key {} is pinned from now on",
+                c.server_key()
+            );
+        }
+    }
     Ok((c, e, server))
 }
 
@@ -312,7 +346,8 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     if let Some(uid) = settings.uid {
         bail!("this profile is already registered as {uid}; use another --home for a new user");
     }
-    let (client, _events, server) = connect(&servers_of(args, &settings)?, key).await?;
+    let (client, _events, server) =
+        connect(profile, &servers_of(args, &settings)?, key, args.json).await?;
     let uid = client
         .register(|u| {
             u.nick_name = nick.clone();
@@ -333,6 +368,23 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         println!("{}", json!({"uid": uid.0, "server": server}));
     } else {
         println!("registered as {uid} on {server}");
+    }
+    Ok(())
+}
+
+fn trust_server(profile: &Profile, server: &str, key: &str) -> anyhow::Result<()> {
+    let key: gossip_common::PublicKey = key
+        .parse()
+        .with_context(|| format!("{key:?} is not a server key (64 hex digits)"))?;
+    let mut settings = profile.settings()?;
+    let old = settings
+        .server_keys
+        .insert(server.to_owned(), key.to_string());
+    profile.save_settings(&settings)?;
+    match old {
+        Some(old) if old != key.to_string() => println!("{server}: pinned key {key} (was {old})"),
+        Some(_) => println!("{server}: key {key} was already pinned"),
+        None => println!("{server}: pinned key {key}"),
     }
     Ok(())
 }
@@ -361,6 +413,7 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let servers = servers_of(args, &settings)?;
     let mut cfg = gossip_client::failover::Config::new(servers, key, uid, status);
     cfg.listen = Some(*listen);
+    cfg.pins = settings.pins();
     let (session, mut updates) = gossip_client::failover::Failover::start(cfg)
         .await
         .with_context(|| format!("logging in as {uid}"))?;
@@ -416,6 +469,21 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                     println!("lost {server} ({why}); finding another server…");
                 }
             }
+            Update::Pins(pins) => {
+                let new: Vec<_> = pins
+                    .iter()
+                    .filter(|(s, _)| !settings.server_keys.contains_key(*s))
+                    .collect();
+                for (server, key) in &new {
+                    if !args.json {
+                        println!("pinned {server}'s server key {key}");
+                    }
+                }
+                settings.set_pins(&pins);
+                if let Err(e) = profile.save_settings(&settings) {
+                    tracing::warn!(error = %e, "could not save the pinned server keys");
+                }
+            }
             Update::Servers(list) => {
                 // Kept in the profile, so the next start can reach any of them too.
                 settings.servers = list;
@@ -465,7 +533,8 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
 
 async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let (key, settings, uid) = registered(profile)?;
-    let (client, _events, server) = connect(&servers_of(args, &settings)?, key).await?;
+    let (client, _events, server) =
+        connect(profile, &servers_of(args, &settings)?, key, args.json).await?;
     client
         .login(uid)
         .await
@@ -535,6 +604,7 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Keygen { .. }
+        | Cmd::TrustServer { .. }
         | Cmd::Whoami
         | Cmd::Register { .. }
         | Cmd::Chat { .. }

@@ -169,9 +169,7 @@ pub(crate) async fn connect_client(
         sock.connect(dst).await
     };
     match explicit.await {
-        Ok(stream) => Ok(gossip_client::GossipClient::with_stream(
-            stream, server, key,
-        )),
+        Ok(stream) => gossip_client::GossipClient::with_stream(stream, server, key, None).await,
         Err(_) => gossip_client::GossipClient::connect(server, key).await,
     }
 }

@@ -24,6 +24,8 @@ use model::{Action, Key, Model};
 /// How to start.
 #[derive(Clone)]
 pub(crate) struct Options {
+    /// The profile (server keys are pinned in it).
+    pub profile: gossip_client::profile::Profile,
     /// Servers to try (the nearest live one is used).
     pub(crate) servers: Vec<String>,
     /// The profile's key.
@@ -292,7 +294,8 @@ async fn login(
     gossip_client::Events,
     gossip_client::DirectListener,
 )> {
-    let (client, events, _server) = crate::connect(&opts.servers, opts.key.clone()).await?;
+    let (client, events, _server) =
+        crate::connect(&opts.profile, &opts.servers, opts.key.clone(), true).await?;
     client.login(opts.uid).await?;
     let listener = client.listen_direct(opts.listen).await?;
     client
