@@ -9,4 +9,5 @@ mod operators;
 mod presence;
 mod processes;
 mod resync;
+mod rogue;
 mod single_node;

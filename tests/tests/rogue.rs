@@ -1,0 +1,313 @@
+//! Rogue peers: a scripted attacker with nothing but sockets (and, where the attack needs one,
+//! an identity key of its own, which `federation = "open"` lets anyone make) drives real nodes
+//! on loopback. Each attack must be refused, and afterwards the honest nodes' server lists,
+//! links and tree must be what they were, and registration must still work across them.
+
+use std::time::Duration;
+
+use gossip_client::{ClientError, GossipClient};
+use gossip_common::message as m;
+use gossip_common::{Body, Domain, Keypair, Message};
+use gossip_server::{Config, RunningNode};
+use gossip_tests::wait_for;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+fn config(dir: &std::path::Path, peer: Option<u16>) -> Config {
+    let mut c = Config::for_tests(dir, 0);
+    if let Some(p) = peer {
+        c.peers = vec![("127.0.0.1".into(), p)];
+    }
+    c.probe.interval = Duration::from_millis(20);
+    c.probe.dead_after = Duration::from_millis(1000);
+    c.reprobe = Duration::from_millis(250);
+    c
+}
+
+fn id(n: &RunningNode) -> String {
+    format!("127.0.0.1:{}", n.base_port())
+}
+
+/// Two honest nodes, linked, each knowing the other's key.
+async fn pair() -> (tempfile::TempDir, RunningNode, RunningNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(&dir.path().join("a"), None))
+        .await
+        .unwrap();
+    let b = gossip_server::start(config(&dir.path().join("b"), Some(a.base_port())))
+        .await
+        .unwrap();
+    wait_for("a and b to link", Duration::from_secs(20), || {
+        let (sa, sb) = (a.node.federation.status(), b.node.federation.status());
+        (sa.links.contains(&id(&b)) && sb.links.contains(&id(&a)) && !sa.tree.is_empty())
+            .then_some(())
+    })
+    .await;
+    (dir, a, b)
+}
+
+fn frame(body: impl Into<Body>) -> Vec<u8> {
+    let mut v = Message::new(std::net::Ipv6Addr::LOCALHOST, body)
+        .to_xml()
+        .into_bytes();
+    v.push(b'\n');
+    v
+}
+
+/// A registration on `a` reaches `b`: the federation still works end to end.
+async fn registration_crosses(a: &RunningNode, b: &RunningNode) {
+    let (client, _events) =
+        GossipClient::connect(&a.client_addr().to_string(), Keypair::generate())
+            .await
+            .unwrap();
+    let uid = client
+        .register(|u| u.nick_name = "after-the-attack".into())
+        .await
+        .unwrap();
+    wait_for(
+        "the new user at the other node",
+        Duration::from_secs(10),
+        || b.node.store.contains_user(uid).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_on_either_port_gets_a_clear_refusal() {
+    let (_dir, a, _b) = pair().await;
+    for (port, hello) in [
+        (
+            a.base_port(),
+            "<register><publickey>00</publickey></register>\n",
+        ),
+        (
+            a.base_port() + 1,
+            "<serverID><host>127.0.0.1</host><port>9</port></serverID>\n",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(hello.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+            .await
+            .expect("closed after the refusal")
+            .unwrap();
+        assert!(
+            answer.starts_with("<error") && answer.contains("only encrypted connections"),
+            "port {port}: {answer}"
+        );
+    }
+    assert!(a.node.metrics.handshakes_failed.get() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refuses_a_server_whose_key_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    let addr = a.client_addr().to_string();
+    let (c, _) = GossipClient::connect(&addr, Keypair::generate())
+        .await
+        .unwrap();
+    assert_eq!(c.server_key(), a.node.keys.public());
+    let impostor = Keypair::generate().public();
+    match GossipClient::connect_pinned(&addr, Keypair::generate(), Some(impostor)).await {
+        Err(ClientError::ServerKeyChanged {
+            pinned, presented, ..
+        }) => {
+            assert_eq!((pinned, presented), (impostor, a.node.keys.public()));
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a server with another key than the pinned one was accepted"),
+    }
+    // The key survives a restart (it is the server's identity, kept in its data dir).
+    let before = a.node.keys.public();
+    a.stop().await.unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    assert_eq!(a.node.keys.public(), before);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("server.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    a.stop().await.unwrap();
+}
+
+/// The attacker's link: handshake with its own key, `serverID` in `name`'s name; returns the
+/// reader (lines) and writer.
+async fn attach(
+    port: u16,
+    key: &Keypair,
+    name: (&str, u16),
+) -> (
+    tokio::io::Lines<
+        BufReader<tokio::io::ReadHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>>,
+    >,
+    tokio::io::WriteHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>,
+) {
+    let (stream, _) = gossip_tests::server_link(port, key).await.unwrap();
+    let (rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(&frame(m::ServerIdMsg {
+        host: name.0.into(),
+        port: name.1,
+        sync: None,
+    }))
+    .await
+    .unwrap();
+    wr.flush().await.unwrap();
+    (BufReader::new(rd).lines(), wr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_take_a_known_servers_name() {
+    let (_dir, a, b) = pair().await;
+    let before = a.node.federation.status();
+    let mallory = Keypair::generate();
+    let (mut lines, _wr) = attach(a.base_port() + 1, &mallory, ("127.0.0.1", b.base_port())).await;
+    let mut said = String::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .expect("the node answers and closes")
+    {
+        said.push_str(&line);
+    }
+    assert!(said.contains("bound to another key"), "{said}");
+    assert_eq!(a.node.metrics.refused_keys.get(), 1);
+    let after = a.node.federation.status();
+    assert_eq!((after.servers, after.links), (before.servers, before.links));
+    registration_crosses(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_rows_and_removals_change_nothing() {
+    let (_dir, a, b) = pair().await;
+    let b_id = id(&b);
+    let b_key = b.node.keys.public().to_string();
+    let mallory = Keypair::generate();
+    // An open federation: the attacker joins under a name of its own.
+    let (mut lines, mut wr) = attach(a.base_port() + 1, &mallory, ("192.0.2.66", 4000)).await;
+    let row = |key: &str, sig: String| m::UpdateRtts {
+        host: "127.0.0.1".into(),
+        port: b.base_port(),
+        seq: u64::MAX,
+        rtts: vec![m::RttEntry {
+            host: "127.0.0.1".into(),
+            port: a.base_port(),
+            ms: None,
+        }],
+        key: Some(key.into()),
+        sig: Some(sig),
+    };
+    let forged_sig = mallory.sign(Domain::ServerControl, b"anything").to_string();
+    let attacks = [
+        // B's row, frozen at the largest seq and marking A dead: signed by the attacker...
+        frame(row(&mallory.public().to_string(), forged_sig.clone())),
+        // ...or claiming B's key with a signature B never made.
+        frame(row(&b_key, forged_sig.clone())),
+        // B "deleted": unsigned, and signed by the wrong key.
+        frame(m::DeleteServer {
+            host: "127.0.0.1".into(),
+            port: b.base_port(),
+            key: None,
+            seq: None,
+            sig: None,
+        }),
+        frame(m::DeleteServer {
+            host: "127.0.0.1".into(),
+            port: b.base_port(),
+            key: Some(b_key.clone()),
+            seq: Some(u64::MAX),
+            sig: Some(forged_sig),
+        }),
+        frame(m::Ping {}),
+    ];
+    for f in attacks {
+        wr.write_all(&f).await.unwrap();
+    }
+    wr.flush().await.unwrap();
+    // The node handles a link's messages in order: its pong means it has seen them all.
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .expect("the node answers the ping")
+            .unwrap()
+            .expect("the link stays open");
+        if line.contains("<pong") {
+            break;
+        }
+    }
+    assert_eq!(a.node.metrics.refused_rows.get(), 2);
+    let status = a.node.federation.status();
+    assert!(status.servers.contains(&b_id), "{status:?}");
+    assert!(status.links.contains(&b_id), "{status:?}");
+    // B's row at A is still B's own: its seq is not frozen and B's later rows are taken.
+    let b_row_seq = || {
+        a.node
+            .federation
+            .matrix()
+            .into_iter()
+            .find(|(from, _)| *from == b_id)
+            .map(|(_, cells)| cells)
+    };
+    assert!(
+        b_row_seq().is_some_and(|cells| cells.iter().all(|(to, ms)| *to != id(&a) || ms.is_some()))
+    );
+    drop((lines, wr));
+    registration_crosses(&a, &b).await;
+    registration_crosses(&b, &a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_server_itself_can_remove_it_everywhere() {
+    let (_dir, a, b) = pair().await;
+    let a_id = id(&a);
+    // B's admin deletes A: forgotten at B only; A keeps B.
+    let status = admin(
+        &b,
+        &format!(r#"{{"cmd":"delete-server","server":"{a_id}"}}"#),
+    )
+    .await;
+    assert!(status.contains("\"deleted\":true"), "{status}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.node.federation.status().servers.contains(&id(&b)));
+    // A leaves by its own signed statement: B (re-adding it first) forgets it for good.
+    admin(&b, &format!(r#"{{"cmd":"add-server","server":"{a_id}"}}"#)).await;
+    wait_for("a and b to link again", Duration::from_secs(20), || {
+        b.node
+            .federation
+            .status()
+            .links
+            .contains(&a_id)
+            .then_some(())
+    })
+    .await;
+    let left = admin(
+        &a,
+        &format!(r#"{{"cmd":"delete-server","server":"{a_id}"}}"#),
+    )
+    .await;
+    assert!(left.contains("\"left\":true"), "{left}");
+    wait_for("b to forget a", Duration::from_secs(10), || {
+        (!b.node.federation.status().servers.contains(&a_id)).then_some(())
+    })
+    .await;
+}
+
+/// One admin request on a node's admin socket; the raw JSON answer.
+async fn admin(node: &RunningNode, request: &str) -> String {
+    let mut s = tokio::net::UnixStream::connect(&node.node.config.admin_socket)
+        .await
+        .unwrap();
+    s.write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.unwrap();
+    assert!(line.contains("\"ok\":true"), "{request}: {line}");
+    line
+}
