@@ -237,13 +237,16 @@ impl GossipClient {
         let _ = stream.set_nodelay(true);
         // A fresh anonymous Noise key per connection: nothing links two connections of one
         // client before it logs in.
-        let (secured, server_key) =
-            secure::connect(stream, Purpose::Client, &Identity::anonymous())
-                .await
-                .map_err(|source| ClientError::Handshake {
-                    addr: addr.to_owned(),
-                    source,
-                })?;
+        let (secured, server_key) = Box::pin(secure::connect(
+            stream,
+            Purpose::Client,
+            &Identity::anonymous(),
+        ))
+        .await
+        .map_err(|source| ClientError::Handshake {
+            addr: addr.to_owned(),
+            source,
+        })?;
         if let Some(pinned) = pinned.filter(|p| *p != server_key) {
             return Err(ClientError::ServerKeyChanged {
                 addr: addr.to_owned(),

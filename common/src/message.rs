@@ -588,8 +588,9 @@ pub struct Reconcile {
 pub struct LockUid {
     /// The UserID.
     pub uid: UserId,
-    /// The registration taking the lock: the registering server's identity and client session,
-    /// `host:port/s<session>`. Locks are taken, answered and released under it.
+    /// The registration taking the lock: the registering server's identity and 128 random bits,
+    /// `host:port/<32 hex digits>`, so no other server can name it. Locks are taken, answered
+    /// and released under it.
     pub holder: String,
     /// Seconds until the lock expires by itself.
     pub expires_s: u64,

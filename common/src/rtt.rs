@@ -191,10 +191,12 @@ pub async fn probe(
 /// another's) would start an endless echo loop between two servers. Each source (address and
 /// port: one prober) gets at most [`ECHO_PER_SOURCE`] replies a second, each source address
 /// [`ECHO_PER_IP`], and at most [`ECHO_SOURCES`] sources are tracked per second, so the echo
-/// cannot be used to amplify or flood.
+/// cannot be used to amplify or flood. A source `refused` says yes to (a blacklisted address)
+/// gets nothing.
 pub async fn udp_echo(
     socket: Arc<UdpSocket>,
     lab: LabDelays,
+    refused: impl Fn(std::net::IpAddr) -> bool,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut buf = [0u8; 512];
@@ -206,7 +208,10 @@ pub async fn udp_echo(
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) if n > 0 => {
                     let packet = &buf[..n];
-                    if packet.contains(&REPLY_MARK) || !limiter.allow(from, Instant::now()) {
+                    if packet.contains(&REPLY_MARK)
+                        || refused(from.ip())
+                        || !limiter.allow(from, Instant::now())
+                    {
                         continue;
                     }
                     let delay = if lab.is_empty() {
@@ -272,7 +277,7 @@ mod tests {
     async fn echo(lab: LabDelays) -> SocketAddr {
         let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = s.local_addr().unwrap();
-        tokio::spawn(udp_echo(s, lab, std::future::pending()));
+        tokio::spawn(udp_echo(s, lab, |_| false, std::future::pending()));
         addr
     }
 

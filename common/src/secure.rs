@@ -1,19 +1,21 @@
 //! The encrypted, authenticated channel every TCP connection runs in (client ↔ server and
-//! server ↔ server): Noise `XX` over X25519, ChaCha20-Poly1305 and BLAKE2s (the `snow` crate).
+//! server ↔ server): Noise over X25519, ChaCha20-Poly1305 and BLAKE2s (the `snow` crate), `XX`
+//! between servers and `NX` from clients.
 //!
 //! Why Noise and not TLS: Gossip's identities are raw ed25519 keys bound to names on first sight,
 //! with no certificate authority anywhere; Noise authenticates raw keys natively, its handshake
-//! is two round trips of a few hundred bytes, and `XX` lets both sides learn each other's key
-//! without knowing it in advance (first contact) while hiding both identities from a passive
-//! observer.
+//! is a round trip or two of a few hundred bytes, and `XX`/`NX` let a side learn the other's key
+//! without knowing it in advance (first contact) while hiding the identities from a passive
+//! observer. Clients use `NX`: they have no static key to prove (the login challenge proves the
+//! user's), which saves the server one of four X25519 operations per connection and the client
+//! a round trip.
 //!
 //! Binding Noise to the ed25519 identity: each process makes a fresh X25519 static key and signs
 //! it with its ed25519 identity (domain [`Domain::NoiseStatic`]); the signature and the identity
 //! key travel as the encrypted handshake payload (as libp2p's Noise does). A peer that shows an
 //! identity therefore proves it holds both the identity key and the Noise key of this very
-//! handshake. The responder (a server) always shows one; the initiator shows one when it has an
-//! identity (a server dialling a server) and stays anonymous otherwise (a client, which proves
-//! its user key inside the channel by the login challenge).
+//! handshake. The responder (a server) always shows one (message 2); a dialling server shows one
+//! in message 3 (`XX`); a client shows none (`NX`).
 //!
 //! Layers: the handshake ([`connect`], [`accept`]) runs on the raw stream with its own 2-byte
 //! length framing; afterwards [`SecureStream`] (or its halves, [`SecureReader`] and
@@ -37,8 +39,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::crypto::{Domain, Keypair, PublicKey, Signature};
 
-/// The Noise protocol name (pattern and primitives).
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol between servers: `XX`, both sides prove a static key.
+pub const NOISE_FEDERATION: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol from clients: `NX`, only the server proves a static key (the client
+/// proves its user key inside the channel, by the login challenge). One round trip and three
+/// X25519 operations on the server instead of `XX`'s four.
+pub const NOISE_CLIENT: &str = "Noise_NX_25519_ChaChaPoly_BLAKE2s";
 
 /// Largest Noise message (the spec's limit), length prefix excluded.
 const MAX_MESSAGE: usize = 65_535;
@@ -66,6 +72,20 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    fn params(self) -> snow::params::NoiseParams {
+        match self {
+            Purpose::Client => NOISE_CLIENT,
+            Purpose::Federation => NOISE_FEDERATION,
+        }
+        .parse()
+        .expect("a valid Noise protocol name")
+    }
+
+    /// Whether the initiator proves a static key (message 3).
+    fn mutual(self) -> bool {
+        self == Purpose::Federation
+    }
+
     fn prologue(self) -> &'static [u8] {
         match self {
             Purpose::Client => b"gossip/1 client",
@@ -84,9 +104,10 @@ pub enum SecureError {
     /// The peer spoke plaintext XML to an encrypted port.
     #[error("the peer sent plaintext; this port accepts only encrypted (Noise) connections")]
     Plaintext,
-    /// The peer answered in plaintext: probably a server from before encryption.
-    #[error("the server answered in plaintext: it predates encryption and must be upgraded")]
-    PlaintextAnswer,
+    /// The peer answered in plaintext: a refusal sent before any handshake (a full server), or
+    /// a server from before encryption. Holds what it sent (at most 4 KiB).
+    #[error("the server answered in plaintext: {}", String::from_utf8_lossy(.0).trim())]
+    PlaintextAnswer(Vec<u8>),
     /// The handshake bytes were not valid Noise.
     #[error("encryption handshake failed: {0}")]
     Noise(String),
@@ -139,9 +160,10 @@ impl Identity {
     }
 
     /// No identity: a client before login. The channel is encrypted and the server
-    /// authenticated; the client proves its user key inside it.
+    /// authenticated; the client proves its user key inside it. (`NX` needs no static key on
+    /// the client's side, so none is made.)
     pub fn anonymous() -> Arc<Self> {
-        let (noise_private, noise_public) = noise_keypair();
+        let (noise_private, noise_public) = (Vec::new(), Vec::new());
         Arc::new(Identity {
             noise_private,
             noise_public,
@@ -157,20 +179,27 @@ impl Identity {
 }
 
 fn noise_keypair() -> (Vec<u8>, Vec<u8>) {
-    let kp = Builder::new(params())
+    let kp = Builder::new(Purpose::Federation.params())
         .generate_keypair()
         .expect("the default resolver generates X25519 keys");
     (kp.private, kp.public)
 }
 
-fn params() -> snow::params::NoiseParams {
-    NOISE_PARAMS.parse().expect("a valid Noise protocol name")
-}
-
-fn builder<'a>(purpose: Purpose, me: &'a Identity) -> Result<Builder<'a>, SecureError> {
-    Ok(Builder::new(params())
-        .prologue(purpose.prologue())?
-        .local_private_key(&me.noise_private)?)
+fn builder<'a>(
+    purpose: Purpose,
+    me: &'a Identity,
+    initiator: bool,
+) -> Result<Builder<'a>, SecureError> {
+    let b = Builder::new(purpose.params()).prologue(purpose.prologue())?;
+    if initiator && !purpose.mutual() {
+        return Ok(b); // NX: the initiator has no static key
+    }
+    if me.noise_private.is_empty() {
+        return Err(SecureError::BadIdentity(
+            "this side has no identity to prove",
+        ));
+    }
+    Ok(b.local_private_key(&me.noise_private)?)
 }
 
 /// Checks an identity payload against the peer's Noise static key of this handshake.
@@ -216,7 +245,10 @@ async fn recv_handshake<S: AsyncRead + Unpin>(
             let mut b = [0u8; 2];
             stream.read_exact(&mut b).await?;
             if looks_like_xml(b[0]) {
-                return Err(SecureError::PlaintextAnswer);
+                // Keep what it says (a refusal such as `server-full` comes this way).
+                let mut said = b.to_vec();
+                let _ = (&mut *stream).take(4096).read_to_end(&mut said).await;
+                return Err(SecureError::PlaintextAnswer(said));
             }
             b
         }
@@ -247,10 +279,9 @@ fn plaintext_refusal() -> Vec<u8> {
         std::net::Ipv6Addr::UNSPECIFIED,
         crate::message::Error {
             code: crate::ErrorCode::UnsupportedVersion,
-            text: format!(
-                "this port accepts only encrypted connections ({NOISE_PARAMS}); \
-                 upgrade your client or server"
-            ),
+            text: "this port accepts only encrypted connections (Noise); \
+                   upgrade your client or server"
+                .to_owned(),
             current: None,
         },
     )
@@ -277,7 +308,7 @@ async fn connect_inner<S: AsyncRead + AsyncWrite + Unpin>(
     purpose: Purpose,
     me: &Identity,
 ) -> Result<(SecureStream<S>, PublicKey), SecureError> {
-    let mut hs = builder(purpose, me)?.build_initiator()?;
+    let mut hs = builder(purpose, me, true)?.build_initiator()?;
     send_handshake(&mut stream, &mut hs, &[]).await?;
     let payload = recv_handshake(&mut stream, &mut hs, None).await?;
     let remote = hs
@@ -285,7 +316,9 @@ async fn connect_inner<S: AsyncRead + AsyncWrite + Unpin>(
         .ok_or(SecureError::BadIdentity("no static key"))?
         .to_vec();
     let peer = verify_identity(&payload, &remote)?;
-    send_handshake(&mut stream, &mut hs, &me.payload).await?;
+    if purpose.mutual() {
+        send_handshake(&mut stream, &mut hs, &me.payload).await?;
+    }
     Ok((SecureStream::new(stream, hs)?, peer))
 }
 
@@ -318,7 +351,7 @@ async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = stream.shutdown().await;
         return Err(SecureError::Plaintext);
     }
-    let mut hs = builder(purpose, me)?.build_responder()?;
+    let mut hs = builder(purpose, me, false)?.build_responder()?;
     let payload = recv_handshake(&mut stream, &mut hs, Some(first)).await?;
     if !payload.is_empty() {
         return Err(SecureError::Noise(
@@ -326,7 +359,11 @@ async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     send_handshake(&mut stream, &mut hs, &me.payload).await?;
-    let payload = recv_handshake(&mut stream, &mut hs, None).await?;
+    let payload = if purpose.mutual() {
+        recv_handshake(&mut stream, &mut hs, None).await?
+    } else {
+        Vec::new()
+    };
     let peer = if payload.is_empty() {
         None
     } else {
@@ -681,12 +718,29 @@ mod tests {
         PublicKey,
         Option<PublicKey>,
     ) {
+        let purpose = if client_id.public().is_some() {
+            Purpose::Federation
+        } else {
+            Purpose::Client
+        };
+        pair_for(purpose, client_id).await
+    }
+
+    async fn pair_for(
+        purpose: Purpose,
+        client_id: Arc<Identity>,
+    ) -> (
+        SecureStream<tokio::io::DuplexStream>,
+        SecureStream<tokio::io::DuplexStream>,
+        PublicKey,
+        Option<PublicKey>,
+    ) {
         let server_key = Keypair::generate();
         let server_id = Identity::new(&server_key);
         let (a, b) = duplex(1 << 20);
         let (c, s) = tokio::join!(
-            connect(a, Purpose::Client, &client_id),
-            accept(b, Purpose::Client, &server_id, false)
+            connect(a, purpose, &client_id),
+            accept(b, purpose, &server_id, false)
         );
         let (c, seen_server) = c.unwrap();
         let (s, seen_client) = s.unwrap();
@@ -744,10 +798,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_initiator_identity_is_proven_to_the_responder() {
+    async fn a_dialling_servers_identity_is_proven_and_a_clients_is_not_sent() {
         let key = Keypair::generate();
-        let (_, _, _, who) = pair(Identity::new(&key)).await;
+        let (_, _, _, who) = pair_for(Purpose::Federation, Identity::new(&key)).await;
         assert_eq!(who, Some(key.public()));
+        // NX: a client never shows a static key, even when it has an identity.
+        let (mut c, mut s, _, who) = pair_for(Purpose::Client, Identity::new(&key)).await;
+        assert_eq!(who, None);
+        c.write_all(b"x").await.unwrap();
+        c.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
     }
 
     #[tokio::test]
@@ -802,12 +863,26 @@ mod tests {
             accept(b, Purpose::Federation, &server_id, false)
         );
         assert!(c.is_err() || s.is_err());
+        // A server link whose initiator has a Noise key but proves no identity with it.
+        let (noise_private, noise_public) = noise_keypair();
+        let unproven = Identity {
+            noise_private,
+            noise_public,
+            payload: Vec::new(),
+            public: None,
+        };
         let (a, b) = duplex(1 << 16);
         let (_, s) = tokio::join!(
-            connect(a, Purpose::Federation, &anon),
+            connect(a, Purpose::Federation, &unproven),
             accept(b, Purpose::Federation, &server_id, true)
         );
-        assert!(matches!(s, Err(SecureError::BadIdentity(_))));
+        assert!(matches!(s, Err(SecureError::BadIdentity(_))), "{s:?}");
+        // And an initiator with no key at all cannot start a server link.
+        let (a, _b) = duplex(1 << 16);
+        assert!(matches!(
+            connect(a, Purpose::Federation, &anon).await,
+            Err(SecureError::BadIdentity(_))
+        ));
     }
 
     #[test]

@@ -290,10 +290,12 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 node.store.audit("admin", &format!("blacklist add {net}"));
                 // The entry applies to what is already open, not just to what comes next.
                 let links = fed.drop_links_from(|ip| node.blacklist.contains(ip));
+                let clients = node.presence.kill_where(|ip| node.blacklist.contains(ip));
                 AdminResponse::ok(json!({
                     "added": added,
                     "blacklist": node.blacklist.list(),
                     "links_closed": links,
+                    "clients_closed": clients,
                 }))
             }
             Err(e) => AdminResponse::err(e),

@@ -69,6 +69,10 @@ pub struct FileConfig {
     /// [default: 60].
     #[arg(long = "login-deadline", value_name = "SECS")]
     pub login_deadline_s: Option<f64>,
+    /// Registrations one address may start per minute (a burst of as many, then that rate);
+    /// more get `not-allowed` with the time to wait [default: 30].
+    #[arg(long, value_name = "N")]
+    pub registrations_per_minute: Option<f64>,
     /// Seconds a UserID reserved for a registration stays locked [default: 900].
     #[arg(long = "uid-lock", value_name = "SECS")]
     pub uid_lock_s: Option<u64>,
@@ -182,6 +186,8 @@ pub struct Config {
     pub uid_lock: Duration,
     /// Time a connection has to log in.
     pub login_deadline: Duration,
+    /// Registrations per address per minute (and burst).
+    pub registrations_per_minute: f64,
     /// How links resync at link-up.
     pub sync: SyncMethod,
     /// Servers to join at start.
@@ -304,6 +310,7 @@ impl Config {
             uid_lock: Duration::from_secs(f.uid_lock_s.unwrap_or(900)),
             sync: f.sync.unwrap_or_default(),
             login_deadline: Duration::from_secs_f64(f.login_deadline_s.unwrap_or(60.0).max(0.1)),
+            registrations_per_minute: f.registrations_per_minute.unwrap_or(30.0).max(1.0),
         })
     }
 

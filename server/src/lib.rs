@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mst;
 mod net;
 pub mod presence;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod registration;
 pub mod server_keys;
@@ -107,7 +108,12 @@ pub struct Node {
     pub(crate) shutdown: CancellationToken,
     /// This server's identity key (and the handshake identity made from it).
     pub keys: server_keys::ServerKeys,
+    /// Registrations started per address.
+    pub(crate) register_rate: parking_lot::Mutex<ratelimit::Limiter<IpAddr>>,
 }
+
+/// Addresses whose registration rate is tracked at once (each entry is a few dozen bytes).
+const RATE_TRACKED_ADDRESSES: usize = 100_000;
 
 impl Node {
     /// Canonical identity `name:base_port`, as the spec defines it.
@@ -430,6 +436,7 @@ impl Node {
     /// The node of `parts`, its identity `config.name:base_port`, spawning into `tasks`.
     fn assemble(parts: NodeParts, tasks: &TaskTracker, shutdown: &CancellationToken) -> Arc<Node> {
         let me: mst::ServerKey = (parts.config.name.clone(), parts.base_port);
+        let per_minute = parts.config.registrations_per_minute;
         Arc::new(Node {
             federation: federation::Federation::new(
                 me,
@@ -455,6 +462,13 @@ impl Node {
             links_stop: CancellationToken::new(),
             sessions_live: std::sync::atomic::AtomicUsize::new(0),
             anonymous: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            register_rate: parking_lot::Mutex::new(ratelimit::Limiter::new(
+                ratelimit::Rate {
+                    burst: per_minute,
+                    per_second: per_minute / 60.0,
+                },
+                RATE_TRACKED_ADDRESSES,
+            )),
             keys: parts.keys,
         })
     }
@@ -558,8 +572,37 @@ fn open_wills(
     })
 }
 
+/// File descriptors kept back from clients: links, datafiles, the wills log, the admin and echo
+/// sockets, the trace, name resolution.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the open-file soft limit to the hard limit, and lowers `max_clients` to what the
+/// limit leaves room for (after [`RESERVED_FDS`]), so a full server refuses with `server-full`
+/// instead of its accept loop running out of descriptors.
+fn fit_open_files(mut config: Config) -> Config {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let room = soft.saturating_sub(RESERVED_FDS).max(1);
+            if config.max_clients as u64 > room {
+                tracing::warn!(
+                    open_files = soft,
+                    max_clients = config.max_clients,
+                    serving = room,
+                    "the open-file limit leaves room for fewer clients than max_clients; raise it (ulimit -n, or LimitNOFILE= in a systemd unit) to serve more"
+                );
+                config.max_clients = room as usize;
+            } else {
+                tracing::debug!(open_files = soft, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    config
+}
+
 /// Binds the node's ports, opens its datafiles and starts its services.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let config = fit_open_files(config);
     let (store, report) = Store::open(&config.data_dir).map_err(|source| StartError::Store {
         dir: config.data_dir.display().to_string(),
         source,
@@ -676,9 +719,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     // RTT echo on P+2, UDP and TCP.
     {
         let stop = shutdown.clone();
+        let n = Arc::clone(&node);
         tracker.spawn(gossip_common::rtt::udp_echo(
             Arc::new(listeners.echo_udp),
             node.config.lab.clone(),
+            move |ip| n.blacklist.contains(ip),
             async move { stop.cancelled().await },
         ));
     }
@@ -686,11 +731,15 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         let t = tracker.clone();
         // Each echo connection lives up to 10 s: bounded, so a stranger cannot hold thousands.
         let slots = Arc::new(Semaphore::new(net::ECHO_CONNECTIONS));
+        let node_echo = Arc::clone(&node);
         tracker.spawn(net::accept_loop(
             listeners.echo_tcp,
             shutdown.clone(),
             "echo",
             move |stream, peer| {
+                if !node_echo.admit(peer, "echo") {
+                    return std::future::ready(());
+                }
                 match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
                         t.spawn(async move {

@@ -26,6 +26,8 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<Bytes>,
     /// Cancelled to disconnect the session (slow consumer, admin kick).
     pub kill: CancellationToken,
+    /// The client's address (a blacklist entry added later closes the session).
+    pub ip: std::net::IpAddr,
 }
 
 #[derive(Default)]
@@ -172,6 +174,21 @@ impl Presence {
     }
 
     /// Number of logged-in sessions.
+    /// Disconnects every session whose address `refused` says yes to (a blacklist entry was
+    /// added); returns how many.
+    pub fn kill_where(&self, refused: impl Fn(std::net::IpAddr) -> bool) -> usize {
+        let inner = self.inner.read();
+        let mut n = 0;
+        for (handle, _) in inner.sessions.values() {
+            if refused(handle.ip) {
+                handle.kill.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Logged-in sessions.
     pub fn session_count(&self) -> usize {
         self.inner.read().sessions.len()
     }
@@ -207,9 +224,23 @@ mod tests {
                 uid: UserId(uid),
                 tx,
                 kill: CancellationToken::new(),
+                ip: std::net::Ipv4Addr::new(192, 0, 2, uid as u8).into(),
             },
             rx,
         )
+    }
+
+    #[test]
+    fn a_blacklisted_address_loses_its_sessions() {
+        let p = Presence::default();
+        let (a, _ra) = handle(1, 8);
+        let (b, _rb) = handle(2, 8);
+        let (ka, kb) = (a.kill.clone(), b.kill.clone());
+        p.register(1, a, vec![]);
+        p.register(2, b, vec![]);
+        let bad: std::net::IpAddr = std::net::Ipv4Addr::new(192, 0, 2, 2).into();
+        assert_eq!(p.kill_where(|ip| ip == bad), 1);
+        assert!(!ka.is_cancelled() && kb.is_cancelled());
     }
 
     #[test]

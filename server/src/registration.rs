@@ -19,6 +19,18 @@ struct Lock {
     expires: Instant,
 }
 
+/// Locks one origin server may hold here at once. The origin is the part of the holder before
+/// its first `/` (holders are `host:port/<random>`): a peer that floods lock requests fills
+/// its own share, never the table.
+pub const MAX_LOCKS_PER_ORIGIN: usize = 256;
+/// Locks held here at once, all origins together.
+pub const MAX_LOCKS: usize = 10_000;
+
+/// The server a holder names.
+fn origin(holder: &str) -> &str {
+    holder.split('/').next().unwrap_or(holder)
+}
+
 /// Per-server table of locked UserIDs.
 #[derive(Default)]
 pub struct UidLocks {
@@ -34,19 +46,30 @@ impl UidLocks {
         if locks.len() > 1024 {
             locks.retain(|_, l| l.expires > now);
         }
-        match locks.get(&uid) {
-            Some(l) if l.expires > now && l.holder != holder => Err(l.holder.clone()),
-            _ => {
-                locks.insert(
-                    uid,
-                    Lock {
-                        holder: holder.to_owned(),
-                        expires: now + ttl,
-                    },
-                );
-                Ok(())
+        let held = locks.get(&uid).filter(|l| l.expires > now);
+        if let Some(l) = held.filter(|l| l.holder != holder) {
+            return Err(l.holder.clone());
+        }
+        if held.is_none() {
+            // A new lock (not an extension): within its origin's share and the table's bound.
+            let from = origin(holder);
+            let (mut all, mut mine) = (0, 0);
+            for l in locks.values().filter(|l| l.expires > now) {
+                all += 1;
+                mine += usize::from(origin(&l.holder) == from);
+            }
+            if all >= MAX_LOCKS || mine >= MAX_LOCKS_PER_ORIGIN {
+                return Err(format!("{from} holds too many UserID locks here"));
             }
         }
+        locks.insert(
+            uid,
+            Lock {
+                holder: holder.to_owned(),
+                expires: now + ttl,
+            },
+        );
+        Ok(())
     }
 
     /// Releases `uid` if `holder` holds it.
@@ -69,6 +92,24 @@ impl UidLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_origin_cannot_hold_more_than_its_share() {
+        let locks = UidLocks::default();
+        let ttl = Duration::from_secs(60);
+        for i in 0..MAX_LOCKS_PER_ORIGIN as u64 {
+            locks
+                .try_lock(UserId(i), &format!("rogue:1/{i}"), ttl)
+                .unwrap();
+        }
+        let err = locks
+            .try_lock(UserId(99_999), "rogue:1/more", ttl)
+            .unwrap_err();
+        assert!(err.contains("too many"), "{err}");
+        // Extending a held lock is not a new one; other origins still lock.
+        locks.try_lock(UserId(0), "rogue:1/0", ttl).unwrap();
+        locks.try_lock(UserId(99_999), "honest:2/x", ttl).unwrap();
+    }
 
     #[test]
     fn one_holder_at_a_time_and_expiry() {

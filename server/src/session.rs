@@ -64,6 +64,8 @@ struct Session {
     /// This connection's place among its address's connections that are not logged in;
     /// given up at login.
     anonymous: Option<AnonymousSlot>,
+    /// This connection's registration-lock holder: `host:port/<random 128 bits>`.
+    holder: String,
 }
 
 /// Connections from one address that have not logged in (a NAT's users each take one for the
@@ -124,7 +126,9 @@ pub(crate) async fn serve(
         let slot = AnonymousSlot::take(&node, peer.ip());
         let handshake = tokio::select! {
             _ = shutdown.cancelled() => return,
-            h = secure::accept(stream, Purpose::Client, node.keys.noise(), false) => h,
+            // Boxed: the handshake's state (a kilobyte and more) would otherwise be part of
+            // every session task's size for the connection's whole life.
+            h = Box::pin(secure::accept(stream, Purpose::Client, node.keys.noise(), false)) => h,
         };
         let secured = match handshake {
             Ok((secured, _)) => secured,
@@ -155,6 +159,9 @@ pub(crate) async fn serve(
             auth: Auth::Anonymous,
             last_will: None,
             anonymous: None,
+            // Unguessable: lock answers and releases name their holder, and no peer may
+            // release or answer for a registration it cannot name.
+            holder: format!("{}/{:032x}", node.identity(), rand::random::<u128>()),
         };
         session.anonymous = slot;
         if session.anonymous.is_none() {
@@ -322,6 +329,10 @@ impl Session {
                                     if Box::pin(self.handle(msg)).await.is_break() {
                                         return "client disconnected";
                                     }
+                                    // Silence is counted while reading: a request that took
+                                    // long (a registration waiting on the network lock) is
+                                    // not the client's silence.
+                                    last_rx = Instant::now();
                                 }
                                 Err(e) => {
                                     tracing::info!(error = %e, "message refused");
@@ -559,6 +570,7 @@ impl Session {
                 uid,
                 tx: self.tx.clone(),
                 kill: self.kill.clone(),
+                ip: self.peer.ip(),
             },
             contacts,
         );
@@ -611,7 +623,20 @@ impl Session {
             let text = "already logged in".to_owned();
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
-        let holder = format!("{}/s{}", self.node.identity(), self.sid);
+        let wait = self
+            .node
+            .register_rate
+            .lock()
+            .take(&self.peer.ip(), tokio::time::Instant::now());
+        if let Err(wait) = wait {
+            tracing::info!("registration refused: too many from this address");
+            let text = format!(
+                "too many registrations from your address; try again in {} s",
+                wait.as_secs() + 1
+            );
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        let holder = self.holder.clone();
         if let Auth::Registering { uid, .. } = self.auth {
             // One reservation per connection: a second `register` gives up the first.
             self.node.release_uid(uid, &holder);
@@ -651,7 +676,7 @@ impl Session {
                 format!("newuser must carry the granted UserID {uid} and the registered key");
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
-        let holder = format!("{}/s{}", self.node.identity(), self.sid);
+        let holder = self.holder.clone();
         let result = self
             .node
             .store
@@ -764,7 +789,7 @@ impl Session {
         if let Auth::Registering { uid, .. } = self.auth {
             // The connection that asked for the reservation is gone: free the UserID now, not
             // when the lock expires.
-            let holder = format!("{}/s{}", self.node.identity(), self.sid);
+            let holder = self.holder.clone();
             self.node.release_uid(uid, &holder);
             tracing::info!(%uid, "registration abandoned; UserID released");
             return;

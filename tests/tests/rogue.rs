@@ -311,3 +311,155 @@ async fn admin(node: &RunningNode, request: &str) -> String {
     assert!(line.contains("\"ok\":true"), "{request}: {line}");
     line
 }
+
+/// Reads frames from an attacker's link until `stop` says so or 10 s pass; returns them.
+async fn read_frames(
+    lines: &mut tokio::io::Lines<
+        BufReader<tokio::io::ReadHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>>,
+    >,
+    mut stop: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        let done = stop(&line);
+        got.push(line);
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_cannot_stop_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    // Linked, and never answers a lock request (nor anything else).
+    let (_lines, _wr) = attach(
+        a.base_port() + 1,
+        &Keypair::generate(),
+        ("192.0.2.66", 4000),
+    )
+    .await;
+    wait_for("the silent peer's link", Duration::from_secs(5), || {
+        (!a.node.federation.status().links.is_empty()).then_some(())
+    })
+    .await;
+    let (client, _events) =
+        GossipClient::connect(&a.client_addr().to_string(), Keypair::generate())
+            .await
+            .unwrap();
+    let t0 = std::time::Instant::now();
+    let uid = client
+        .register(|u| u.nick_name = "despite-silence".into())
+        .await
+        .expect("registration granted after the silent peer's timeout");
+    assert!(a.node.store.contains_user(uid));
+    // It waited for the peer (the lock request reached it), then went ahead.
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_flood_is_held_to_the_links_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    let (mut lines, mut wr) = attach(
+        a.base_port() + 1,
+        &Keypair::generate(),
+        ("192.0.2.66", 4000),
+    )
+    .await;
+    const FLOOD: u64 = 400;
+    let mut burst = Vec::new();
+    for i in 0..FLOOD {
+        burst.extend(frame(m::LockUid {
+            uid: gossip_common::UserId(1_000_000 + i),
+            holder: format!("192.0.2.66:4000/{i}"),
+            expires_s: 900,
+        }));
+    }
+    wr.write_all(&burst).await.unwrap();
+    wr.flush().await.unwrap();
+    let mut answers = 0;
+    let got = read_frames(&mut lines, |l| {
+        answers += usize::from(l.contains("<lockResult"));
+        answers == FLOOD as usize
+    })
+    .await;
+    let granted = got
+        .iter()
+        .filter(|l| l.contains("<lockResult") && l.contains("<granted>1</granted>"))
+        .count();
+    assert_eq!(answers, FLOOD as usize, "every request is answered");
+    // A burst of 100, plus what the rate refilled while they were read; never all.
+    assert!(
+        (100..=160).contains(&granted),
+        "granted {granted} of {FLOOD}"
+    );
+    // The flood took none of the honest registrations' share.
+    let (client, _e) = GossipClient::connect(&a.client_addr().to_string(), Keypair::generate())
+        .await
+        .unwrap();
+    client
+        .register(|u| u.nick_name = "honest".into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_register_without_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.registrations_per_minute = 5.0;
+    let a = gossip_server::start(cfg).await.unwrap();
+    let mut raw = gossip_tests::RawConn::connect(a.client_addr()).await;
+    let key = Keypair::generate();
+    let mut refused = None;
+    for i in 0..6 {
+        let id = raw
+            .send(m::Register {
+                publickey: key.public(),
+            })
+            .await;
+        let last = raw.until_final(id).await.pop().expect("an answer");
+        if let Body::Error(e) = last.body {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("the sixth registration in a minute is refused");
+    assert_eq!(i, 5);
+    assert_eq!(e.code, gossip_common::ErrorCode::NotAllowed);
+    assert!(e.text.contains("too many registrations"), "{}", e.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_reconnects_in_a_loop_is_held_to_the_link_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    let key = Keypair::generate();
+    let mut refused_at = None;
+    for i in 0..40 {
+        let (mut lines, _wr) = attach(a.base_port() + 1, &key, ("192.0.2.66", 4000)).await;
+        // After its own `serverID`, the node sends either its server list (the link is up) or
+        // an error (refused).
+        let got = read_frames(&mut lines, |l| {
+            l.contains("<serverlist") || l.contains("<error")
+        })
+        .await;
+        if got.iter().any(|l| l.contains("too many links")) {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    // A burst of 30 link-ups, then one every 2 s.
+    let i = refused_at.expect("refused within 40 link-ups");
+    assert!((30..=32).contains(&i), "refused at {i}");
+}

@@ -27,6 +27,23 @@ use super::{encode, LOCK_TIMEOUT};
 use crate::mst::{key_string, ServerKey};
 use crate::Node;
 
+/// A link's lock-request budget (one bucket per link).
+pub(super) type LockRate = crate::ratelimit::Limiter<()>;
+
+/// Lock requests one link may bring: a burst of 100, then 20 a second (a registration costs
+/// one per link it crosses).
+const LOCKS_PER_LINK: crate::ratelimit::Rate = crate::ratelimit::Rate {
+    burst: 100.0,
+    per_second: 20.0,
+};
+
+/// Links one server key may open per minute (and burst): every link-up costs a resync, the
+/// rows and the server list, so a peer that reconnects in a loop is held to this.
+pub(super) const LINKS_PER_KEY: crate::ratelimit::Rate = crate::ratelimit::Rate {
+    burst: 30.0,
+    per_second: 0.5,
+};
+
 /// Frames queued to one peer before the link counts as stuck and is dropped.
 const LINK_QUEUE: usize = 4096;
 pub(super) struct Link {
@@ -105,9 +122,9 @@ pub(super) async fn run_link(
         _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
         h = async {
             if expect.is_some() {
-                secure::connect(stream, Purpose::Federation, noise).await.map(|(s, k)| (s, Some(k)))
+                Box::pin(secure::connect(stream, Purpose::Federation, noise)).await.map(|(s, k)| (s, Some(k)))
             } else {
-                secure::accept(stream, Purpose::Federation, noise, true).await
+                Box::pin(secure::accept(stream, Purpose::Federation, noise, true)).await
             }
         } => h,
     };
@@ -165,6 +182,16 @@ pub(super) async fn run_link(
     if peer == fed.me || expect.as_ref().is_some_and(|e| *e != peer) {
         tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: unexpected identity");
         return LinkEnd::NotUp("unexpected identity");
+    }
+    if fed
+        .link_rate
+        .lock()
+        .take(&peer_key, Instant::now())
+        .is_err()
+    {
+        tracing::warn!(%addr, peer = %key_string(&peer), "server link refused: too many links from this key");
+        refuse_link(&mut wr, "too many links from your key; wait a minute").await;
+        return LinkEnd::NotUp("too many links from its key");
     }
     let verdict = fed.claim_key(&peer, &peer_key);
     if !verdict.accepted() {
@@ -245,6 +272,7 @@ pub(super) async fn run_link(
             });
         }
         let mut sync = SyncIn::new(bulk);
+        let mut lock_rate = LockRate::new(LOCKS_PER_LINK, 1);
         let idle = node.config.idle_timeout.max(Duration::from_secs(10));
         let mut last_rx = Instant::now();
         let mut pinged = false;
@@ -290,7 +318,7 @@ pub(super) async fn run_link(
                     match Message::decode(&frame) {
                         Ok(msg) => {
                             node.metrics.messages_in.add(msg.msgtype(), 1);
-                            if handle_peer(&node, &peer, &tx, (&mut sync, &mut resync), msg).await.is_break() {
+                            if handle_peer(&node, &peer, &tx, (&mut sync, &mut resync, &mut lock_rate), msg).await.is_break() {
                                 break;
                             }
                         }
@@ -412,7 +440,7 @@ pub(super) async fn handle_peer(
     node: &Arc<Node>,
     peer: &ServerKey,
     tx: &mpsc::Sender<(Instant, Bytes)>,
-    (sync, resync): (&mut SyncIn, &mut Resync),
+    (sync, resync, locks_in): (&mut SyncIn, &mut Resync, &mut LockRate),
     msg: Message,
 ) -> std::ops::ControlFlow<()> {
     use std::ops::ControlFlow::{Break, Continue};
@@ -548,7 +576,14 @@ pub(super) async fn handle_peer(
         Body::LockUid(l) => {
             let ttl =
                 Duration::from_secs(l.expires_s.clamp(1, node.config.uid_lock.as_secs().max(1)));
-            let local = !node.store.contains_user(l.uid)
+            // Past its rate, a link's requests are refused: a flood only fails the flooder's
+            // own registrations.
+            let within_rate = locks_in.take(&(), Instant::now()).is_ok();
+            if !within_rate {
+                tracing::debug!(uid = %l.uid, "lock request over the link's rate; refused");
+            }
+            let local = within_rate
+                && !node.store.contains_user(l.uid)
                 && node.locks.try_lock(l.uid, &l.holder, ttl).is_ok();
             let forwarded = local
                 && fed.send_lock_request(
@@ -566,15 +601,16 @@ pub(super) async fn handle_peer(
                 });
                 let _ = tx.try_send((Instant::now(), result));
             } else {
-                // A subtree that never answers counts as a refusal. Weak: a stopped node must
-                // not be kept alive (datafiles locked) by this timer.
+                // A subtree that stays silent counts as granting (availability: a peer that
+                // never answers must not stop registrations; see docs/federation.md). Weak: a
+                // stopped node must not be kept alive (datafiles locked) by this timer.
                 let (weak, stop) = (Arc::downgrade(node), node.shutdown.clone());
                 node.tasks.spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         _ = tokio::time::sleep(LOCK_TIMEOUT) => {
                             if let Some(node) = weak.upgrade() {
-                                node.federation.lock_answer(l.uid, &l.holder, false, None);
+                                node.federation.lock_answer(l.uid, &l.holder, true, None);
                             }
                         }
                     }

@@ -50,10 +50,17 @@ impl Federation {
         if !self.send_lock_request(&msg, uid, holder, None, LockReply::Origin(done)) {
             return true; // nobody to ask: this server alone decides
         }
-        let granted = matches!(
-            tokio::time::timeout(LOCK_TIMEOUT + Duration::from_secs(1), rx).await,
-            Ok(Ok(true))
-        );
+        // No answer in time (a neighbour that stays silent): granted, with a warning. A silent
+        // peer must not stop registrations network-wide; the price is that a partitioned or
+        // silent subtree may grant the same UserID, which the spec's UserID layout (the
+        // registering client's address and the second) makes a near-impossible collision.
+        let granted = match tokio::time::timeout(LOCK_TIMEOUT + Duration::from_secs(1), rx).await {
+            Ok(Ok(granted)) => granted,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(%uid, "network lock not answered in time; granted without it");
+                true
+            }
+        };
         self.state.lock().locks.forget(uid, holder);
         granted
     }

@@ -104,6 +104,12 @@ pub(crate) struct Membership {
     /// The lowest `seq` this server's next row may carry: above any row of its own seen from
     /// others (one it published before a restart, whose clock may have gone back since).
     min_own_seq: u64,
+    /// Servers that showed they exist: a signed row of their own, a link, a measurement that
+    /// they answer, or an admin (the config's peers, `add-server`). Others were only named by
+    /// someone, and are forgotten if they stay unproven (see [`Membership::expire_unproven`]).
+    proven: BTreeSet<ServerKey>,
+    /// When each unproven server was first seen unproven.
+    unproven_since: HashMap<ServerKey, tokio::time::Instant>,
 }
 
 impl Membership {
@@ -112,6 +118,8 @@ impl Membership {
         let mut servers: BTreeSet<ServerKey> = peers.iter().cloned().collect();
         servers.insert(me.clone());
         Membership {
+            proven: servers.clone(),
+            unproven_since: HashMap::new(),
             me,
             servers,
             deleted: BTreeSet::new(),
@@ -183,6 +191,47 @@ impl Membership {
         added
     }
 
+    /// `key` showed it exists (a link, a signed row, an answered probe, an admin).
+    pub(crate) fn prove(&mut self, key: &ServerKey) {
+        if self.servers.contains(key) && self.proven.insert(key.clone()) {
+            self.unproven_since.remove(key);
+        }
+    }
+
+    /// Forgets (without a tombstone) the servers that were only ever named by others and have
+    /// not shown they exist for `max_age`: a peer announcing junk names costs this server a
+    /// probe per name for that long, and no more. A real server that comes back announces
+    /// itself again when it links. Returns those forgotten.
+    pub(crate) fn expire_unproven(
+        &mut self,
+        now: tokio::time::Instant,
+        max_age: std::time::Duration,
+    ) -> Vec<ServerKey> {
+        let unproven: Vec<ServerKey> = self
+            .servers
+            .iter()
+            .filter(|s| !self.proven.contains(*s))
+            .cloned()
+            .collect();
+        self.unproven_since.retain(|k, _| unproven.contains(k));
+        let mut expired = Vec::new();
+        for s in unproven {
+            let since = *self.unproven_since.entry(s.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= max_age {
+                expired.push(s);
+            }
+        }
+        for s in &expired {
+            self.servers.remove(s);
+            self.rows.remove(s);
+            self.unproven_since.remove(s);
+        }
+        if !expired.is_empty() {
+            self.version += 1;
+        }
+        expired
+    }
+
     /// Whether no more servers can be learned.
     pub(crate) fn is_full(&self) -> bool {
         self.servers.len() >= MAX_SERVERS
@@ -199,6 +248,8 @@ impl Membership {
         self.deleted.insert(key.clone());
         self.version += 1;
         let removed = self.servers.remove(key);
+        self.proven.remove(key);
+        self.unproven_since.remove(key);
         self.rows.remove(key);
         for row in self.rows.values_mut() {
             row.rtts.remove(key);
@@ -239,6 +290,8 @@ impl Membership {
         if !self.servers.contains(&measurer) {
             return false; // full: a row of a server that cannot be learned is not kept either
         }
+        self.proven.insert(measurer.clone());
+        self.unproven_since.remove(&measurer);
         self.rows.insert(measurer, row);
         self.version += 1;
         true
@@ -251,6 +304,11 @@ impl Membership {
         measured: &[(ServerKey, Option<u64>)],
         now_ms: u64,
     ) -> Option<Row> {
+        for (s, m) in measured {
+            if m.is_some() {
+                self.prove(s);
+            }
+        }
         let old = self.rows.get(&self.me).cloned().unwrap_or_default();
         let mut row = old.clone();
         for (s, m) in measured {
@@ -506,6 +564,22 @@ mod tests {
         assert!(tree.contains(&(k(1), k(2))) && tree.contains(&(k(1), k(3))));
         assert_eq!(m.edge_to(&k(2)), Edge::Alive(15));
         assert!(m.both_measured(&k(2)) && !m.both_measured(&k(3)));
+    }
+
+    #[test]
+    fn servers_only_named_by_others_are_forgotten_unless_they_show_up() {
+        let mut m = Membership::new(k(0), &[k(1)]);
+        m.add_servers([k(2), k(3), k(4)]);
+        let t = tokio::time::Instant::now();
+        let age = std::time::Duration::from_secs(600);
+        assert!(m.expire_unproven(t, age).is_empty());
+        // k(2) publishes a row, k(3) answers our probe; k(4) never shows up.
+        assert!(m.store_row(k(2), row(5, &[(0, Some(100))])));
+        m.apply_measurements(&[(k(3), Some(200)), (k(4), None)], 1);
+        assert_eq!(m.expire_unproven(t + age, age), vec![k(4)]);
+        assert!(!m.knows(&k(4)));
+        // The config's peer is proven by the admin who named it, even if silent.
+        assert!(m.knows(&k(1)) && m.knows(&k(2)) && m.knows(&k(3)));
     }
 
     #[test]

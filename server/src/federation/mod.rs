@@ -132,7 +132,12 @@ pub struct Federation {
     keys_file: Mutex<Option<std::path::PathBuf>>,
     /// This server's identity key: signs its RTT rows and its own removal.
     signer: gossip_common::Keypair,
+    /// Link-ups per peer key.
+    link_rate: Mutex<crate::ratelimit::Limiter<gossip_common::PublicKey>>,
 }
+
+/// How long a server named by others (and never heard from itself) is kept.
+const UNPROVEN_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// The keyring's file in the data directory.
 pub(crate) const KEYRING_FILE: &str = "servers.keys";
@@ -167,6 +172,10 @@ impl Federation {
             warned_full: std::sync::atomic::AtomicBool::new(false),
             keys_file: Mutex::new(keys_file),
             signer,
+            link_rate: Mutex::new(crate::ratelimit::Limiter::new(
+                link::LINKS_PER_KEY,
+                membership::MAX_SERVERS,
+            )),
         }
     }
 
@@ -388,7 +397,9 @@ impl Federation {
     /// An admin added a server: measure it, tell the others, recompute.
     pub(crate) fn admin_add_server(&self, key: ServerKey) {
         self.state.lock().members.undelete(&key);
-        if !self.add_servers([key.clone()]).is_empty() {
+        let added = self.add_servers([key.clone()]);
+        self.state.lock().members.prove(&key);
+        if !added.is_empty() {
             let bound = self.key_of(&key).map(|k| k.to_string());
             self.flood(
                 &encode(m::AddServer {
@@ -806,6 +817,13 @@ async fn topology_loop(node: Arc<Node>, shutdown: CancellationToken, tracker: Ta
             let mut guard = fed.state.lock();
             let st = &mut *guard;
             let now = Instant::now();
+            let links_now: Vec<ServerKey> = st.links.keys().cloned().collect();
+            for k in &links_now {
+                st.members.prove(k);
+            }
+            for gone in st.members.expire_unproven(now, UNPROVEN_MAX_AGE) {
+                tracing::info!(server = %key_string(&gone), "forgot a server nobody has heard from itself");
+            }
             let links: BTreeMap<ServerKey, Duration> = st
                 .links
                 .iter()

@@ -70,7 +70,8 @@ impl LockTable {
         true
     }
 
-    /// Records `from`'s answer (`None`: give up on everyone still silent, as a refusal). Once
+    /// Records `from`'s answer (`None`: stop waiting for everyone still silent, counting them
+    /// as answering `granted`). Once
     /// the whole subtree has answered, or anyone refused, the request is done: its answer is
     /// returned for the caller to deliver.
     pub(crate) fn answer(
@@ -90,7 +91,7 @@ impl LockTable {
                 p.granted &= granted;
             }
             None => {
-                p.granted = false;
+                p.granted &= granted;
                 p.waiting_on.clear();
             }
         }
@@ -170,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn one_refusal_a_timeout_or_a_lost_link_refuses_at_once() {
+    fn one_refusal_or_a_lost_link_refuses_at_once_and_silence_grants() {
         let mut t = LockTable::default();
         t.start(UserId(1), "h", [k(2), k(3)].into(), LockReply::Peer(k(9)));
         let a = t
@@ -178,8 +179,16 @@ mod tests {
             .expect("refused");
         assert!(!a.granted);
 
+        // Silence (the timeout) counts as granting: a silent peer cannot stop registrations.
         t.start(UserId(2), "h", [k(2), k(3)].into(), LockReply::Peer(k(9)));
+        assert!(t.answer(UserId(2), "h", true, Some(&k(2))).is_none());
         let a = t.answer(UserId(2), "h", true, None).expect("timed out");
+        assert!(a.granted);
+        // ...but not over an answer that refused.
+        t.start(UserId(5), "h", [k(2), k(3)].into(), LockReply::Peer(k(9)));
+        let a = t
+            .answer(UserId(5), "h", false, Some(&k(3)))
+            .expect("refused");
         assert!(!a.granted);
 
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -358,6 +358,8 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         })
         .await?;
     settings.uid = Some(uid.0);
+    // `connect` pinned the server's key in the profile meanwhile: keep it.
+    settings.server_keys = profile.settings()?.server_keys;
     for s in servers_of(args, &settings)?.into_iter().rev() {
         if !settings.servers.contains(&s) {
             settings.servers.insert(0, s);

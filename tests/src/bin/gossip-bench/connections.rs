@@ -216,8 +216,13 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
 /// Connects one client more than the node admits; describes what happened.
 async fn over_limit(addr: &str, data: &Dataset) -> String {
-    let Ok((c, mut events)) = GossipClient::connect(addr, data.key(0)).await else {
-        return "connection refused".into();
+    let (c, mut events) = match GossipClient::connect(addr, data.key(0)).await {
+        Ok(c) => c,
+        // A full server refuses before the encryption handshake.
+        Err(ClientError::Refused { code, text, .. }) => {
+            return format!("refused with {code:?} ({text})")
+        }
+        Err(e) => return format!("connection failed: {e}"),
     };
     match tokio::time::timeout(Duration::from_secs(10), c.login(data.uid(0))).await {
         Ok(Err(ClientError::Refused { code, .. })) => format!("refused with {code:?}"),
