@@ -609,41 +609,50 @@ impl<S: AsyncRead + Unpin> AsyncRead for SecureStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        me.wr.poll_write(&mut me.inner, cx, buf)
-    }
+/// `AsyncWrite` for a type holding the socket (or its write half) in `inner` and a
+/// [`WriteState`] in the named field: the same for the whole stream and the writing half.
+macro_rules! secure_write {
+    ($ty:ident, $state:ident) => {
+        impl<T: AsyncWrite + Unpin> AsyncWrite for $ty<T> {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                let me = self.get_mut();
+                me.$state.poll_write(&mut me.inner, cx, buf)
+            }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        me.wr.poll_write_vectored(&mut me.inner, cx, bufs)
-    }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                let me = self.get_mut();
+                me.$state.poll_write_vectored(&mut me.inner, cx, bufs)
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        ready!(me.wr.poll_drain(&mut me.inner, cx))?;
-        Pin::new(&mut me.inner).poll_flush(cx)
-    }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let me = self.get_mut();
+                ready!(me.$state.poll_drain(&mut me.inner, cx))?;
+                Pin::new(&mut me.inner).poll_flush(cx)
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        ready!(me.wr.poll_drain(&mut me.inner, cx))?;
-        Pin::new(&mut me.inner).poll_shutdown(cx)
-    }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let me = self.get_mut();
+                ready!(me.$state.poll_drain(&mut me.inner, cx))?;
+                Pin::new(&mut me.inner).poll_shutdown(cx)
+            }
+        }
+    };
 }
+
+secure_write!(SecureStream, wr);
+secure_write!(SecureWriter, st);
 
 /// The reading half of a [`SecureStream`].
 pub struct SecureReader<R> {
@@ -667,42 +676,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureReader<R> {
 pub struct SecureWriter<W> {
     inner: W,
     st: WriteState,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for SecureWriter<W> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        me.st.poll_write(&mut me.inner, cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        me.st.poll_write_vectored(&mut me.inner, cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        ready!(me.st.poll_drain(&mut me.inner, cx))?;
-        Pin::new(&mut me.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        ready!(me.st.poll_drain(&mut me.inner, cx))?;
-        Pin::new(&mut me.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

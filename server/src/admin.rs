@@ -123,12 +123,35 @@ pub(crate) fn serve(
 
 use tokio::io::AsyncReadExt;
 
+/// The JSON field saying whether a blacklist change changed anything.
+fn verb_past(add: bool) -> &'static str {
+    if add {
+        "added"
+    } else {
+        "removed"
+    }
+}
+
 fn parse_server(s: &str) -> Result<(String, u16), String> {
     crate::config::parse_server(s).map_err(|e| e.to_string())
 }
 
 async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
     let fed = &node.federation;
+    // A blacklist entry that is a server key refuses that key, whatever its address.
+    if let AdminRequest::BlacklistAdd { net } | AdminRequest::BlacklistRemove { net } = &req {
+        if let Ok(key) = net.trim().parse::<gossip_common::PublicKey>() {
+            let add = matches!(req, AdminRequest::BlacklistAdd { .. });
+            let verb = if add { "add" } else { "remove" };
+            node.store
+                .audit("admin", &format!("blacklist {verb} key {key}"));
+            let changed = fed.with_keyring(|k| if add { k.refuse(key) } else { k.unrefuse(&key) });
+            let links = if add { fed.drop_links_by_key() } else { 0 };
+            return AdminResponse::ok(
+                json!({verb_past(add): changed, "key": key.to_string(), "links_closed": links}),
+            );
+        }
+    }
     match req {
         AdminRequest::Status => AdminResponse::ok(status(node)),
         AdminRequest::Servers => AdminResponse::ok(status(node)["peers"].clone()),
@@ -257,33 +280,6 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
             node.store.audit("admin", "recalc");
             fed.recalc();
             AdminResponse::ok(json!({"recalc": "started"}))
-        }
-        AdminRequest::BlacklistAdd { net }
-            if net.trim().parse::<gossip_common::PublicKey>().is_ok() =>
-        {
-            let key = net
-                .trim()
-                .parse::<gossip_common::PublicKey>()
-                .expect("checked");
-            node.store
-                .audit("admin", &format!("blacklist add key {key}"));
-            let added = fed.with_keyring(|k| k.refuse(key));
-            let links = fed.drop_links_by_key();
-            AdminResponse::ok(
-                json!({"added": added, "key": key.to_string(), "links_closed": links}),
-            )
-        }
-        AdminRequest::BlacklistRemove { net }
-            if net.trim().parse::<gossip_common::PublicKey>().is_ok() =>
-        {
-            let key = net
-                .trim()
-                .parse::<gossip_common::PublicKey>()
-                .expect("checked");
-            node.store
-                .audit("admin", &format!("blacklist remove key {key}"));
-            let removed = fed.with_keyring(|k| k.unrefuse(&key));
-            AdminResponse::ok(json!({"removed": removed, "key": key.to_string()}))
         }
         AdminRequest::BlacklistAdd { net } => match node.blacklist.add(&net) {
             Ok(added) => {

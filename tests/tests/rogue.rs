@@ -463,3 +463,65 @@ async fn a_key_that_reconnects_in_a_loop_is_held_to_the_link_rate() {
     let i = refused_at.expect("refused within 40 link-ups");
     assert!((30..=32).contains(&i), "refused at {i}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_is_cut_at_once_and_stays_out_and_a_pinned_name_cannot_be_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gossip_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    let mallory = Keypair::generate();
+    let (mut lines, _wr) = attach(a.base_port() + 1, &mallory, ("192.0.2.66", 4000)).await;
+    read_frames(&mut lines, |l| l.contains("<serverlist")).await;
+    wait_for("the link", Duration::from_secs(5), || {
+        (!a.node.federation.status().links.is_empty()).then_some(())
+    })
+    .await;
+    let answer = admin(
+        &a,
+        &format!(r#"{{"cmd":"blacklist-add","net":"{}"}}"#, mallory.public()),
+    )
+    .await;
+    assert!(answer.contains("\"links_closed\":1"), "{answer}");
+    // The open link ends...
+    let rest = read_frames(&mut lines, |_| false).await;
+    assert!(rest.len() < 10, "{rest:?}");
+    assert!(a.node.federation.status().links.is_empty());
+    // ...and a new one from that key is refused, from any address and under any name.
+    let (mut lines, _wr) = attach(a.base_port() + 1, &mallory, ("192.0.2.67", 5000)).await;
+    let said = read_frames(&mut lines, |l| {
+        l.contains("<error") || l.contains("<serverlist")
+    })
+    .await;
+    assert!(said.iter().any(|l| l.contains("refused here")), "{said:?}");
+    // An admin pins a name before its server ever shows up: nobody else can claim it.
+    let real = Keypair::generate();
+    admin(
+        &a,
+        &format!(
+            r#"{{"cmd":"trust","server":"192.0.2.70:6000","key":"{}"}}"#,
+            real.public()
+        ),
+    )
+    .await;
+    let (mut lines, _wr) = attach(
+        a.base_port() + 1,
+        &Keypair::generate(),
+        ("192.0.2.70", 6000),
+    )
+    .await;
+    let said = read_frames(&mut lines, |l| {
+        l.contains("<error") || l.contains("<serverlist")
+    })
+    .await;
+    assert!(
+        said.iter().any(|l| l.contains("bound to another key")),
+        "{said:?}"
+    );
+    let (mut lines, _wr) = attach(a.base_port() + 1, &real, ("192.0.2.70", 6000)).await;
+    let said = read_frames(&mut lines, |l| {
+        l.contains("<error") || l.contains("<serverlist")
+    })
+    .await;
+    assert!(said.iter().any(|l| l.contains("<serverlist")), "{said:?}");
+}
