@@ -128,6 +128,21 @@ pub enum Event {
     Unreachable(UserId),
     /// A notice from the server.
     ServerMessage(String),
+    /// A message relayed through the servers (already acknowledged to them as delivered).
+    /// `request`: the sender is not in your contact list.
+    Relayed {
+        /// The message (its body is what the sender's client put in it).
+        message: m::Relay,
+        /// Whether the sender is not among your contacts (a message request).
+        request: bool,
+    },
+    /// The recipient's client has a message you sent through the servers.
+    Delivered {
+        /// The message id (as [`GossipClient::send_relayed`] returned it).
+        id: String,
+        /// The recipient.
+        to: UserId,
+    },
     /// An `error` not tied to a request.
     Error {
         /// Code.
@@ -174,7 +189,13 @@ struct State {
     /// Records are numbered past this: the event count of the last will handed out (by this
     /// connection or, after a failover, the previous one), which may still be published.
     floor: Option<EventCount>,
+    /// Ids of relayed messages already passed on (a message can arrive twice: pushed live and
+    /// again at a login before the servers dropped it), most recent last.
+    seen_relays: std::collections::VecDeque<String>,
 }
+
+/// Relayed message ids remembered for de-duplication.
+const SEEN_RELAYS: usize = 4096;
 
 /// Server identity keys pinned per server address (`host:port`, base port).
 pub type Pins = std::collections::BTreeMap<String, PublicKey>;
@@ -274,12 +295,13 @@ impl GossipClient {
         {
             // A weak sender, so dropping the client closes the connection (which makes the
             // server publish the last will) even while this task still runs.
-            let (pending, state, events, out, closed) = (
+            let (pending, state, events, out, closed, me_key) = (
                 Arc::clone(&pending),
                 Arc::clone(&state),
                 events_tx.clone(),
                 out.downgrade(),
                 closed.clone(),
+                key.clone(),
             );
             tokio::spawn(async move {
                 let mut frames = FramedRead::new(rd, XmlFrameCodec::default());
@@ -300,7 +322,7 @@ impl GossipClient {
                             continue;
                         }
                     };
-                    route(msg, &pending, &state, &events, &out).await;
+                    route(msg, &pending, &state, &events, &out, &me_key).await;
                 };
                 closed.cancel();
                 pending.lock().expect("lock").clear();
@@ -829,6 +851,34 @@ impl GossipClient {
         Ok(start.elapsed())
     }
 
+    /// Sends `body` to `to` through the servers: it reaches them wherever they log in, now or
+    /// later (up to 30 days). Returns the message id once the server has it on disk (and, when
+    /// it is linked, on a second server's); [`Event::Delivered`] follows when the recipient's
+    /// client has it. The body is opaque to the servers: encrypt it end to end before.
+    pub async fn send_relayed(&self, to: UserId, body: &[u8]) -> Result<String, ClientError> {
+        use base64::Engine as _;
+        let from = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        let sent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut r = m::Relay {
+            id: format!("{:032x}", rand::random::<u128>()),
+            from,
+            to,
+            sent,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+            sig: String::new(),
+            request: None,
+        };
+        r.sig = self
+            .key
+            .sign(Domain::Relay, &gossip_common::relay_bytes(&r))
+            .to_string();
+        let id = r.id.clone();
+        self.request(r).await?;
+        Ok(id)
+    }
+
     /// Sends a signed chat message directly to a contact, at the address in their UserInfo.
     /// If they cannot be reached they are marked offline locally and an
     /// [`Event::Unreachable`] is emitted.
@@ -976,6 +1026,7 @@ async fn route(
     state: &Mutex<State>,
     events: &mpsc::Sender<Event>,
     out: &mpsc::WeakSender<Message>,
+    me_key: &Keypair,
 ) {
     if let Some(re) = msg.header.re {
         let waiter = pending.lock().expect("lock").get(&re).cloned();
@@ -1011,6 +1062,54 @@ async fn route(
             let _ = events
                 .send(Event::Disconnected(d.reason.unwrap_or_default()))
                 .await;
+        }
+        Body::Relay(r) => {
+            let fresh = {
+                let mut st = state.lock().expect("lock");
+                // Checked against the sender's key when it is a contact (the server checked
+                // it against the bound key either way).
+                let forged = st.contacts.get(&r.from).is_some_and(|c| {
+                    r.sig.parse().map_or(true, |sig| {
+                        c.public_key
+                            .verify(Domain::Relay, &gossip_common::relay_bytes(&r), &sig)
+                            .is_err()
+                    })
+                });
+                let me = st.me.as_ref().map(|u| u.user_id);
+                if forged || me.is_some_and(|me| me != r.to) {
+                    tracing::warn!(id = %r.id, "relayed message refused: not for us or forged");
+                    return;
+                }
+                let seen = st.seen_relays.contains(&r.id);
+                if !seen {
+                    st.seen_relays.push_back(r.id.clone());
+                    if st.seen_relays.len() > SEEN_RELAYS {
+                        st.seen_relays.pop_front();
+                    }
+                }
+                !seen
+            };
+            let (id, from, to) = (r.id.clone(), r.from, r.to);
+            if fresh {
+                let request = r.request == Some(1);
+                let _ = events
+                    .send(Event::Relayed {
+                        message: r,
+                        request,
+                    })
+                    .await;
+            }
+            // Passed on (or a duplicate of one that was): the servers may drop it.
+            let sig = me_key
+                .sign(Domain::Relay, &gossip_common::delivered_bytes(&id, to))
+                .to_string();
+            let ack = Message::new(Ipv6Addr::UNSPECIFIED, m::Delivered { id, from, to, sig });
+            if let Some(out) = out.upgrade() {
+                let _ = out.send(ack).await;
+            }
+        }
+        Body::Delivered(d) => {
+            let _ = events.send(Event::Delivered { id: d.id, to: d.to }).await;
         }
         other => tracing::debug!(msgtype = other.msgtype(), "unsolicited message ignored"),
     }

@@ -34,6 +34,8 @@ pub enum Domain {
     NoiseStatic,
     /// Statements a server makes about itself to the federation (its RTT row, its removal).
     ServerControl,
+    /// The envelope of a relayed message (`relay`).
+    Relay,
 }
 
 impl Domain {
@@ -44,6 +46,7 @@ impl Domain {
             Domain::Chat => b"gossip-chat-v1\0",
             Domain::NoiseStatic => b"gossip-noise-static-v1\0",
             Domain::ServerControl => b"gossip-server-control-v1\0",
+            Domain::Relay => b"gossip-relay-v1\0",
         }
     }
 }

@@ -26,6 +26,20 @@ pub use message::{Body, ErrorCode, Header, Message, ProtocolError};
 pub use record::{ChatMessage, ContactList, Record, RecordError, Signed, UserInfo, Versioned};
 pub use user_id::UserId;
 
+/// The bytes a sender signs (domain [`Domain::Relay`]) for a relayed message's envelope.
+pub fn relay_bytes(r: &message::Relay) -> Vec<u8> {
+    format!(
+        "relay\n{}\n{}\n{}\n{}\n{}",
+        r.id, r.from, r.to, r.sent, r.body
+    )
+    .into_bytes()
+}
+
+/// The bytes a recipient signs (domain [`Domain::Relay`]) to say it has message `id`.
+pub fn delivered_bytes(id: &str, to: UserId) -> Vec<u8> {
+    format!("delivered\n{id}\n{to}").into_bytes()
+}
+
 /// The bytes a client signs (domain [`Domain::Login`]) to answer a login challenge: the nonce,
 /// the server's canonical identity and the UserID. Naming the server means a response captured
 /// by one (possibly rogue) server cannot be replayed to another; the nonce is single-use, so it

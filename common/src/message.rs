@@ -621,6 +621,57 @@ pub struct UnlockUid {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Relayed messages (client -> server -> federation -> server -> client)
+
+/// `relay`: a message from one user to another, carried by the servers and kept until the
+/// recipient's client has it. The body is opaque to servers (the sender's client encrypts it
+/// end to end); the envelope is signed by the sender, so no server can forge or alter one, or
+/// send one in a user's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    /// Sender-chosen id, 32 hex digits (128 random bits): names the message network-wide.
+    pub id: String,
+    /// The sender.
+    pub from: UserId,
+    /// The recipient.
+    pub to: UserId,
+    /// The sender's clock when sent, milliseconds since the Unix epoch.
+    pub sent: u64,
+    /// The body, base64 (opaque to servers).
+    pub body: String,
+    /// The sender's signature (hex, domain `gossip-relay-v1`) over
+    /// `relay\n{id}\n{from}\n{to}\n{sent}\n{body}`.
+    pub sig: String,
+    /// Server → client only: 1 when the sender is not in the recipient's contact list (a
+    /// message request, to show apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u8>,
+}
+
+/// `delivered`: the recipient's client has message `id`. Client → its server (which then drops
+/// it), flooded between servers (every server drops it), and server → the sender's client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The message id.
+    pub id: String,
+    /// Its sender.
+    pub from: UserId,
+    /// Its recipient.
+    pub to: UserId,
+    /// The recipient's signature (hex, domain `gossip-relay-v1`) over `delivered\n{id}\n{to}`:
+    /// only the recipient can make a message disappear from the servers.
+    pub sig: String,
+}
+
+/// `stored` (server → server): a relayed message `id` is on this server's disk; the sender's
+/// server acknowledges the message to its client once one other server has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The message id.
+    pub id: String,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Client -> client
 
 /// `txt` (client→client): a chat message, signed by the sender.
@@ -713,6 +764,9 @@ bodies! {
     LockResult(LockResult) = "lockResult",
     UnlockUid(UnlockUid) = "unlockUID",
     Txt(Txt) = "txt",
+    Relay(Relay) = "relay",
+    Delivered(Delivered) = "delivered",
+    Stored(Stored) = "stored",
 }
 
 fn de<T: DeserializeOwned>(msgtype: &str, xml: &str) -> Result<T, ProtocolError> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod federation;
 mod lab;
 pub mod logring;
+pub mod mailbox;
 pub mod metrics;
 pub mod mst;
 mod net;
@@ -18,6 +19,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod registration;
+mod relay;
 pub mod server_keys;
 mod session;
 pub mod sim;
@@ -110,7 +112,17 @@ pub struct Node {
     pub keys: server_keys::ServerKeys,
     /// Registrations started per address.
     pub(crate) register_rate: parking_lot::Mutex<ratelimit::Limiter<IpAddr>>,
+    /// Relayed messages waiting for their recipients.
+    pub mailbox: mailbox::Mailbox,
+    /// Relayed messages sent per user.
+    pub(crate) relay_rate: parking_lot::Mutex<ratelimit::Limiter<UserId>>,
 }
+
+/// Relayed messages one user may send: a burst of 60, then one a second.
+const RELAY_RATE: ratelimit::Rate = ratelimit::Rate {
+    burst: 60.0,
+    per_second: 1.0,
+};
 
 /// Addresses whose registration rate is tracked at once (each entry is a few dozen bytes).
 const RATE_TRACKED_ADDRESSES: usize = 100_000;
@@ -430,6 +442,7 @@ struct NodeParts {
     transport: Arc<dyn federation::Transport>,
     wills: wills::Wills,
     keys: server_keys::ServerKeys,
+    mailbox: mailbox::Mailbox,
 }
 
 impl Node {
@@ -470,6 +483,11 @@ impl Node {
                 RATE_TRACKED_ADDRESSES,
             )),
             keys: parts.keys,
+            mailbox: parts.mailbox,
+            relay_rate: parking_lot::Mutex::new(ratelimit::Limiter::new(
+                RELAY_RATE,
+                RATE_TRACKED_ADDRESSES,
+            )),
         })
     }
 
@@ -526,6 +544,7 @@ pub(crate) fn start_headless(
     let tracker = TaskTracker::new();
     let wills = open_wills(&config, &store, &tracker, &shutdown)?;
     let keys = open_keys(&config)?;
+    let mailbox = open_mailbox(&config, &tracker, &shutdown)?;
     let node = Node::assemble(
         NodeParts {
             base_port: config.base_port,
@@ -537,6 +556,7 @@ pub(crate) fn start_headless(
             transport,
             wills,
             keys,
+            mailbox,
         },
         &tracker,
         &shutdown,
@@ -548,6 +568,19 @@ pub(crate) fn start_headless(
         node,
         shutdown,
         tracker,
+    })
+}
+
+fn open_mailbox(
+    config: &Config,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<mailbox::Mailbox, StartError> {
+    mailbox::Mailbox::open(&config.data_dir, tracker, shutdown).map_err(|source| {
+        StartError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
     })
 }
 
@@ -650,6 +683,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let tracker = TaskTracker::new();
     let wills = open_wills(&config, &store, &tracker, &shutdown)?;
     let keys = open_keys(&config)?;
+    let mailbox = open_mailbox(&config, &tracker, &shutdown)?;
     let node = Node::assemble(
         NodeParts {
             base_port: listeners.base_port,
@@ -661,6 +695,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             transport: Arc::new(federation::Tcp),
             wills,
             keys,
+            mailbox,
         },
         &tracker,
         &shutdown,

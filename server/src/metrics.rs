@@ -72,6 +72,8 @@ pub struct Metrics {
     pub refused_keys: Counter,
     /// RTT rows dropped: unsigned, badly signed, or signed by a key not bound to the measurer.
     pub refused_rows: Counter,
+    /// Relayed messages accepted from this server's clients.
+    pub relayed: Counter,
     /// Successful logins (including the implicit one after registration).
     pub logins: Counter,
     /// Login attempts whose challenge response did not verify.
@@ -137,6 +139,11 @@ impl Metrics {
             "refused_keys_total",
             "Server links refused for their key (not the bound one, refused, not allowed).",
             m.refused_keys.get(),
+        );
+        counter(
+            "relayed_total",
+            "Relayed messages accepted from this server's clients.",
+            m.relayed.get(),
         );
         counter(
             "refused_rows_total",

@@ -463,6 +463,18 @@ impl Session {
                 self.send_contact_list(re, uid).await;
                 self.reply(re, m::Ok { current: None }).await;
             }
+            Body::Relay(r) => match self.node.relay_from_client(uid, r).await {
+                Ok(()) => self.reply(re, m::Ok { current: None }).await,
+                Err((code, text)) => self.error(re, code, text, None).await,
+            },
+            Body::Delivered(d) => {
+                if d.to != uid {
+                    let text = "only the recipient says a message was delivered".to_owned();
+                    return self.error(re, ErrorCode::NotAllowed, text, None).await;
+                }
+                self.node.relay_delivered(d, None);
+                self.reply(re, m::Ok { current: None }).await;
+            }
             Body::ReqServerList(_) => {
                 // Every server this one knows (host and base port = client port), so a client
                 // can fail over to another when this one goes away.
@@ -585,6 +597,11 @@ impl Session {
             },
         )
         .await;
+        // Messages that waited for this user, wherever they were sent.
+        for r in self.node.mailbox.for_recipient(uid) {
+            let r = self.node.for_recipient(r);
+            self.send(r).await;
+        }
     }
 
     /// Sends `contactlist`, split over several messages if the records would not fit one frame.

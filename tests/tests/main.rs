@@ -5,6 +5,7 @@ mod chat;
 mod docs;
 mod durability;
 mod federation;
+mod messaging;
 mod operators;
 mod presence;
 mod processes;

@@ -258,6 +258,18 @@ pub(super) async fn run_link(
         let range = (node.config.sync == crate::config::SyncMethod::Range && peer_offers_range)
             .then(|| fed.me < peer);
         let mut resync = Resync::start(&node, range, bulk.clone());
+        // Every undelivered message, so a peer that was away holds them too (it keeps what
+        // it lacks; the rest are duplicates it drops).
+        {
+            let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
+            tasks.spawn(async move {
+                for r in node.mailbox.all() {
+                    if bulk.send((Instant::now(), encode(r))).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         // The last wills of this server's sessions, so a peer that was away holds them too.
         {
             let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
@@ -627,6 +639,29 @@ pub(super) async fn handle_peer(
                 node.locks.unlock(u.uid, holder);
             }
             fed.flood(&encode(u), Some(peer));
+        }
+        Body::Relay(r) => {
+            // Stored by a task of its own (each waits for its fdatasync), bounded like records.
+            let Ok(slot) = Arc::clone(&sync.records_in_flight).acquire_owned().await else {
+                return Break(());
+            };
+            let (tasks, node, peer, tx) = (
+                node.tasks.clone(),
+                Arc::clone(node),
+                peer.clone(),
+                tx.clone(),
+            );
+            tasks.spawn(async move {
+                let id = r.id.clone();
+                if node.relay_from_peer(r, &peer).await {
+                    let _ = tx.try_send((Instant::now(), encode(m::Stored { id })));
+                }
+                drop(slot);
+            });
+        }
+        Body::Stored(s) => node.mailbox.stored(&s.id),
+        Body::Delivered(d) => {
+            node.relay_delivered(d, Some(peer));
         }
         Body::Error(e) => tracing::info!(code = ?e.code, text = %e.text, "peer reported an error"),
         other => tracing::debug!(msgtype = other.msgtype(), "ignored on a server link"),

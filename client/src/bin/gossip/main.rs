@@ -521,6 +521,28 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
             Update::Event(Event::Error { code, text }) => {
                 eprintln!("server error {code:?}: {text}")
             }
+            Update::Event(Event::Relayed { message, request }) => {
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"event": "relayed", "id": message.id, "from": message.from.0, "sent_ms": message.sent, "bytes": message.body.len(), "request": request})
+                    );
+                } else {
+                    println!(
+                        "relayed message from {} ({} bytes{})",
+                        message.from,
+                        message.body.len(),
+                        if request { ", not a contact" } else { "" }
+                    );
+                }
+            }
+            Update::Event(Event::Delivered { id, to }) => {
+                if args.json {
+                    println!("{}", json!({"event": "delivered", "id": id, "to": to.0}));
+                } else {
+                    println!("message {id} delivered to {to}");
+                }
+            }
             Update::Event(Event::Disconnected(_)) => {}
         }
         use std::io::Write;

@@ -369,6 +369,13 @@ async fn serve(
                 Some(Event::Error { code, text }) => {
                     let _ = out.send(Net::Notice(format!("server error {code:?}: {text}"))).await;
                 }
+                Some(Event::Relayed { message, .. }) => {
+                    let text = format!("relayed message from {} ({} bytes; this app does not read relayed messages yet)", message.from, message.body.len());
+                    let _ = out.send(Net::Notice(text)).await;
+                }
+                Some(Event::Delivered { id, to }) => {
+                    let _ = out.send(Net::Notice(format!("message {id} delivered to {to}"))).await;
+                }
                 Some(Event::Disconnected(why)) => return End::Lost(format!("disconnected: {why}")),
                 None => return End::Lost("connection lost".into()),
             },

@@ -1,0 +1,477 @@
+//! The mailbox: relayed messages (`relay`) kept by every server until the recipient's client
+//! has them (`delivered`), so a message reaches its recipient wherever and whenever they log in,
+//! and survives the death of any one server (`docs/messaging.md`).
+//!
+//! Like the replicated wills, every server holds every undelivered message: the sender's
+//! server stores it, floods it along the tree, and answers the sender once one other server
+//! has stored it too. A server that is logged in to by the recipient pushes it; the
+//! recipient's client answers `delivered`, which is flooded and drops the message everywhere.
+//! Servers see only the envelope (who, to whom, when, how big): the body is the sender's
+//! end-to-end ciphertext.
+//!
+//! Bounds: a body of at most [`MAX_BODY`] bytes (base64), [`MAX_PER_RECIPIENT`] messages and
+//! [`MAX_BYTES_PER_RECIPIENT`] bytes waiting per recipient, [`MAX_HELD`] in all, and
+//! [`TTL`] (30 days) after which an undelivered message is dropped.
+//!
+//! `mailbox.log` (JSON lines: `{"put":…}` or `{"gone":"<id>"}`) is appended and `fdatasync`ed
+//! in batches before a put is acknowledged, replayed at start (expired messages dropped), and
+//! rewritten with the live messages when it holds four times more lines than that.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossip_common::message::Relay;
+use gossip_common::UserId;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest body, base64: 64 KiB (≈ 48 KiB of ciphertext).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Messages waiting for one recipient at most.
+pub const MAX_PER_RECIPIENT: usize = 1_000;
+/// Bytes of bodies waiting for one recipient at most.
+pub const MAX_BYTES_PER_RECIPIENT: usize = 8 * 1024 * 1024;
+/// Messages held in all.
+pub const MAX_HELD: usize = 1_000_000;
+/// An undelivered message is dropped after this.
+pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Delivered ids remembered (so a late copy of a delivered message is not stored again).
+const MAX_GONE: usize = 100_000;
+
+const FILE: &str = "mailbox.log";
+
+/// Why a message was not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The body is over [`MAX_BODY`].
+    #[error("the message body is over {MAX_BODY} bytes")]
+    TooLarge,
+    /// The recipient's mailbox is full.
+    #[error("the recipient has too many undelivered messages; try again later")]
+    MailboxFull,
+    /// The server holds [`MAX_HELD`] messages.
+    #[error("this server holds too many undelivered messages; try again later")]
+    Full,
+    /// Older than [`TTL`] (or from too far in the future).
+    #[error("the message is expired or dated in the future")]
+    Expired,
+    /// The disk write failed.
+    #[error("the server could not store the message; try again")]
+    Unstored,
+}
+
+/// The held messages (pure: no I/O, time passed in).
+#[derive(Default)]
+pub struct MailTable {
+    by_id: HashMap<String, Relay>,
+    /// Recipient → ids in arrival order.
+    by_to: HashMap<UserId, Vec<String>>,
+    bytes_to: HashMap<UserId, usize>,
+    /// Delivered ids (with their sender, for receipts), oldest first.
+    gone: BTreeMap<u64, String>,
+    gone_set: HashSet<String>,
+    gone_seq: u64,
+}
+
+impl MailTable {
+    /// Takes `r` if it is new, within bounds and not expired at `now_ms`. `Ok(false)`: already
+    /// held or already delivered.
+    pub fn put(&mut self, r: Relay, now_ms: u64) -> Result<bool, Refused> {
+        if r.body.len() > MAX_BODY {
+            return Err(Refused::TooLarge);
+        }
+        let ttl = TTL.as_millis() as u64;
+        if r.sent + ttl < now_ms || r.sent > now_ms + ttl {
+            return Err(Refused::Expired);
+        }
+        if self.by_id.contains_key(&r.id) || self.gone_set.contains(&r.id) {
+            return Ok(false);
+        }
+        if self.by_id.len() >= MAX_HELD {
+            return Err(Refused::Full);
+        }
+        let n = self.by_to.get(&r.to).map_or(0, Vec::len);
+        let bytes = self.bytes_to.get(&r.to).copied().unwrap_or(0);
+        if n >= MAX_PER_RECIPIENT || bytes + r.body.len() > MAX_BYTES_PER_RECIPIENT {
+            return Err(Refused::MailboxFull);
+        }
+        self.by_to.entry(r.to).or_default().push(r.id.clone());
+        *self.bytes_to.entry(r.to).or_default() += r.body.len();
+        self.by_id.insert(r.id.clone(), r);
+        Ok(true)
+    }
+
+    /// Drops message `id` (delivered); returns it if it was held. Remembered as delivered
+    /// either way, so a late copy is not stored again.
+    pub fn delivered(&mut self, id: &str) -> Option<Relay> {
+        if self.gone_set.insert(id.to_owned()) {
+            self.gone_seq += 1;
+            self.gone.insert(self.gone_seq, id.to_owned());
+            while self.gone.len() > MAX_GONE {
+                if let Some((_, old)) = self.gone.pop_first() {
+                    self.gone_set.remove(&old);
+                }
+            }
+        }
+        self.remove(id)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Relay> {
+        let r = self.by_id.remove(id)?;
+        if let Some(ids) = self.by_to.get_mut(&r.to) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_to.remove(&r.to);
+            }
+        }
+        if let Some(b) = self.bytes_to.get_mut(&r.to) {
+            *b -= r.body.len();
+            if *b == 0 {
+                self.bytes_to.remove(&r.to);
+            }
+        }
+        Some(r)
+    }
+
+    /// Messages waiting for `to`, oldest first.
+    pub fn for_recipient(&self, to: UserId) -> Vec<Relay> {
+        self.by_to
+            .get(&to)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// Drops messages older than [`TTL`] at `now_ms`; returns their ids.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+        let ttl = TTL.as_millis() as u64;
+        let old: Vec<String> = self
+            .by_id
+            .values()
+            .filter(|r| r.sent + ttl < now_ms)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &old {
+            self.remove(id);
+        }
+        old
+    }
+
+    /// Every held message.
+    pub fn all(&self) -> Vec<Relay> {
+        self.by_id.values().cloned().collect()
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// One line of `mailbox.log`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Line {
+    Put(Relay),
+    Gone(String),
+}
+
+impl Line {
+    fn bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("plain values serialise");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// A line to write and who waits for it to be on disk.
+type Pending = (Vec<u8>, Option<oneshot::Sender<bool>>);
+
+/// The mailbox and its file.
+pub struct Mailbox {
+    table: Arc<Mutex<MailTable>>,
+    file: mpsc::Sender<Pending>,
+    /// Sends waiting for a peer's `stored`, by message id (closed ones are swept).
+    stored_waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Mailbox {
+    /// Replays `mailbox.log` in `dir`, rewrites it with the live messages, starts its writer.
+    pub fn open(
+        dir: &Path,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> io::Result<Mailbox> {
+        let path = dir.join(FILE);
+        let mut table = MailTable::default();
+        let now = now_ms();
+        if let Ok(f) = std::fs::File::open(&path) {
+            for line in io::BufReader::new(f).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Line>(&line) {
+                    Ok(Line::Put(r)) => {
+                        let _ = table.put(r, now);
+                    }
+                    Ok(Line::Gone(id)) => {
+                        table.delivered(&id);
+                    }
+                    Err(_) => continue, // a torn last line
+                }
+            }
+        }
+        let table = Arc::new(Mutex::new(table));
+        rewrite(&path, &table.lock())?;
+        let (file, rx) = mpsc::channel(4096);
+        tasks.spawn(writer(path, rx, Arc::clone(&table), shutdown.clone()));
+        Ok(Mailbox {
+            table,
+            file,
+            stored_waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Stores `r` (the caller checked its signature) and waits until it is on disk. `Ok(true)`:
+    /// new and durable; `Ok(false)`: already held or delivered.
+    pub async fn put(&self, r: Relay) -> Result<bool, Refused> {
+        let id = r.id.clone();
+        let line = Line::Put(r.clone()).bytes();
+        if !self.table.lock().put(r, now_ms())? {
+            return Ok(false);
+        }
+        let (done, wait) = oneshot::channel();
+        let written = self.file.send((line, Some(done))).await.is_ok() && wait.await == Ok(true);
+        if !written {
+            self.table.lock().remove(&id);
+            return Err(Refused::Unstored);
+        }
+        Ok(true)
+    }
+
+    /// A receiver that fires when a peer says it stored message `id` (see `stored`).
+    pub fn await_stored(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.stored_waiters.lock();
+        w.retain(|_, tx| !tx.is_closed());
+        w.insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// A peer stored message `id`.
+    pub fn stored(&self, id: &str) {
+        if let Some(tx) = self.stored_waiters.lock().remove(id) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Message `id` was delivered: dropped here (and from the file). Returns it if it was held.
+    pub fn delivered(&self, id: &str) -> Option<Relay> {
+        let r = self.table.lock().delivered(id);
+        if r.is_some() {
+            let _ = self
+                .file
+                .try_send((Line::Gone(id.to_owned()).bytes(), None));
+        }
+        r
+    }
+
+    /// Messages waiting for `to`.
+    pub fn for_recipient(&self, to: UserId) -> Vec<Relay> {
+        self.table.lock().for_recipient(to)
+    }
+
+    /// Every held message (a link-up hands them to the peer).
+    pub fn all(&self) -> Vec<Relay> {
+        self.table.lock().all()
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Appends queued lines, one `fdatasync` per batch, then tells the waiting puts; drops expired
+/// messages and rewrites the file when it holds four times more lines than live messages.
+async fn writer(
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Pending>,
+    table: Arc<Mutex<MailTable>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut lines = table.lock().len();
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => p,
+            _ = shutdown.cancelled() => rx.try_recv().ok(),
+        };
+        let Some((mut batch, waiter)) = first else {
+            return;
+        };
+        let mut waiters: Vec<oneshot::Sender<bool>> = waiter.into_iter().collect();
+        while let Ok((more, w)) = rx.try_recv() {
+            batch.extend_from_slice(&more);
+            waiters.extend(w);
+            lines += 1;
+        }
+        lines += 1;
+        table.lock().expire(now_ms());
+        let live = table.lock().len();
+        let compact = lines > 4 * live + 10_000;
+        let (path2, table2) = (path.clone(), Arc::clone(&table));
+        let written = tokio::task::spawn_blocking(move || {
+            if compact {
+                return rewrite(&path2, &table2.lock());
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path2)?;
+            f.write_all(&batch)?;
+            f.sync_data()
+        })
+        .await;
+        let ok = matches!(written, Ok(Ok(())));
+        if compact && ok {
+            lines = live;
+        }
+        if !ok {
+            tracing::error!(
+                ?written,
+                "mailbox file write failed; messages held in memory only"
+            );
+        }
+        for w in waiters {
+            let _ = w.send(ok);
+        }
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the live messages to a new file, syncs it and renames it over the old one.
+fn rewrite(path: &Path, table: &MailTable) -> io::Result<()> {
+    let tmp = path.with_extension("log.tmp");
+    let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for r in table.by_id.values() {
+        f.write_all(&Line::Put(r.clone()).bytes())?;
+    }
+    let f = f.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, to: u64, body: usize, sent: u64) -> Relay {
+        Relay {
+            id: id.into(),
+            from: UserId(1),
+            to: UserId(to),
+            sent,
+            body: "A".repeat(body),
+            sig: String::new(),
+            request: None,
+        }
+    }
+
+    #[test]
+    fn held_until_delivered_and_never_stored_again() {
+        let mut t = MailTable::default();
+        let now = 1_000_000;
+        assert_eq!(t.put(msg("a", 2, 10, now), now), Ok(true));
+        assert_eq!(t.put(msg("a", 2, 10, now), now), Ok(false));
+        assert_eq!(t.put(msg("b", 2, 10, now), now), Ok(true));
+        assert_eq!(
+            t.for_recipient(UserId(2))
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(t.delivered("a").is_some());
+        assert_eq!(t.put(msg("a", 2, 10, now), now), Ok(false), "late copy");
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn bounded_per_recipient_in_size_and_in_time() {
+        let mut t = MailTable::default();
+        let now = TTL.as_millis() as u64 * 2;
+        assert_eq!(
+            t.put(msg("big", 2, MAX_BODY + 1, now), now),
+            Err(Refused::TooLarge)
+        );
+        for i in 0..MAX_PER_RECIPIENT {
+            t.put(msg(&format!("m{i}"), 2, 1, now), now).unwrap();
+        }
+        assert_eq!(
+            t.put(msg("one-more", 2, 1, now), now),
+            Err(Refused::MailboxFull)
+        );
+        assert_eq!(t.put(msg("other", 3, 1, now), now), Ok(true));
+        let old = now - TTL.as_millis() as u64 - 1;
+        assert_eq!(t.put(msg("old", 3, 1, old), now), Err(Refused::Expired));
+        // Time passes: everything expires.
+        assert_eq!(
+            t.expire(now + TTL.as_millis() as u64 + 1).len(),
+            MAX_PER_RECIPIENT + 1
+        );
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_survives_a_restart_until_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, stop) = (
+            tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let now = now_ms();
+        {
+            let m = Mailbox::open(dir.path(), &tasks, &stop).unwrap();
+            assert_eq!(m.put(msg("x", 2, 5, now)).await, Ok(true));
+            assert_eq!(m.put(msg("y", 2, 5, now)).await, Ok(true));
+            assert!(m.delivered("y").is_some());
+        }
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        let (tasks, stop) = (
+            tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let m = Mailbox::open(dir.path(), &tasks, &stop).unwrap();
+        let ids: Vec<String> = m
+            .for_recipient(UserId(2))
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["x"]);
+        stop.cancel();
+    }
+}

@@ -1,0 +1,187 @@
+//! Relayed messages through the federation (`docs/messaging.md`): the checks a message passes
+//! before a server keeps it, storing it (the [`Mailbox`](crate::mailbox)), flooding it along
+//! the tree, pushing it to the recipient's sessions here, and dropping it everywhere once the
+//! recipient's client says it has it. The same code serves a message from a client and from a
+//! peer; only the sender's own server rate-limits and waits for a second copy before
+//! acknowledging.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gossip_common::message::{self as m, Relay};
+use gossip_common::{Domain, ErrorCode, Message, UserId};
+
+use crate::mailbox::Refused;
+use crate::mst::ServerKey;
+use crate::Node;
+
+/// How long the sender's server waits for another server to store a message before it
+/// acknowledges it anyway (with only its own copy).
+const SECOND_COPY_WAIT: Duration = Duration::from_secs(2);
+
+fn frame(body: impl Into<gossip_common::Body>) -> Bytes {
+    Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
+}
+
+/// Whether `id` is 32 lowercase hex digits.
+fn valid_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Checks the envelope's signature against the sender's bound key.
+fn verify(node: &Node, r: &Relay) -> Result<(), (ErrorCode, String)> {
+    let key = node
+        .store
+        .public_key(r.from)
+        .ok_or((ErrorCode::UnknownUser, format!("no user {}", r.from)))?;
+    let sig: gossip_common::Signature = r
+        .sig
+        .parse()
+        .map_err(|_| (ErrorCode::Malformed, "sig is not a signature".to_owned()))?;
+    key.verify(Domain::Relay, &gossip_common::relay_bytes(r), &sig)
+        .map_err(|_| {
+            (
+                ErrorCode::BadSignature,
+                "the message's signature does not verify".to_owned(),
+            )
+        })
+}
+
+fn refused(e: Refused) -> (ErrorCode, String) {
+    let code = match e {
+        Refused::TooLarge => ErrorCode::TooLarge,
+        Refused::Unstored => ErrorCode::Internal,
+        Refused::MailboxFull | Refused::Full | Refused::Expired => ErrorCode::NotAllowed,
+    };
+    (code, e.to_string())
+}
+
+impl Node {
+    /// A message from the logged-in client `uid`: checked, stored, flooded, pushed if the
+    /// recipient is here; returns once it is on this server's disk and (if any server is
+    /// linked) on one other server's, or why it was refused.
+    pub(crate) async fn relay_from_client(
+        self: &Arc<Self>,
+        uid: UserId,
+        mut r: Relay,
+    ) -> Result<(), (ErrorCode, String)> {
+        if r.from != uid {
+            return Err((ErrorCode::NotAllowed, "from must be your own UserID".into()));
+        }
+        if !valid_id(&r.id) {
+            return Err((
+                ErrorCode::Malformed,
+                "id must be 32 lowercase hex digits".into(),
+            ));
+        }
+        if let Err(wait) = self
+            .relay_rate
+            .lock()
+            .take(&uid, tokio::time::Instant::now())
+        {
+            let text = format!("too many messages; try again in {} s", wait.as_secs() + 1);
+            return Err((ErrorCode::NotAllowed, text));
+        }
+        if !self.store.contains_user(r.to) {
+            return Err((ErrorCode::UnknownUser, format!("no user {}", r.to)));
+        }
+        verify(self, &r)?;
+        r.request = None;
+        let second_copy = self.mailbox.await_stored(&r.id);
+        if !self.mailbox.put(r.clone()).await.map_err(refused)? {
+            return Ok(()); // a retry of a message already held (or delivered)
+        }
+        self.metrics.relayed.inc();
+        self.push_to_recipient(&r);
+        let linked = !self.federation.status().links.is_empty();
+        self.federation.flood(&frame(r.clone()), None);
+        if linked
+            && tokio::time::timeout(SECOND_COPY_WAIT, second_copy)
+                .await
+                .is_err()
+        {
+            tracing::warn!(id = %r.id, "no other server confirmed the message in time; acknowledged with this server's copy only");
+        }
+        Ok(())
+    }
+
+    /// A message from peer `peer`: kept if its signature verifies, then flooded on and pushed
+    /// if the recipient is here. Returns whether this server has it now (to answer `stored`).
+    pub(crate) async fn relay_from_peer(self: &Arc<Self>, mut r: Relay, peer: &ServerKey) -> bool {
+        if !valid_id(&r.id) || verify(self, &r).is_err() {
+            tracing::info!(id = %r.id, "relayed message refused: bad id or signature");
+            return false;
+        }
+        r.request = None;
+        match self.mailbox.put(r.clone()).await {
+            Ok(true) => {
+                self.push_to_recipient(&r);
+                self.federation.flood(&frame(r), Some(peer));
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                tracing::info!(id = %r.id, error = %e, "relayed message not kept");
+                false
+            }
+        }
+    }
+
+    /// Pushes `r` to the recipient's sessions here, marked as a request if the sender is not
+    /// in their contact list.
+    fn push_to_recipient(&self, r: &Relay) {
+        if !self.presence.is_logged_in(r.to) {
+            return;
+        }
+        self.presence
+            .send_to_user(r.to, None, &frame(self.for_recipient(r.clone())));
+    }
+
+    /// `r` as its recipient gets it: with `request` set when the sender is not a contact.
+    pub(crate) fn for_recipient(&self, mut r: Relay) -> Relay {
+        let contact = self
+            .store
+            .contact_list(r.to)
+            .is_some_and(|cl| cl.contacts.contains(&r.from));
+        r.request = (!contact).then_some(1);
+        r
+    }
+
+    /// The recipient's client has message `d.id` (`from_peer`: flooded by a peer; `None`: said
+    /// by the recipient's session here). Checked against the recipient's key; the message is
+    /// dropped here, the notice flooded on, and the sender's sessions here told.
+    pub(crate) fn relay_delivered(&self, d: m::Delivered, from_peer: Option<&ServerKey>) -> bool {
+        let (Some(key), Ok(sig)) = (
+            self.store.public_key(d.to),
+            d.sig.parse::<gossip_common::Signature>(),
+        ) else {
+            return false;
+        };
+        if key
+            .verify(
+                Domain::Relay,
+                &gossip_common::delivered_bytes(&d.id, d.to),
+                &sig,
+            )
+            .is_err()
+        {
+            tracing::info!(id = %d.id, "delivered notice refused: not signed by the recipient");
+            return false;
+        }
+        let Some(held) = self.mailbox.delivered(&d.id) else {
+            return false; // not held (or already gone): the flood ends here
+        };
+        if held.to != d.to || held.from != d.from {
+            tracing::warn!(id = %d.id, "delivered notice for a message of other users; ignored");
+            return false;
+        }
+        let f = frame(d.clone());
+        self.federation.flood(&f, from_peer);
+        self.presence.send_to_user(held.from, None, &f);
+        true
+    }
+}

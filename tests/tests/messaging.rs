@@ -1,0 +1,248 @@
+//! Relayed messages with real gossipd processes: a message to a user who is offline is kept by
+//! the federation, survives the `kill -9` of the sender's server right after it was
+//! acknowledged, reaches the recipient when they log in at another server, and the sender learns
+//! it was delivered. A message from a non-contact arrives marked as a request; a forged or
+//! replayed one does not arrive twice.
+
+use std::time::Duration;
+
+use gossip_client::{Event, Events, GossipClient};
+use gossip_common::{Keypair, UserId};
+use gossip_tests::gossipd::{Gossipd, Spec};
+
+fn node(dir: &std::path::Path, name: &str, peer: Option<&Gossipd>) -> Gossipd {
+    let mut s = Spec::new(dir.join(name)).args([
+        "--probe-interval-ms",
+        "20",
+        "--dead-after",
+        "2",
+        "--reprobe",
+        "0.5",
+    ]);
+    if let Some(p) = peer {
+        s = s.args(["--peer".to_string(), p.identity()]);
+    }
+    Gossipd::start(&s).expect("gossipd starts")
+}
+
+fn one_tree(nodes: &[&Gossipd]) -> bool {
+    let ids: Vec<String> = nodes.iter().map(|n| n.identity()).collect();
+    let st: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| n.status().unwrap_or_default())
+        .collect();
+    gossip_tests::gossipd::one_tree(&st, &ids)
+}
+
+async fn registered(node: &Gossipd, nick: &str) -> (Keypair, UserId) {
+    let key = Keypair::generate();
+    let (c, _e) = GossipClient::connect(&node.addr(), key.clone())
+        .await
+        .unwrap();
+    let uid = c.register(|u| u.nick_name = nick.into()).await.unwrap();
+    c.logout().await.unwrap();
+    (key, uid)
+}
+
+async fn login(node: &Gossipd, key: &Keypair, uid: UserId) -> (GossipClient, Events) {
+    let (c, e) = GossipClient::connect(&node.addr(), key.clone())
+        .await
+        .unwrap();
+    c.login(uid).await.unwrap();
+    (c, e)
+}
+
+/// The next event `pick` accepts, within 15 s.
+async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let ev = events.next().await.expect("connection open");
+            if let Some(t) = pick(ev) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event within 15 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_message_survives_its_servers_death_and_reaches_an_offline_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = node(dir.path(), "n1", None);
+    let n2 = node(dir.path(), "n2", Some(&n1));
+    let n3 = node(dir.path(), "n3", Some(&n2));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !one_tree(&[&n1, &n2, &n3]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("one tree");
+    let (alice_key, alice) = registered(&n1, "alice").await;
+    let (bob_key, bob) = registered(&n3, "bob").await;
+    // Bob has Alice as a contact; Carol is a stranger to him.
+    {
+        let (b, _e) = login(&n3, &bob_key, bob).await;
+        b.add_contacts(&[alice]).await.unwrap();
+        b.logout().await.unwrap();
+    }
+    let (carol_key, carol) = registered(&n2, "carol").await;
+
+    // Bob is offline. Alice sends through n1; the ack means n1 and one other server have it.
+    let (a, _a_events) = login(&n1, &alice_key, alice).await;
+    let body: Vec<u8> = (0..200u32).map(|i| (i * 7 % 256) as u8).collect();
+    let t0 = std::time::Instant::now();
+    let id = a.send_relayed(bob, &body).await.unwrap();
+    let ack = t0.elapsed();
+    // n1 dies at once, before anything else can happen.
+    n1.kill9();
+    drop(a);
+    // Carol writes to Bob too, through n2.
+    let (c, _c_events) = login(&n2, &carol_key, carol).await;
+    let carol_id = c.send_relayed(bob, b"hello from a stranger").await.unwrap();
+
+    // Alice comes back on n3 to hear about delivery.
+    let (a, mut a_events) = login(&n3, &alice_key, alice).await;
+    // Bob logs in at n2, which never spoke to Alice's server after the kill.
+    let (b, mut b_events) = login(&n2, &bob_key, bob).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(
+            next(&mut b_events, |ev| match ev {
+                Event::Relayed { message, request } => Some((message, request)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    got.sort_by_key(|(m, _)| m.from != alice);
+    let (from_alice, request) = &got[0];
+    assert_eq!(
+        (from_alice.id.as_str(), from_alice.from, *request),
+        (id.as_str(), alice, false)
+    );
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&from_alice.body)
+        .unwrap();
+    assert_eq!(decoded, body, "the body arrives unaltered");
+    let (from_carol, request) = &got[1];
+    assert_eq!(
+        (from_carol.id.as_str(), from_carol.from),
+        (carol_id.as_str(), carol)
+    );
+    assert!(*request, "a stranger's message is marked as a request");
+    // Alice, logged in elsewhere, learns it was delivered.
+    let delivered = next(&mut a_events, |ev| match ev {
+        Event::Delivered { id, to } => Some((id, to)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delivered, (id.clone(), bob));
+    // Delivered means gone: a new login does not get it again.
+    drop(b);
+    let (_b2, mut b2_events) = login(&n3, &bob_key, bob).await;
+    let again = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(Event::Relayed { message, .. }) = b2_events.next().await {
+                return message.id;
+            }
+        }
+    })
+    .await;
+    assert!(again.is_err(), "delivered message came again: {again:?}");
+    eprintln!("relayed message acknowledged in {ack:?}");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_recipient_gets_the_message_across_the_federation_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = node(dir.path(), "n1", None);
+    let n2 = node(dir.path(), "n2", Some(&n1));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !one_tree(&[&n1, &n2]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("one tree");
+    let (alice_key, alice) = registered(&n1, "alice").await;
+    let (bob_key, bob) = registered(&n2, "bob").await;
+    let (a, mut a_events) = login(&n1, &alice_key, alice).await;
+    let (_b, mut b_events) = login(&n2, &bob_key, bob).await;
+    let mut latencies = Vec::new();
+    for i in 0..20u32 {
+        let t0 = std::time::Instant::now();
+        let id = a.send_relayed(bob, &i.to_be_bytes()).await.unwrap();
+        let got = next(&mut b_events, |ev| match ev {
+            Event::Relayed { message, .. } => Some(message.id),
+            _ => None,
+        })
+        .await;
+        latencies.push(t0.elapsed());
+        assert_eq!(got, id);
+        let (d, to) = next(&mut a_events, |ev| match ev {
+            Event::Delivered { id, to } => Some((id, to)),
+            _ => None,
+        })
+        .await;
+        assert_eq!((d, to), (id, bob));
+    }
+    // A message whose signature is not the sender's is refused by the server.
+    let mut forged = gossip_common::message::Relay {
+        id: format!("{:032x}", 7u128),
+        from: alice,
+        to: bob,
+        sent: 1,
+        body: "AAAA".into(),
+        sig: Keypair::generate()
+            .sign(gossip_common::Domain::Relay, b"x")
+            .to_string(),
+        request: None,
+    };
+    forged.sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Sent by Alice's own logged-in session, so only the signature is wrong.
+    use gossip_common::message as m;
+    let mut raw = gossip_tests::RawConn::connect(n1.addr().parse().unwrap()).await;
+    let id = raw.send(m::Authenticate { uid: alice }).await;
+    let gossip_common::Body::Challenge(ch) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("no challenge")
+    };
+    let signature = alice_key.sign(
+        gossip_common::Domain::Login,
+        &gossip_common::login_challenge_bytes(&ch.nonce, &ch.server, alice),
+    );
+    let id = raw
+        .send(m::ChallengeResponse {
+            uid: alice,
+            signature,
+        })
+        .await;
+    raw.until_final(id).await;
+    let id = raw.send(forged.clone()).await;
+    let gossip_common::Body::Error(e) = raw.until_final(id).await.pop().unwrap().body else {
+        panic!("a forged message was accepted")
+    };
+    assert_eq!(e.code, gossip_common::ErrorCode::BadSignature, "{}", e.text);
+    // Signed properly, the same envelope is taken.
+    forged.sig = alice_key
+        .sign(
+            gossip_common::Domain::Relay,
+            &gossip_common::relay_bytes(&forged),
+        )
+        .to_string();
+    let id = raw.send(forged).await;
+    let last = raw.until_final(id).await.pop().unwrap().body;
+    assert!(matches!(last, gossip_common::Body::Ok(_)), "{last:?}");
+    latencies.sort();
+    eprintln!(
+        "relayed across 2 nodes: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+}
