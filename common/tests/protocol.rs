@@ -231,6 +231,27 @@ fn samples() -> Vec<Body> {
         }
         .into(),
         Txt { record: chat }.into(),
+        Relay {
+            id: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1".into(),
+            from: UserId(1),
+            to: UserId(2),
+            sent: 1_795_430_400_123,
+            body: "AwEAAQ==".into(),
+            sig: "cd".repeat(64),
+            request: Some(1),
+        }
+        .into(),
+        Delivered {
+            id: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1".into(),
+            from: UserId(1),
+            to: UserId(2),
+            sig: "ef".repeat(64),
+        }
+        .into(),
+        Stored {
+            id: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1".into(),
+        }
+        .into(),
     ]
 }
 
