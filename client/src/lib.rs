@@ -12,6 +12,7 @@
 //! that the server publishes if this connection dies.
 
 mod direct;
+pub mod e2e;
 pub mod failover;
 pub mod profile;
 
@@ -78,6 +79,9 @@ pub enum ClientError {
         /// The key it presented.
         presented: PublicKey,
     },
+    /// End-to-end encryption failed (no published keys, altered or replayed message…).
+    #[error(transparent)]
+    E2e(#[from] e2e::E2eError),
     /// The connection closed while a request was waiting.
     #[error("the server closed the connection")]
     Closed,
@@ -849,6 +853,87 @@ impl GossipClient {
         let start = std::time::Instant::now();
         self.request(m::Ping {}).await?;
         Ok(start.elapsed())
+    }
+
+    /// Publishes this user's end-to-end encryption keys (`e2e`) in their UserInfo, if it does
+    /// not already carry them.
+    pub async fn publish_keys(&self, e2e: &e2e::E2e) -> Result<(), ClientError> {
+        let me = self.me().ok_or(ClientError::NotLoggedIn)?;
+        if !e2e.is_published_in(me.value()) {
+            self.update_info(|u| e2e.publish_into(u)).await?;
+        }
+        Ok(())
+    }
+
+    /// A user's record: the contact's as held (its key checked at every push), else fetched.
+    async fn record_of(&self, uid: UserId) -> Result<Signed<UserInfo>, ClientError> {
+        let held = self.state.lock().expect("lock").contacts.get(&uid).cloned();
+        match held {
+            Some(r) => Ok(r),
+            None => self
+                .fetch_users(&[uid])
+                .await?
+                .into_iter()
+                .find(|r| r.user_id == uid)
+                .ok_or(ClientError::Refused {
+                    code: ErrorCode::UnknownUser,
+                    text: format!("no user {uid}"),
+                    current: None,
+                }),
+        }
+    }
+
+    /// Encrypts `plaintext` end to end for `to` (Olm, [`e2e`]) and sends it through the
+    /// servers ([`Self::send_relayed`]); returns the message id.
+    pub async fn send_encrypted(
+        &self,
+        e2e: &mut e2e::E2e,
+        to: UserId,
+        plaintext: &[u8],
+    ) -> Result<String, ClientError> {
+        self.publish_keys(e2e).await?;
+        let theirs = self.record_of(to).await?;
+        let body = e2e.encrypt(to, theirs.value(), plaintext)?;
+        self.send_relayed(to, &body).await
+    }
+
+    /// Decrypts a relayed message ([`Event::Relayed`]) end to end.
+    pub async fn open_relayed(
+        &self,
+        e2e: &mut e2e::E2e,
+        message: &m::Relay,
+    ) -> Result<Vec<u8>, ClientError> {
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&message.body)
+            .map_err(|_| e2e::E2eError::Malformed)?;
+        let theirs = self.record_of(message.from).await?;
+        match e2e.decrypt(message.from, theirs.value(), &body) {
+            Ok(plain) => Ok(plain),
+            // The sender published (new) keys just before sending, and the message overtook
+            // that record on its way here: fetch it, once right away and once a moment later.
+            Err(e2e::E2eError::NoKeys(_) | e2e::E2eError::WrongSender(_)) => {
+                let mut last = None;
+                // A contact's key is known: a fetched record must carry the same one.
+                let known = theirs.public_key;
+                for wait in [Duration::ZERO, Duration::from_millis(500)] {
+                    tokio::time::sleep(wait).await;
+                    let fresh = self.fetch_users(&[message.from]).await?;
+                    let Some(r) = fresh
+                        .into_iter()
+                        .find(|r| r.user_id == message.from && r.public_key == known)
+                    else {
+                        continue;
+                    };
+                    match e2e.decrypt(message.from, r.value(), &body) {
+                        Ok(plain) => return Ok(plain),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or(e2e::E2eError::NoKeys(message.from)).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends `body` to `to` through the servers: it reaches them wherever they log in, now or

@@ -246,3 +246,115 @@ async fn a_live_recipient_gets_the_message_across_the_federation_at_once() {
         latencies.last().unwrap()
     );
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_message_reaches_an_offline_user_and_no_server_holds_its_text() {
+    use gossip_client::e2e::E2e;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = node(dir.path(), "n1", None);
+    let n2 = node(dir.path(), "n2", Some(&n1));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !one_tree(&[&n1, &n2]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("one tree");
+    let (alice_key, alice) = registered(&n1, "alice").await;
+    let (bob_key, bob) = registered(&n2, "bob").await;
+    let mut alice_e2e = E2e::open(&dir.path().join("alice-e2e.json")).unwrap();
+    let mut bob_e2e = E2e::open(&dir.path().join("bob-e2e.json")).unwrap();
+    // Bob publishes his keys once, then goes offline. Neither client accepts connections.
+    {
+        let (b, _e) = login(&n2, &bob_key, bob).await;
+        b.publish_keys(&bob_e2e).await.unwrap();
+        b.logout().await.unwrap();
+    }
+    let secret = format!("the eagle lands at midnight {:x}", rand::random::<u64>());
+    let (a, _ae) = login(&n1, &alice_key, alice).await;
+    // Bob's keys reach n1 by replication.
+    let bob_record = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = a.fetch_users(&[bob]).await.unwrap();
+            if r.first()
+                .is_some_and(|r| gossip_client::e2e::published_keys(r.value()).is_some())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(bob_record.is_ok(), "Bob's keys never reached n1");
+    let id = a
+        .send_encrypted(&mut alice_e2e, bob, secret.as_bytes())
+        .await
+        .unwrap();
+    // Bob logs in at the other node than the one he published from... any node works.
+    let (b, mut be) = login(&n1, &bob_key, bob).await;
+    let message = next(&mut be, |ev| match ev {
+        Event::Relayed { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(message.id, id);
+    let plain = b.open_relayed(&mut bob_e2e, &message).await.unwrap();
+    assert_eq!(plain, secret.as_bytes());
+    // A replayed ciphertext is refused by the recipient.
+    assert!(b.open_relayed(&mut bob_e2e, &message).await.is_err());
+    // An altered one too.
+    let (a2, _) = (
+        a.send_encrypted(&mut alice_e2e, bob, b"second")
+            .await
+            .unwrap(),
+        (),
+    );
+    let mut second = next(&mut be, |ev| match ev {
+        Event::Relayed { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(second.id, a2);
+    use base64::Engine as _;
+    let mut raw = base64::engine::general_purpose::STANDARD
+        .decode(&second.body)
+        .unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    second.body = base64::engine::general_purpose::STANDARD.encode(&raw);
+    assert!(b.open_relayed(&mut bob_e2e, &second).await.is_err());
+    // No server's data files or logs hold the text.
+    let mut searched = 0;
+    for n in [&n1, &n2] {
+        let mut paths = files(n.data_dir());
+        paths.push(n.spec().log_path());
+        for p in paths {
+            if let Ok(bytes) = std::fs::read(&p) {
+                searched += 1;
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the plaintext",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(searched >= 6, "searched {searched} files");
+    // But the ciphertext is there: the mailbox did hold the message.
+    let mailbox = std::fs::read_to_string(n1.data_dir().join("mailbox.log")).unwrap();
+    assert!(mailbox.contains(&id));
+}

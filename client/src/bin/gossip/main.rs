@@ -114,12 +114,18 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// Send a direct message to a contact who is online.
+    /// Send a message, end-to-end encrypted and relayed through the servers: it arrives
+    /// wherever and whenever the recipient next logs in (kept up to 30 days), and `watch`
+    /// shows when it was delivered.
     Send {
         /// Recipient's UserID.
         uid: UserId,
         /// The message.
         text: String,
+        /// Send straight to the contact's client instead (the spec's path: signed but not
+        /// encrypted, and only while they are online and reachable).
+        #[arg(long)]
+        direct: bool,
     },
 }
 
@@ -374,6 +380,13 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The profile's end-to-end encryption state (`e2e.json`, made on first use).
+fn open_e2e(profile: &Profile) -> anyhow::Result<gossip_client::e2e::E2e> {
+    Ok(gossip_client::e2e::E2e::open(
+        &profile.home().join("e2e.json"),
+    )?)
+}
+
 fn trust_server(profile: &Profile, server: &str, key: &str) -> anyhow::Result<()> {
     let key: gossip_common::PublicKey = key
         .parse()
@@ -413,6 +426,7 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     };
     let (key, mut settings, uid) = registered(profile)?;
     let servers = servers_of(args, &settings)?;
+    let mut e2e = open_e2e(profile)?;
     let mut cfg = gossip_client::failover::Config::new(servers, key, uid, status);
     cfg.listen = Some(*listen);
     cfg.pins = settings.pins();
@@ -440,6 +454,11 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         match update {
             Update::Connected { server } | Update::Reconnected { server } => {
                 let client = session.client();
+                if let Some(c) = &client {
+                    if let Err(e) = c.publish_keys(&e2e).await {
+                        eprintln!("could not publish encryption keys: {e}");
+                    }
+                }
                 let contacts = client.map(|c| c.contacts()).unwrap_or_default();
                 if args.json {
                     let event = if again { "reconnected" } else { "connected" };
@@ -522,18 +541,25 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 eprintln!("server error {code:?}: {text}")
             }
             Update::Event(Event::Relayed { message, request }) => {
-                if args.json {
-                    println!(
-                        "{}",
-                        json!({"event": "relayed", "id": message.id, "from": message.from.0, "sent_ms": message.sent, "bytes": message.body.len(), "request": request})
-                    );
-                } else {
-                    println!(
-                        "relayed message from {} ({} bytes{})",
-                        message.from,
-                        message.body.len(),
-                        if request { ", not a contact" } else { "" }
-                    );
+                let opened = match session.client() {
+                    Some(c) => c.open_relayed(&mut e2e, &message).await,
+                    None => Err(gossip_client::ClientError::NotLoggedIn),
+                };
+                let from = message.from;
+                match opened {
+                    Ok(plain) => {
+                        let text = String::from_utf8_lossy(&plain);
+                        if args.json {
+                            println!(
+                                "{}",
+                                json!({"event": "message", "id": message.id, "from": from.0, "sent_ms": message.sent, "text": text, "request": request, "encrypted": true})
+                            );
+                        } else {
+                            let who = if request { " (not a contact)" } else { "" };
+                            println!("{} ({from}){who} says: {text}", nick_of(from));
+                        }
+                    }
+                    Err(e) => eprintln!("a message from {from} could not be opened: {e}"),
                 }
             }
             Update::Event(Event::Delivered { id, to }) => {
@@ -621,10 +647,30 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Send { uid: to, text } => {
+        Cmd::Send {
+            uid: to,
+            text,
+            direct: true,
+        } => {
             client.send_message(*to, text).await?;
             if !args.json {
                 println!("sent to {to}");
+            }
+        }
+        Cmd::Send {
+            uid: to,
+            text,
+            direct: false,
+        } => {
+            let mut e2e = open_e2e(profile)?;
+            let id = client
+                .send_encrypted(&mut e2e, *to, text.as_bytes())
+                .await
+                .with_context(|| format!("sending to {to}"))?;
+            if args.json {
+                println!("{}", json!({"sent": id, "to": to.0}));
+            } else {
+                println!("sent to {to} (encrypted, kept by the servers until delivered)");
             }
         }
         Cmd::Keygen { .. }

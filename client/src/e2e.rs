@@ -1,0 +1,315 @@
+//! End-to-end encryption of relayed messages: Olm (the double ratchet of Signal's design, as
+//! Matrix uses it), implemented by `vodozemac`, Matrix's audited Rust implementation. Servers
+//! carry and keep only ciphertext (`docs/messaging.md`).
+//!
+//! Keys. Each user has an Olm account: a Curve25519 identity key and a *fallback* key. Both go
+//! in the user's own UserInfo record (extra fields `OlmIdentity` and `OlmFallback`), which the
+//! user's ed25519 Gossip key signs and every server replicates and verifies like the rest of
+//! the record. Fallback keys rather than one-time keys: every server hands out the same key,
+//! so two servers giving it to two senders at once cannot break a session (there is no key to
+//! claim). The price, as in Matrix, is that a session's first message depends on a key that is
+//! not single-use until the recipient rotates it.
+//!
+//! Authenticity. A pre-key message carries the sender's Curve25519 identity key; the recipient
+//! accepts it only if it is the one in the sender's signed UserInfo. The relay envelope is also
+//! signed by the sender's ed25519 key. Altered ciphertext fails Olm's MAC; a replayed one finds
+//! its message key already used and fails too.
+//!
+//! State. The account and the sessions are kept by the client (`e2e.json` in the profile, mode
+//! 0600), never by a server.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use gossip_common::{UserId, UserInfo};
+use serde::{Deserialize, Serialize};
+use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
+use vodozemac::Curve25519PublicKey;
+
+/// The UserInfo field holding the Olm identity key (base64).
+pub const IDENTITY_FIELD: &str = "OlmIdentity";
+/// The UserInfo field holding the Olm fallback key (base64).
+pub const FALLBACK_FIELD: &str = "OlmFallback";
+
+/// Why a message could not be encrypted or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum E2eError {
+    /// The other user has published no encryption keys (an older client).
+    #[error("{0} has not published encryption keys yet (they need a client with encryption)")]
+    NoKeys(UserId),
+    /// The message is not an Olm message.
+    #[error("not an encrypted message")]
+    Malformed,
+    /// A pre-key message from a key other than the sender's published one.
+    #[error("the message was not encrypted by {0}'s published key")]
+    WrongSender(UserId),
+    /// Olm refused it: altered, replayed, or for a session this client does not have.
+    #[error("cannot decrypt: {0}")]
+    Decrypt(String),
+    /// The state file could not be read or written.
+    #[error("encryption state {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    account: AccountPickle,
+    #[serde(default)]
+    sessions: Vec<(u64, SessionPickle)>,
+}
+
+/// A user's Olm account and sessions.
+pub struct E2e {
+    account: Account,
+    sessions: HashMap<UserId, Vec<Session>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for E2e {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "E2e({})", self.path.display())
+    }
+}
+
+/// The Olm keys a UserInfo publishes: (identity, fallback).
+pub fn published_keys(u: &UserInfo) -> Option<(Curve25519PublicKey, Curve25519PublicKey)> {
+    let field = |name: &str| {
+        u.extra
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| Curve25519PublicKey::from_base64(v).ok())
+    };
+    Some((field(IDENTITY_FIELD)?, field(FALLBACK_FIELD)?))
+}
+
+impl E2e {
+    /// Loads the state at `path`, or makes a new account (with its fallback key) there.
+    pub fn open(path: &Path) -> Result<E2e, E2eError> {
+        let io = |source| E2eError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let saved: Saved = serde_json::from_slice(&bytes)
+                    .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+                let mut sessions: HashMap<UserId, Vec<Session>> = HashMap::new();
+                for (uid, p) in saved.sessions {
+                    sessions
+                        .entry(UserId(uid))
+                        .or_default()
+                        .push(Session::from_pickle(p));
+                }
+                Ok(E2e {
+                    account: Account::from_pickle(saved.account),
+                    sessions,
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut account = Account::new();
+                // Left "unpublished" in vodozemac's sense, so `fallback_key()` keeps returning
+                // it: the UserInfo that publishes it can be rebuilt at any time.
+                account.generate_fallback_key();
+                let e2e = E2e {
+                    account,
+                    sessions: HashMap::new(),
+                    path: path.to_owned(),
+                };
+                e2e.save()?;
+                Ok(e2e)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The keys to publish in the own UserInfo: (field, value) pairs.
+    pub fn published(&self) -> Vec<(String, String)> {
+        let fallback = self
+            .account
+            .fallback_key()
+            .values()
+            .next()
+            .map(|k| k.to_base64())
+            .unwrap_or_default();
+        vec![
+            (
+                IDENTITY_FIELD.to_owned(),
+                self.account.curve25519_key().to_base64(),
+            ),
+            (FALLBACK_FIELD.to_owned(), fallback),
+        ]
+    }
+
+    /// Whether `me` already publishes this account's keys.
+    pub fn is_published_in(&self, me: &UserInfo) -> bool {
+        self.published()
+            .iter()
+            .all(|(n, v)| me.extra.iter().any(|(en, ev)| en == n && ev == v))
+    }
+
+    /// `me` with this account's keys set (other extra fields kept).
+    pub fn publish_into(&self, me: &mut UserInfo) {
+        let keys = self.published();
+        me.extra.retain(|(n, _)| !keys.iter().any(|(k, _)| k == n));
+        me.extra.extend(keys);
+    }
+
+    /// Encrypts `plaintext` for `to`, whose signed UserInfo is `theirs`: over the session
+    /// with them if there is one, else a new one from their published keys.
+    pub fn encrypt(
+        &mut self,
+        to: UserId,
+        theirs: &UserInfo,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, E2eError> {
+        let sessions = self.sessions.entry(to).or_default();
+        if sessions.is_empty() {
+            let (identity, fallback) = published_keys(theirs).ok_or(E2eError::NoKeys(to))?;
+            let session = self
+                .account
+                .create_outbound_session(SessionConfig::version_1(), identity, fallback)
+                .map_err(|e| E2eError::Decrypt(e.to_string()))?;
+            sessions.push(session);
+        }
+        let message = sessions[0]
+            .encrypt(plaintext)
+            .map_err(|e| E2eError::Decrypt(e.to_string()))?;
+        self.save()?;
+        let (kind, bytes) = message.to_parts();
+        let mut out = Vec::with_capacity(1 + bytes.len());
+        out.push(kind as u8);
+        out.extend_from_slice(&bytes);
+        Ok(out)
+    }
+
+    /// Decrypts `body` from `from`, whose signed UserInfo is `theirs`.
+    pub fn decrypt(
+        &mut self,
+        from: UserId,
+        theirs: &UserInfo,
+        body: &[u8],
+    ) -> Result<Vec<u8>, E2eError> {
+        let (&kind, bytes) = body.split_first().ok_or(E2eError::Malformed)?;
+        let message =
+            OlmMessage::from_parts(kind as usize, bytes).map_err(|_| E2eError::Malformed)?;
+        let sessions = self.sessions.entry(from).or_default();
+        let plaintext = match &message {
+            OlmMessage::Normal(_) => sessions
+                .iter_mut()
+                .find_map(|s| s.decrypt(&message).ok())
+                .ok_or_else(|| {
+                    E2eError::Decrypt(
+                        "no session of ours decrypts it (altered or replayed?)".into(),
+                    )
+                })?,
+            OlmMessage::PreKey(pre) => {
+                let (identity, _) = published_keys(theirs).ok_or(E2eError::NoKeys(from))?;
+                if pre.identity_key() != identity {
+                    return Err(E2eError::WrongSender(from));
+                }
+                if let Some(s) = sessions
+                    .iter_mut()
+                    .find(|s| s.session_id() == pre.session_id())
+                {
+                    // A session we have: the message is decrypted by it (a replay fails here).
+                    s.decrypt(&message)
+                        .map_err(|e| E2eError::Decrypt(e.to_string()))?
+                } else {
+                    let created = self
+                        .account
+                        .create_inbound_session(SessionConfig::version_1(), identity, pre)
+                        .map_err(|e| E2eError::Decrypt(e.to_string()))?;
+                    // The newest session first: replies go over it.
+                    sessions.insert(0, created.session);
+                    created.plaintext
+                }
+            }
+        };
+        self.save()?;
+        Ok(plaintext)
+    }
+
+    /// Writes the state (temporary file with mode 0600, fsync, rename).
+    fn save(&self) -> Result<(), E2eError> {
+        let saved = Saved {
+            account: self.account.pickle(),
+            sessions: self
+                .sessions
+                .iter()
+                .flat_map(|(u, ss)| ss.iter().map(move |s| (u.0, s.pickle())))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("pickles serialise");
+        let tmp = self.path.with_extension("tmp");
+        let io = |source| E2eError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossip_common::Keypair;
+
+    fn user(uid: u64, e2e: &E2e) -> UserInfo {
+        let mut u = UserInfo::new(UserId(uid), Keypair::generate().public());
+        e2e.publish_into(&mut u);
+        u
+    }
+
+    #[test]
+    fn a_conversation_survives_restarts_and_refuses_replays_and_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let mut alice = E2e::open(&pa).unwrap();
+        let mut bob = E2e::open(&pb).unwrap();
+        let (ua, ub) = (user(1, &alice), user(2, &bob));
+        assert!(alice.is_published_in(&ua) && !alice.is_published_in(&ub));
+        let c1 = alice.encrypt(UserId(2), &ub, b"hello bob").unwrap();
+        assert!(!c1.windows(9).any(|w| w == b"hello bob"));
+        assert_eq!(bob.decrypt(UserId(1), &ua, &c1).unwrap(), b"hello bob");
+        // Replayed: refused.
+        assert!(bob.decrypt(UserId(1), &ua, &c1).is_err());
+        // Restart both sides: the sessions come back from disk.
+        let mut alice = E2e::open(&pa).unwrap();
+        let mut bob = E2e::open(&pb).unwrap();
+        let c2 = bob.encrypt(UserId(1), &ua, b"hi alice").unwrap();
+        assert_eq!(alice.decrypt(UserId(2), &ub, &c2).unwrap(), b"hi alice");
+        let mut c3 = alice.encrypt(UserId(2), &ub, b"third").unwrap();
+        let last = c3.len() - 1;
+        c3[last] ^= 1;
+        assert!(bob.decrypt(UserId(1), &ua, &c3).is_err(), "altered");
+        // A pre-key message from someone else's key, claiming to be Alice: refused.
+        let mut mallory = E2e::open(&dir.path().join("m.json")).unwrap();
+        let forged = mallory.encrypt(UserId(2), &ub, b"I am alice").unwrap();
+        assert!(matches!(
+            bob.decrypt(UserId(1), &ua, &forged),
+            Err(E2eError::WrongSender(_))
+        ));
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&pa).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
