@@ -15,13 +15,13 @@
 //! signed by the sender's ed25519 key. Altered ciphertext fails Olm's MAC; a replayed one finds
 //! its message key already used and fails too.
 //!
-//! State. The account and the sessions are kept by the client (`e2e.json` in the profile, mode
-//! 0600), never by a server.
+//! State. The account and the sessions are kept by the client, in its message database
+//! ([`crate::history`], `messages.db` in the profile, mode 0600), never by a server.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::history::{History, HistoryError};
 
 use gossip_common::{UserId, UserInfo};
 use serde::{Deserialize, Serialize};
@@ -49,15 +49,12 @@ pub enum E2eError {
     /// Olm refused it: altered, replayed, or for a session this client does not have.
     #[error("cannot decrypt: {0}")]
     Decrypt(String),
-    /// The state file could not be read or written.
-    #[error("encryption state {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The state could not be read or written.
+    #[error(transparent)]
+    Store(#[from] HistoryError),
+    /// The saved state does not parse.
+    #[error("the saved encryption state is damaged: {0}")]
+    Damaged(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,12 +68,12 @@ struct Saved {
 pub struct E2e {
     account: Account,
     sessions: HashMap<UserId, Vec<Session>>,
-    path: PathBuf,
+    store: History,
 }
 
 impl std::fmt::Debug for E2e {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "E2e({})", self.path.display())
+        write!(f, "E2e({:?})", self.store)
     }
 }
 
@@ -92,16 +89,14 @@ pub fn published_keys(u: &UserInfo) -> Option<(Curve25519PublicKey, Curve25519Pu
 }
 
 impl E2e {
-    /// Loads the state at `path`, or makes a new account (with its fallback key) there.
+    /// Opens the message database at `path` and loads the account from it, or makes a new
+    /// account (with its fallback key) there.
     pub fn open(path: &Path) -> Result<E2e, E2eError> {
-        let io = |source| E2eError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let saved: Saved = serde_json::from_slice(&bytes)
-                    .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let store = History::open(path)?;
+        match store.load_olm()? {
+            Some(bytes) => {
+                let saved: Saved =
+                    serde_json::from_slice(&bytes).map_err(|e| E2eError::Damaged(e.to_string()))?;
                 let mut sessions: HashMap<UserId, Vec<Session>> = HashMap::new();
                 for (uid, p) in saved.sessions {
                     sessions
@@ -112,10 +107,10 @@ impl E2e {
                 Ok(E2e {
                     account: Account::from_pickle(saved.account),
                     sessions,
-                    path: path.to_owned(),
+                    store,
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let mut account = Account::new();
                 // Left "unpublished" in vodozemac's sense, so `fallback_key()` keeps returning
                 // it: the UserInfo that publishes it can be rebuilt at any time.
@@ -123,13 +118,17 @@ impl E2e {
                 let e2e = E2e {
                     account,
                     sessions: HashMap::new(),
-                    path: path.to_owned(),
+                    store,
                 };
                 e2e.save()?;
                 Ok(e2e)
             }
-            Err(e) => Err(io(e)),
         }
+    }
+
+    /// The message database the state lives in (the conversation history).
+    pub fn history(&self) -> &History {
+        &self.store
     }
 
     /// The keys to publish in the own UserInfo: (field, value) pairs.
@@ -239,7 +238,7 @@ impl E2e {
         Ok(plaintext)
     }
 
-    /// Writes the state (temporary file with mode 0600, fsync, rename).
+    /// Writes the state to the database (one transaction, durable).
     fn save(&self) -> Result<(), E2eError> {
         let saved = Saved {
             account: self.account.pickle(),
@@ -250,21 +249,7 @@ impl E2e {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&saved).expect("pickles serialise");
-        let tmp = self.path.with_extension("tmp");
-        let io = |source| E2eError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        Ok(self.store.save_olm(&bytes)?)
     }
 }
 
@@ -282,7 +267,7 @@ mod tests {
     #[test]
     fn a_conversation_survives_restarts_and_refuses_replays_and_tampering() {
         let dir = tempfile::tempdir().unwrap();
-        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let (pa, pb) = (dir.path().join("a.db"), dir.path().join("b.db"));
         let mut alice = E2e::open(&pa).unwrap();
         let mut bob = E2e::open(&pb).unwrap();
         let (ua, ub) = (user(1, &alice), user(2, &bob));
@@ -302,7 +287,7 @@ mod tests {
         c3[last] ^= 1;
         assert!(bob.decrypt(UserId(1), &ua, &c3).is_err(), "altered");
         // A pre-key message from someone else's key, claiming to be Alice: refused.
-        let mut mallory = E2e::open(&dir.path().join("m.json")).unwrap();
+        let mut mallory = E2e::open(&dir.path().join("m.db")).unwrap();
         let forged = mallory.encrypt(UserId(2), &ub, b"I am alice").unwrap();
         assert!(matches!(
             bob.decrypt(UserId(1), &ua, &forged),

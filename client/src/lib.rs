@@ -14,6 +14,7 @@
 mod direct;
 pub mod e2e;
 pub mod failover;
+pub mod history;
 pub mod profile;
 
 use std::collections::HashMap;

@@ -458,3 +458,67 @@ fn gossip_watch_fails_over_when_its_server_is_killed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn cli_messages_are_encrypted_relayed_to_an_offline_user_and_kept_in_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&spec(&dir.path().join("data")));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let a = keygen_and_register(&alice, "alice", &daemon).to_string();
+    let b = keygen_and_register(&bob, "bob", &daemon).to_string();
+    gossip(&bob, &["contacts", "add", &a]);
+    // Bob's watch publishes his encryption keys; then he goes offline.
+    let mut bob_watch = watch(&bob);
+    let bob_rx = watch_lines(&mut bob_watch);
+    wait_event(&bob_rx, "bob connected", |v| v["event"] == "connected");
+    let _ = bob_watch.kill();
+    let _ = bob_watch.wait();
+    // Alice sends while Bob is offline: the servers keep it.
+    let sent = json(&gossip(
+        &alice,
+        &["--json", "send", &b, "meet at the fountain"],
+    ));
+    let id = sent["sent"].as_str().unwrap().to_owned();
+    // Alice's watch will hear about delivery.
+    let mut alice_watch = watch(&alice);
+    let alice_rx = watch_lines(&mut alice_watch);
+    wait_event(&alice_rx, "alice connected", |v| v["event"] == "connected");
+    // Bob comes back: the message is decrypted and shown.
+    let mut bob_watch = watch(&bob);
+    let bob_rx = watch_lines(&mut bob_watch);
+    wait_event(&bob_rx, "the message at bob", |v| {
+        v["event"] == "message" && v["text"] == "meet at the fountain" && v["encrypted"] == true
+    });
+    wait_event(&alice_rx, "delivered at alice", |v| {
+        v["event"] == "delivered" && v["id"] == id.as_str()
+    });
+    for c in [&mut alice_watch, &mut bob_watch] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Both histories hold the conversation, Alice's with the delivery.
+    let line = |home: &Path, peer: &str| json(&gossip(home, &["--json", "history", peer]));
+    let mine = line(&alice, &b);
+    assert_eq!(
+        (mine["outgoing"].as_bool(), mine["state"].as_str()),
+        (Some(true), Some("delivered"))
+    );
+    let theirs = line(&bob, &a);
+    assert_eq!(theirs["text"], "meet at the fountain");
+    assert_eq!(theirs["state"], "received");
+    // The server's files hold no plaintext.
+    for entry in std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .flatten()
+    {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes.windows(8).any(|w| w == b"fountain"),
+                "{} holds the plaintext",
+                entry.path().display()
+            );
+        }
+    }
+    drop(daemon);
+}

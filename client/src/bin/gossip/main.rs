@@ -73,6 +73,15 @@ enum Cmd {
     },
     /// Show the profile: UserID, public key, servers.
     Whoami,
+    /// Show the conversation with a user (messages sent and received by this profile, with
+    /// their delivery state), oldest first.
+    History {
+        /// The other user's UserID.
+        uid: UserId,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Accept a server's new identity key after its admin rotated it (compare it with
     /// `prodserver status` on that server first); replaces the key pinned for it.
     TrustServer {
@@ -201,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             ref server,
             ref key,
         } => trust_server(&profile, server, key),
+        Cmd::History { uid, limit } => history(&profile, uid, limit, args.json),
         Cmd::Register { .. } => register(&profile, &args).await,
         Cmd::Watch { .. } => watch(&profile, &args).await,
         _ => logged_in(&profile, &args).await,
@@ -380,11 +390,51 @@ async fn register(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The profile's end-to-end encryption state (`e2e.json`, made on first use).
+/// The profile's message database (`messages.db`: history and encryption state), made on
+/// first use.
 fn open_e2e(profile: &Profile) -> anyhow::Result<gossip_client::e2e::E2e> {
     Ok(gossip_client::e2e::E2e::open(
-        &profile.home().join("e2e.json"),
+        &profile.home().join("messages.db"),
     )?)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `gossip history UID`: the conversation with a user, from the profile's database.
+fn history(profile: &Profile, peer: UserId, limit: usize, json_out: bool) -> anyhow::Result<()> {
+    let e2e = open_e2e(profile)?;
+    let conv = e2e.history().conversation(peer, limit)?;
+    for e in &conv {
+        if json_out {
+            println!(
+                "{}",
+                json!({"id": e.id, "peer": e.peer.0, "outgoing": e.outgoing, "text": e.text, "sent_ms": e.sent_ms, "state": e.state})
+            );
+        } else {
+            let when = time::OffsetDateTime::from_unix_timestamp((e.sent_ms / 1000) as i64)
+                .ok()
+                .and_then(|t| {
+                    t.format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second]"
+                    ))
+                    .ok()
+                })
+                .unwrap_or_default();
+            if e.outgoing {
+                println!("{when} me → {peer}: {} ({})", e.text, e.state);
+            } else {
+                println!("{when} {peer} → me: {}", e.text);
+            }
+        }
+    }
+    if conv.is_empty() && !json_out {
+        println!("no messages with {peer} in this profile");
+    }
+    Ok(())
 }
 
 fn trust_server(profile: &Profile, server: &str, key: &str) -> anyhow::Result<()> {
@@ -549,6 +599,16 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 match opened {
                     Ok(plain) => {
                         let text = String::from_utf8_lossy(&plain);
+                        if let Err(e) = e2e.history().record(&gossip_client::history::Entry {
+                            id: message.id.clone(),
+                            peer: from,
+                            outgoing: false,
+                            text: text.to_string(),
+                            sent_ms: message.sent,
+                            state: "received".into(),
+                        }) {
+                            eprintln!("could not keep the message in the history: {e}");
+                        }
                         if args.json {
                             println!(
                                 "{}",
@@ -563,6 +623,9 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 }
             }
             Update::Event(Event::Delivered { id, to }) => {
+                if let Err(e) = e2e.history().delivered(&id) {
+                    eprintln!("could not mark the message delivered in the history: {e}");
+                }
                 if args.json {
                     println!("{}", json!({"event": "delivered", "id": id, "to": to.0}));
                 } else {
@@ -667,6 +730,14 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 .send_encrypted(&mut e2e, *to, text.as_bytes())
                 .await
                 .with_context(|| format!("sending to {to}"))?;
+            e2e.history().record(&gossip_client::history::Entry {
+                id: id.clone(),
+                peer: *to,
+                outgoing: true,
+                text: text.clone(),
+                sent_ms: now_ms(),
+                state: "sent".into(),
+            })?;
             if args.json {
                 println!("{}", json!({"sent": id, "to": to.0}));
             } else {
@@ -675,6 +746,7 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         }
         Cmd::Keygen { .. }
         | Cmd::TrustServer { .. }
+        | Cmd::History { .. }
         | Cmd::Whoami
         | Cmd::Register { .. }
         | Cmd::Chat { .. }

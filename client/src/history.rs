@@ -1,0 +1,225 @@
+//! The client's message database: one SQLite file in the profile (`messages.db`, mode 0600)
+//! holding the conversation history and the Olm state ([`crate::e2e`]), so a message, its
+//! delivery state and the ratchet that decrypted it are written together, atomically and
+//! durably (SQLite's journal, `synchronous = FULL`).
+//!
+//! Tables: `messages` (id, peer, outgoing, text, sent_ms, state: `sent`, `delivered` or
+//! `received`) and `olm` (one row: the pickled account and sessions).
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use gossip_common::UserId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("message database {path}: {source}")]
+pub struct HistoryError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The message id (the relay id).
+    pub id: String,
+    /// The other user.
+    pub peer: UserId,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// The sender's clock, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// `sent`, `delivered` (outgoing) or `received` (incoming).
+    pub state: String,
+}
+
+/// The open database.
+pub struct History {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "History({})", self.path.display())
+    }
+}
+
+impl History {
+    /// Opens (creating, mode 0600) the database at `path`.
+    pub fn open(path: &Path) -> Result<History, HistoryError> {
+        let err = |source| HistoryError {
+            path: path.to_owned(),
+            source,
+        };
+        // Created with its final mode before SQLite opens it.
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS messages (
+                 id TEXT PRIMARY KEY,
+                 peer INTEGER NOT NULL,
+                 outgoing INTEGER NOT NULL,
+                 text TEXT NOT NULL,
+                 sent_ms INTEGER NOT NULL,
+                 state TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer, sent_ms);
+             CREATE TABLE IF NOT EXISTS olm (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 state BLOB NOT NULL
+             );",
+        )
+        .map_err(err)?;
+        Ok(History {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> HistoryError {
+        HistoryError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Records a message (a message already recorded keeps its row).
+    pub fn record(&self, e: &Entry) -> Result<(), HistoryError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO messages (id, peer, outgoing, text, sent_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    e.id,
+                    e.peer.0 as i64,
+                    e.outgoing,
+                    e.text,
+                    e.sent_ms as i64,
+                    e.state
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Marks an outgoing message delivered; returns whether it was one of ours.
+    pub fn delivered(&self, id: &str) -> Result<bool, HistoryError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE messages SET state = 'delivered' WHERE id = ?1 AND outgoing = 1",
+                params![id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// The conversation with `peer`, oldest first (the last `limit` messages).
+    pub fn conversation(&self, peer: UserId, limit: usize) -> Result<Vec<Entry>, HistoryError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, peer, outgoing, text, sent_ms, state FROM messages
+                 WHERE peer = ?1 ORDER BY sent_ms DESC, rowid DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![peer.0 as i64, limit as i64], |r| {
+                Ok(Entry {
+                    id: r.get(0)?,
+                    peer: UserId(r.get::<_, i64>(1)? as u64),
+                    outgoing: r.get(2)?,
+                    text: r.get(3)?,
+                    sent_ms: r.get::<_, i64>(4)? as u64,
+                    state: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out: Vec<Entry> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The saved Olm state.
+    pub(crate) fn load_olm(&self) -> Result<Option<Vec<u8>>, HistoryError> {
+        self.conn
+            .query_row("SELECT state FROM olm WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Replaces the saved Olm state.
+    pub(crate) fn save_olm(&self, state: &[u8]) -> Result<(), HistoryError> {
+        self.conn
+            .execute(
+                "INSERT INTO olm (id, state) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                params![state],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conversation_in_order_with_delivery_state_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        {
+            let h = History::open(&path).unwrap();
+            for (i, out) in [(1u64, true), (2, false), (3, true)] {
+                h.record(&Entry {
+                    id: format!("m{i}"),
+                    peer: UserId(7),
+                    outgoing: out,
+                    text: format!("text {i}"),
+                    sent_ms: 1000 * i,
+                    state: if out { "sent" } else { "received" }.into(),
+                })
+                .unwrap();
+            }
+            assert!(h.delivered("m1").unwrap());
+            assert!(
+                !h.delivered("m2").unwrap(),
+                "incoming messages are not ours"
+            );
+            h.save_olm(b"state").unwrap();
+        }
+        let h = History::open(&path).unwrap();
+        let conv = h.conversation(UserId(7), 10).unwrap();
+        let view: Vec<(&str, &str)> = conv
+            .iter()
+            .map(|e| (e.id.as_str(), e.state.as_str()))
+            .collect();
+        assert_eq!(
+            view,
+            [("m1", "delivered"), ("m2", "received"), ("m3", "sent")]
+        );
+        assert_eq!(h.conversation(UserId(7), 2).unwrap()[0].id, "m2");
+        assert_eq!(h.load_olm().unwrap().as_deref(), Some(&b"state"[..]));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
