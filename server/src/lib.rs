@@ -6,6 +6,7 @@
 //! flushes the datafiles.
 
 mod admin;
+mod applog;
 pub mod blacklist;
 pub mod config;
 pub mod federation;

@@ -194,6 +194,25 @@ impl Line {
     }
 }
 
+/// A held message's write to `mailbox.log`, to wait for.
+pub struct DiskWrite {
+    wait: oneshot::Receiver<bool>,
+    id: String,
+    table: Arc<Mutex<MailTable>>,
+}
+
+impl DiskWrite {
+    /// Waits until the message is on disk; if the write failed, it is dropped from memory too.
+    pub async fn done(self) -> Result<(), Refused> {
+        if self.wait.await == Ok(true) {
+            Ok(())
+        } else {
+            self.table.lock().remove(&self.id);
+            Err(Refused::Unstored)
+        }
+    }
+}
+
 /// A line to write and who waits for it to be on disk.
 type Pending = (Vec<u8>, Option<oneshot::Sender<bool>>);
 
@@ -247,21 +266,34 @@ impl Mailbox {
         })
     }
 
-    /// Stores `r` (the caller checked its signature) and waits until it is on disk. `Ok(true)`:
-    /// new and durable; `Ok(false)`: already held or delivered.
-    pub async fn put(&self, r: Relay) -> Result<bool, Refused> {
+    /// Holds `r` (the caller checked its signature) and queues it for the disk. `Ok(None)`:
+    /// already held or delivered. `Ok(Some(disk))`: new; `disk` says when it is on disk
+    /// (`true`) or could not be written (`false`, and it is dropped again). Callers forward a
+    /// new message at once and wait for `disk` only before they vouch for it.
+    pub fn hold(&self, r: Relay) -> Result<Option<DiskWrite>, Refused> {
         let id = r.id.clone();
         let line = Line::Put(r.clone()).bytes();
         if !self.table.lock().put(r, now_ms())? {
-            return Ok(false);
+            return Ok(None);
         }
         let (done, wait) = oneshot::channel();
-        let written = self.file.send((line, Some(done))).await.is_ok() && wait.await == Ok(true);
-        if !written {
+        if self.file.try_send((line, Some(done))).is_err() {
             self.table.lock().remove(&id);
             return Err(Refused::Unstored);
         }
-        Ok(true)
+        Ok(Some(DiskWrite {
+            wait,
+            id,
+            table: Arc::clone(&self.table),
+        }))
+    }
+
+    /// [`Self::hold`], then waits for the disk. `Ok(true)`: new and durable.
+    pub async fn put(&self, r: Relay) -> Result<bool, Refused> {
+        match self.hold(r)? {
+            None => Ok(false),
+            Some(disk) => disk.done().await.map(|()| true),
+        }
     }
 
     /// A receiver that fires when a peer says it stored message `id` (see `stored`).
@@ -339,20 +371,12 @@ async fn writer(
         table.lock().expire(now_ms());
         let live = table.lock().len();
         let compact = lines > 4 * live + 10_000;
-        let (path2, table2) = (path.clone(), Arc::clone(&table));
-        let written = tokio::task::spawn_blocking(move || {
-            if compact {
-                return rewrite(&path2, &table2.lock());
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path2)?;
-            f.write_all(&batch)?;
-            f.sync_data()
-        })
-        .await;
-        let ok = matches!(written, Ok(Ok(())));
+        let rewrite = compact.then(|| {
+            let table = Arc::clone(&table);
+            Box::new(move |p: &Path| rewrite(p, &table.lock())) as crate::applog::Rewrite
+        });
+        let written = crate::applog::write_batch(&path, batch, rewrite).await;
+        let ok = matches!(written, Some(Ok(())));
         if compact && ok {
             lines = live;
         }
@@ -365,7 +389,7 @@ async fn writer(
         for w in waiters {
             let _ = w.send(ok);
         }
-        if written.is_err() {
+        if written.is_none() {
             return;
         }
     }

@@ -92,13 +92,15 @@ impl Node {
         verify(self, &r)?;
         r.request = None;
         let second_copy = self.mailbox.await_stored(&r.id);
-        if !self.mailbox.put(r.clone()).await.map_err(refused)? {
+        let Some(disk) = self.mailbox.hold(r.clone()).map_err(refused)? else {
             return Ok(()); // a retry of a message already held (or delivered)
-        }
-        self.metrics.relayed.inc();
+        };
+        // Forwarded at once; acknowledged only once it is on this disk and another.
         self.push_to_recipient(&r);
         let linked = !self.federation.status().links.is_empty();
         self.federation.flood(&frame(r.clone()), None);
+        disk.done().await.map_err(refused)?;
+        self.metrics.relayed.inc();
         if linked
             && tokio::time::timeout(SECOND_COPY_WAIT, second_copy)
                 .await
@@ -117,13 +119,22 @@ impl Node {
             return false;
         }
         r.request = None;
-        match self.mailbox.put(r.clone()).await {
-            Ok(true) => {
+        match self.mailbox.hold(r.clone()) {
+            Ok(Some(disk)) => {
+                // Forwarded at once (each hop would otherwise add its fdatasync to the
+                // delivery); `stored` is answered only once it is on disk here.
+                let id = r.id.clone();
                 self.push_to_recipient(&r);
                 self.federation.flood(&frame(r), Some(peer));
-                true
+                match disk.done().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "relayed message not stored");
+                        false
+                    }
+                }
             }
-            Ok(false) => true,
+            Ok(None) => true,
             Err(e) => {
                 tracing::info!(id = %r.id, error = %e, "relayed message not kept");
                 false

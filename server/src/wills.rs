@@ -300,26 +300,18 @@ async fn writer(
         lines += n;
         let live = table.lock().len();
         let compact = lines > 4 * live + 10_000;
-        let (path2, table2) = (path.clone(), Arc::clone(&table));
-        let written = tokio::task::spawn_blocking(move || {
-            if compact {
-                return rewrite(&path2, &table2.lock());
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path2)?;
-            f.write_all(&batch)?;
-            f.sync_data()
-        })
-        .await;
+        let rewrite = compact.then(|| {
+            let table = Arc::clone(&table);
+            Box::new(move |p: &Path| rewrite(p, &table.lock())) as crate::applog::Rewrite
+        });
+        let written = crate::applog::write_batch(&path, batch, rewrite).await;
         match written {
-            Ok(Ok(())) if compact => lines = live,
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Some(Ok(())) if compact => lines = live,
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "wills file write failed; wills held in memory only")
             }
-            Err(_) => return,
+            None => return,
         }
     }
 }

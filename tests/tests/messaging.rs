@@ -11,27 +11,30 @@ use gossip_common::{Keypair, UserId};
 use gossip_tests::gossipd::{Gossipd, Spec};
 
 fn node(dir: &std::path::Path, name: &str, peer: Option<&Gossipd>) -> Gossipd {
-    let mut s = Spec::new(dir.join(name)).args([
-        "--probe-interval-ms",
-        "20",
-        "--dead-after",
-        "2",
-        "--reprobe",
-        "0.5",
-    ]);
+    let mut s = Spec::new(dir.join(name)).fast_probes();
     if let Some(p) = peer {
         s = s.args(["--peer".to_string(), p.identity()]);
     }
     Gossipd::start(&s).expect("gossipd starts")
 }
 
-fn one_tree(nodes: &[&Gossipd]) -> bool {
+/// Waits (30 s at most) until `nodes` agree on one tree and link it.
+async fn wait_one_tree(nodes: &[&Gossipd]) {
     let ids: Vec<String> = nodes.iter().map(|n| n.identity()).collect();
-    let st: Vec<serde_json::Value> = nodes
-        .iter()
-        .map(|n| n.status().unwrap_or_default())
-        .collect();
-    gossip_tests::gossipd::one_tree(&st, &ids)
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let st: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| n.status().unwrap_or_default())
+                .collect();
+            if gossip_tests::gossipd::one_tree(&st, &ids) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("one tree");
 }
 
 async fn registered(node: &Gossipd, nick: &str) -> (Keypair, UserId) {
@@ -72,13 +75,7 @@ async fn an_acknowledged_message_survives_its_servers_death_and_reaches_an_offli
     let mut n1 = node(dir.path(), "n1", None);
     let n2 = node(dir.path(), "n2", Some(&n1));
     let n3 = node(dir.path(), "n3", Some(&n2));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !one_tree(&[&n1, &n2, &n3]) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("one tree");
+    wait_one_tree(&[&n1, &n2, &n3]).await;
     let (alice_key, alice) = registered(&n1, "alice").await;
     let (bob_key, bob) = registered(&n3, "bob").await;
     // Bob has Alice as a contact; Carol is a stranger to him.
@@ -161,13 +158,7 @@ async fn a_live_recipient_gets_the_message_across_the_federation_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let n1 = node(dir.path(), "n1", None);
     let n2 = node(dir.path(), "n2", Some(&n1));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !one_tree(&[&n1, &n2]) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("one tree");
+    wait_one_tree(&[&n1, &n2]).await;
     let (alice_key, alice) = registered(&n1, "alice").await;
     let (bob_key, bob) = registered(&n2, "bob").await;
     let (a, mut a_events) = login(&n1, &alice_key, alice).await;
@@ -267,13 +258,7 @@ async fn an_encrypted_message_reaches_an_offline_user_and_no_server_holds_its_te
     let dir = tempfile::tempdir().unwrap();
     let n1 = node(dir.path(), "n1", None);
     let n2 = node(dir.path(), "n2", Some(&n1));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !one_tree(&[&n1, &n2]) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("one tree");
+    wait_one_tree(&[&n1, &n2]).await;
     let (alice_key, alice) = registered(&n1, "alice").await;
     let (bob_key, bob) = registered(&n2, "bob").await;
     let mut alice_e2e = E2e::open(&dir.path().join("alice-e2e.json")).unwrap();

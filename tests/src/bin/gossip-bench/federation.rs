@@ -83,14 +83,43 @@ struct One {
 }
 
 async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
-    report::phase(&format!("federation: starting {n} nodes"));
-    let d = args.fed_delay_ms;
     let data = Dataset {
         users: 2,
         contacts: 1,
         seed: args.seed,
     };
-    let dir = server::run_dir(args.work_dir(), &format!("federation-{n}"))?;
+    let (_dir, nodes, converge_s) = start_line(args, n, &data, "federation").await?;
+    let (a, _a_events) = GossipClient::connect(&nodes[0].addr(), data.key(0)).await?;
+    a.login(data.uid(0)).await?;
+    // Baseline: the watcher on the same node.
+    let local = measure(&a, &nodes[0].addr(), &data, args.fed_samples).await?;
+    let far = measure(&a, &nodes[n - 1].addr(), &data, args.fed_samples).await?;
+    drop(a);
+    for node in nodes {
+        node.stop();
+    }
+    let p = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Ok(One {
+        samples: far.len(),
+        p50_ms: p(&far, 0.5),
+        max_ms: p(&far, 1.0),
+        local_p50_ms: p(&local, 0.5),
+        converge_s,
+    })
+}
+
+/// Starts `n` nodes on a line of emulated delays (`--fed-delay-ms` per link), each holding
+/// `data`, and waits until every node has the path tree and links to its neighbours. Returns
+/// the run directory (removed when dropped), the nodes and the seconds it took.
+pub(crate) async fn start_line(
+    args: &Args,
+    n: usize,
+    data: &Dataset,
+    name: &str,
+) -> anyhow::Result<(tempfile::TempDir, Vec<Node>, f64)> {
+    report::phase(&format!("{name}: starting {n} nodes"));
+    let d = args.fed_delay_ms;
+    let dir = server::run_dir(args.work_dir(), &format!("{name}-{n}"))?;
     let mut nodes = Vec::new();
     // The lab delays name every peer's port, so ports are reserved in advance (below the
     // ephemeral range); if another process takes one before its node binds it, start over.
@@ -160,23 +189,7 @@ async fn one(args: &Args, n: usize) -> anyhow::Result<One> {
     )?;
     let converge_s = t0.elapsed().as_secs_f64();
 
-    let (a, _a_events) = GossipClient::connect(&nodes[0].addr(), data.key(0)).await?;
-    a.login(data.uid(0)).await?;
-    // Baseline: the watcher on the same node.
-    let local = measure(&a, &nodes[0].addr(), &data, args.fed_samples).await?;
-    let far = measure(&a, &nodes[n - 1].addr(), &data, args.fed_samples).await?;
-    drop(a);
-    for node in nodes {
-        node.stop();
-    }
-    let p = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Ok(One {
-        samples: far.len(),
-        p50_ms: p(&far, 0.5),
-        max_ms: p(&far, 1.0),
-        local_p50_ms: p(&local, 0.5),
-        converge_s,
-    })
+    Ok((dir, nodes, converge_s))
 }
 
 /// Latencies (ms, sorted) of `samples` status changes by `a`, seen by user 1 on `watch_at`.

@@ -10,6 +10,7 @@ mod dataset;
 mod death;
 mod fanout;
 mod federation;
+mod messaging;
 mod mst;
 mod report;
 mod server;
@@ -40,6 +41,8 @@ enum Scenario {
     /// A server with U users dies (kill -9, then SIGSTOP): time until every watcher elsewhere
     /// sees them offline.
     Death,
+    /// Relayed messages across N nodes: messages/s, acknowledgement and delivery latency.
+    Messaging,
 }
 
 /// Benchmarks Gossip servers on this machine (real processes on loopback).
@@ -130,6 +133,15 @@ pub(crate) struct Args {
     /// change then also costs the will's replication).
     #[arg(long)]
     fanout_wills: bool,
+    /// messaging: nodes on the line (senders on the first, recipients on the last).
+    #[arg(long, default_value_t = 5)]
+    msg_nodes: usize,
+    /// messaging: sender/recipient pairs.
+    #[arg(long, default_value_t = 20)]
+    msg_pairs: usize,
+    /// messaging: messages per sender, one after another (at most 60: the sender's burst).
+    #[arg(long, default_value_t = 50)]
+    msg_count: usize,
     /// death: users logged in to the server that dies.
     #[arg(long, default_value_t = 1000)]
     death_users: usize,
@@ -222,6 +234,9 @@ impl Args {
         self.sim_sizes = vec![20];
         self.death_users = 50;
         self.death_dead_after = 2.0;
+        self.msg_nodes = 3;
+        self.msg_pairs = 4;
+        self.msg_count = 10;
     }
 }
 
@@ -295,6 +310,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Mst => mst::run(&args),
                 Scenario::Sim => sim::run(&args),
                 Scenario::Death => rt.block_on(death::run(&args)),
+                Scenario::Messaging => rt.block_on(messaging::run(&args)),
             }
             .with_context(|| format!("scenario {s:?}"))?;
             each.push(r);
