@@ -118,12 +118,14 @@ impl History {
         Ok(())
     }
 
-    /// Marks an outgoing message delivered; returns whether it was one of ours.
+    /// Marks an outgoing message delivered; returns whether that is news (one of ours, not
+    /// marked before: notices can come twice, live and again at a login elsewhere).
     pub fn delivered(&self, id: &str) -> Result<bool, HistoryError> {
         let n = self
             .conn
             .execute(
-                "UPDATE messages SET state = 'delivered' WHERE id = ?1 AND outgoing = 1",
+                "UPDATE messages SET state = 'delivered'
+                 WHERE id = ?1 AND outgoing = 1 AND state = 'sent'",
                 params![id],
             )
             .map_err(|e| self.err(e))?;

@@ -1187,7 +1187,10 @@ async fn route(
             }
             // Passed on (or a duplicate of one that was): the servers may drop it.
             let sig = me_key
-                .sign(Domain::Relay, &gossip_common::delivered_bytes(&id, to))
+                .sign(
+                    Domain::Relay,
+                    &gossip_common::delivered_bytes(&id, from, to),
+                )
                 .to_string();
             let ack = Message::new(Ipv6Addr::UNSPECIFIED, m::Delivered { id, from, to, sig });
             if let Some(out) = out.upgrade() {

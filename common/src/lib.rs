@@ -35,9 +35,10 @@ pub fn relay_bytes(r: &message::Relay) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The bytes a recipient signs (domain [`Domain::Relay`]) to say it has message `id`.
-pub fn delivered_bytes(id: &str, to: UserId) -> Vec<u8> {
-    format!("delivered\n{id}\n{to}").into_bytes()
+/// The bytes a recipient `to` signs (domain [`Domain::Relay`]) to say it has message `id`
+/// from `from`.
+pub fn delivered_bytes(id: &str, from: UserId, to: UserId) -> Vec<u8> {
+    format!("delivered\n{id}\n{from}\n{to}").into_bytes()
 }
 
 /// The bytes a client signs (domain [`Domain::Login`]) to answer a login challenge: the nonce,

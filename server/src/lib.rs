@@ -20,7 +20,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod registration;
-mod relay;
+pub(crate) mod relay;
 pub mod server_keys;
 mod session;
 pub mod sim;

@@ -13,17 +13,18 @@
 //! [`MAX_BYTES_PER_RECIPIENT`] bytes waiting per recipient, [`MAX_HELD`] in all, and
 //! [`TTL`] (30 days) after which an undelivered message is dropped.
 //!
-//! `mailbox.log` (JSON lines: `{"put":…}` or `{"gone":"<id>"}`) is appended and `fdatasync`ed
+//! `mailbox.log` (JSON lines: `{"put":…}`, `{"done":<delivered notice>}`, `{"receipt":…}`,
+//! `{"told":<uid>}`) is appended and `fdatasync`ed
 //! in batches before a put is acknowledged, replayed at start (expired messages dropped), and
 //! rewritten with the live messages when it holds four times more lines than that.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gossip_common::message::Relay;
+use gossip_common::message::{Delivered, Relay};
 use gossip_common::UserId;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -73,9 +74,16 @@ pub struct MailTable {
     bytes_to: HashMap<UserId, usize>,
     /// Delivered ids (with their sender, for receipts), oldest first.
     gone: BTreeMap<u64, String>,
-    gone_set: HashSet<String>,
+    /// Delivered ids, with their signed notice when known (to hand a peer that still holds
+    /// the message: see [`MailTable::notice`]).
+    gone_set: HashMap<String, Option<Delivered>>,
     gone_seq: u64,
+    /// Delivery notices for senders who were not here to be told, with when they were made.
+    receipts: HashMap<UserId, std::collections::VecDeque<(u64, Delivered)>>,
 }
+
+/// Delivery notices kept per sender (the oldest are dropped past it).
+pub const MAX_RECEIPTS_PER_SENDER: usize = 1_000;
 
 impl MailTable {
     /// Takes `r` if it is new, within bounds and not expired at `now_ms`. `Ok(false)`: already
@@ -88,7 +96,7 @@ impl MailTable {
         if r.sent + ttl < now_ms || r.sent > now_ms + ttl {
             return Err(Refused::Expired);
         }
-        if self.by_id.contains_key(&r.id) || self.gone_set.contains(&r.id) {
+        if self.by_id.contains_key(&r.id) || self.gone_set.contains_key(&r.id) {
             return Ok(false);
         }
         if self.by_id.len() >= MAX_HELD {
@@ -105,10 +113,16 @@ impl MailTable {
         Ok(true)
     }
 
-    /// Drops message `id` (delivered); returns it if it was held. Remembered as delivered
-    /// either way, so a late copy is not stored again.
-    pub fn delivered(&mut self, id: &str) -> Option<Relay> {
-        if self.gone_set.insert(id.to_owned()) {
+    /// Drops message `id` (delivered); returns whether that is news (not known delivered
+    /// before) and the message if it was held. Remembered as delivered either way, so a late
+    /// copy is not stored again.
+    pub fn delivered(&mut self, id: &str, notice: Option<Delivered>) -> (bool, Option<Relay>) {
+        let news = !self.gone_set.contains_key(id);
+        let entry = self.gone_set.entry(id.to_owned()).or_insert(None);
+        if notice.is_some() {
+            *entry = notice;
+        }
+        if news {
             self.gone_seq += 1;
             self.gone.insert(self.gone_seq, id.to_owned());
             while self.gone.len() > MAX_GONE {
@@ -117,7 +131,12 @@ impl MailTable {
                 }
             }
         }
-        self.remove(id)
+        (news, self.remove(id))
+    }
+
+    /// The signed delivery notice of message `id`, if it was delivered and the notice is known.
+    pub fn notice(&self, id: &str) -> Option<&Delivered> {
+        self.gone_set.get(id).and_then(Option::as_ref)
     }
 
     fn remove(&mut self, id: &str) -> Option<Relay> {
@@ -135,6 +154,26 @@ impl MailTable {
             }
         }
         Some(r)
+    }
+
+    /// Keeps notice `d` for its sender (told at their next login here).
+    pub fn add_receipt(&mut self, d: Delivered, now_ms: u64) {
+        let q = self.receipts.entry(d.from).or_default();
+        if q.iter().any(|(_, x)| x.id == d.id) {
+            return;
+        }
+        q.push_back((now_ms, d));
+        while q.len() > MAX_RECEIPTS_PER_SENDER {
+            q.pop_front();
+        }
+    }
+
+    /// Takes the delivery notices kept for `from`.
+    pub fn take_receipts(&mut self, from: UserId) -> Vec<Delivered> {
+        self.receipts
+            .remove(&from)
+            .map(|q| q.into_iter().map(|(_, d)| d).collect())
+            .unwrap_or_default()
     }
 
     /// Messages waiting for `to`, oldest first.
@@ -159,6 +198,10 @@ impl MailTable {
         for id in &old {
             self.remove(id);
         }
+        self.receipts.retain(|_, q| {
+            q.retain(|(at, _)| at + ttl >= now_ms);
+            !q.is_empty()
+        });
         old
     }
 
@@ -183,7 +226,14 @@ impl MailTable {
 #[serde(rename_all = "lowercase")]
 enum Line {
     Put(Relay),
+    /// Delivered (an id only: lines from before notices were kept).
     Gone(String),
+    /// Delivered, with the recipient's signed notice.
+    Done(Delivered),
+    /// A delivery notice kept for its sender, and when.
+    Receipt(u64, Delivered),
+    /// The sender was told.
+    Told(UserId),
 }
 
 impl Line {
@@ -249,7 +299,14 @@ impl Mailbox {
                         let _ = table.put(r, now);
                     }
                     Ok(Line::Gone(id)) => {
-                        table.delivered(&id);
+                        table.delivered(&id, None);
+                    }
+                    Ok(Line::Done(d)) => {
+                        table.delivered(&d.id.clone(), Some(d));
+                    }
+                    Ok(Line::Receipt(at, d)) => table.add_receipt(d, at),
+                    Ok(Line::Told(uid)) => {
+                        table.take_receipts(uid);
                     }
                     Err(_) => continue, // a torn last line
                 }
@@ -312,15 +369,36 @@ impl Mailbox {
         }
     }
 
-    /// Message `id` was delivered: dropped here (and from the file). Returns it if it was held.
-    pub fn delivered(&self, id: &str) -> Option<Relay> {
-        let r = self.table.lock().delivered(id);
-        if r.is_some() {
-            let _ = self
-                .file
-                .try_send((Line::Gone(id.to_owned()).bytes(), None));
+    /// Message `id` was delivered: dropped here (and from the file). Returns whether that is
+    /// news, and the message if it was held.
+    pub fn delivered(&self, d: &Delivered) -> (bool, Option<Relay>) {
+        let r = self.table.lock().delivered(&d.id, Some(d.clone()));
+        if r.0 {
+            let _ = self.file.try_send((Line::Done(d.clone()).bytes(), None));
         }
         r
+    }
+
+    /// The signed delivery notice of message `id`, if it was delivered.
+    pub fn notice(&self, id: &str) -> Option<Delivered> {
+        self.table.lock().notice(id).cloned()
+    }
+
+    /// Keeps delivery notice `d` for its sender, who is not here to be told now.
+    pub fn keep_receipt(&self, d: Delivered) {
+        let now = now_ms();
+        let line = Line::Receipt(now, d.clone()).bytes();
+        self.table.lock().add_receipt(d, now);
+        let _ = self.file.try_send((line, None));
+    }
+
+    /// Takes the delivery notices kept for `from` (who is being told now).
+    pub fn take_receipts(&self, from: UserId) -> Vec<Delivered> {
+        let taken = self.table.lock().take_receipts(from);
+        if !taken.is_empty() {
+            let _ = self.file.try_send((Line::Told(from).bytes(), None));
+        }
+        taken
     }
 
     /// Messages waiting for `to`.
@@ -402,6 +480,16 @@ fn rewrite(path: &Path, table: &MailTable) -> io::Result<()> {
     for r in table.by_id.values() {
         f.write_all(&Line::Put(r.clone()).bytes())?;
     }
+    for id in table.gone.values() {
+        if let Some(d) = table.notice(id) {
+            f.write_all(&Line::Done(d.clone()).bytes())?;
+        }
+    }
+    for q in table.receipts.values() {
+        for (at, d) in q {
+            f.write_all(&Line::Receipt(*at, d.clone()).bytes())?;
+        }
+    }
     let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -437,9 +525,32 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert!(t.delivered("a").is_some());
+        assert!(t.delivered("a", None).0);
+        assert_eq!(t.delivered("a", None), (false, None), "told twice: no news");
         assert_eq!(t.put(msg("a", 2, 10, now), now), Ok(false), "late copy");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn receipts_wait_for_their_sender_bounded_and_in_time() {
+        let mut t = MailTable::default();
+        let d = |i: usize| Delivered {
+            id: format!("m{i}"),
+            from: UserId(1),
+            to: UserId(2),
+            sig: String::new(),
+        };
+        for i in 0..MAX_RECEIPTS_PER_SENDER + 5 {
+            t.add_receipt(d(i), 10);
+        }
+        t.add_receipt(d(MAX_RECEIPTS_PER_SENDER + 4), 10);
+        let got = t.take_receipts(UserId(1));
+        assert_eq!(got.len(), MAX_RECEIPTS_PER_SENDER, "bounded, no duplicates");
+        assert_eq!(got[0].id, "m5", "the oldest dropped");
+        assert!(t.take_receipts(UserId(1)).is_empty());
+        t.add_receipt(d(0), 10);
+        t.expire(10 + TTL.as_millis() as u64 + 1);
+        assert!(t.take_receipts(UserId(1)).is_empty(), "expired");
     }
 
     #[test]
@@ -480,7 +591,14 @@ mod tests {
             let m = Mailbox::open(dir.path(), &tasks, &stop).unwrap();
             assert_eq!(m.put(msg("x", 2, 5, now)).await, Ok(true));
             assert_eq!(m.put(msg("y", 2, 5, now)).await, Ok(true));
-            assert!(m.delivered("y").is_some());
+            let notice = Delivered {
+                id: "y".into(),
+                from: UserId(1),
+                to: UserId(2),
+                sig: "s".into(),
+            };
+            assert!(m.delivered(&notice).1.is_some());
+            assert_eq!(m.notice("y"), Some(notice));
         }
         stop.cancel();
         tasks.close();

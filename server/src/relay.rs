@@ -20,6 +20,16 @@ use crate::Node;
 /// acknowledges it anyway (with only its own copy).
 const SECOND_COPY_WAIT: Duration = Duration::from_secs(2);
 
+/// What a server answers a peer that relayed it a message.
+pub(crate) enum PeerAnswer {
+    /// `stored`: this server has it on disk (now or before).
+    Stored,
+    /// The message was delivered already: its signed notice.
+    Delivered(m::Delivered),
+    /// Nothing (refused, or the disk failed).
+    Nothing,
+}
+
 fn frame(body: impl Into<gossip_common::Body>) -> Bytes {
     Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
 }
@@ -112,11 +122,20 @@ impl Node {
     }
 
     /// A message from peer `peer`: kept if its signature verifies, then flooded on and pushed
-    /// if the recipient is here. Returns whether this server has it now (to answer `stored`).
-    pub(crate) async fn relay_from_peer(self: &Arc<Self>, mut r: Relay, peer: &ServerKey) -> bool {
+    /// if the recipient is here. Says what to answer the peer.
+    pub(crate) async fn relay_from_peer(
+        self: &Arc<Self>,
+        mut r: Relay,
+        peer: &ServerKey,
+    ) -> PeerAnswer {
         if !valid_id(&r.id) || verify(self, &r).is_err() {
             tracing::info!(id = %r.id, "relayed message refused: bad id or signature");
-            return false;
+            return PeerAnswer::Nothing;
+        }
+        // Delivered already, and the peer did not know (it was cut off when the notice
+        // flooded): it gets the notice, so it drops the message and tells the sender.
+        if let Some(notice) = self.mailbox.notice(&r.id) {
+            return PeerAnswer::Delivered(notice);
         }
         r.request = None;
         match self.mailbox.hold(r.clone()) {
@@ -127,17 +146,17 @@ impl Node {
                 self.push_to_recipient(&r);
                 self.federation.flood(&frame(r), Some(peer));
                 match disk.done().await {
-                    Ok(()) => true,
+                    Ok(()) => PeerAnswer::Stored,
                     Err(e) => {
                         tracing::warn!(%id, error = %e, "relayed message not stored");
-                        false
+                        PeerAnswer::Nothing
                     }
                 }
             }
-            Ok(None) => true,
+            Ok(None) => PeerAnswer::Stored,
             Err(e) => {
                 tracing::info!(id = %r.id, error = %e, "relayed message not kept");
-                false
+                PeerAnswer::Nothing
             }
         }
     }
@@ -175,7 +194,7 @@ impl Node {
         if key
             .verify(
                 Domain::Relay,
-                &gossip_common::delivered_bytes(&d.id, d.to),
+                &gossip_common::delivered_bytes(&d.id, d.from, d.to),
                 &sig,
             )
             .is_err()
@@ -183,16 +202,25 @@ impl Node {
             tracing::info!(id = %d.id, "delivered notice refused: not signed by the recipient");
             return false;
         }
-        let Some(held) = self.mailbox.delivered(&d.id) else {
-            return false; // not held (or already gone): the flood ends here
-        };
-        if held.to != d.to || held.from != d.from {
+        let (news, held) = self.mailbox.delivered(&d);
+        if !news {
+            return false; // known delivered already: the flood ends here
+        }
+        // Not held here yet is possible: the notice can overtake the message, which a peer's
+        // link stores by a task of its own. It is news all the same (and the late copy is not
+        // kept).
+        if held.is_some_and(|h| h.to != d.to || h.from != d.from) {
             tracing::warn!(id = %d.id, "delivered notice for a message of other users; ignored");
             return false;
         }
         let f = frame(d.clone());
         self.federation.flood(&f, from_peer);
-        self.presence.send_to_user(held.from, None, &f);
+        if self.presence.is_logged_in(d.from) {
+            self.presence.send_to_user(d.from, None, &f);
+        } else {
+            // Told at the sender's next login here (each server keeps its own).
+            self.mailbox.keep_receipt(d);
+        }
         true
     }
 }

@@ -602,6 +602,10 @@ impl Session {
             let r = self.node.for_recipient(r);
             self.send(r).await;
         }
+        // And the deliveries of what this user sent while they were away.
+        for d in self.node.mailbox.take_receipts(uid) {
+            self.send(d).await;
+        }
     }
 
     /// Sends `contactlist`, split over several messages if the records would not fit one frame.

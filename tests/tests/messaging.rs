@@ -55,8 +55,8 @@ async fn login(node: &Gossipd, key: &Keypair, uid: UserId) -> (GossipClient, Eve
     (c, e)
 }
 
-/// The next event `pick` accepts, within 15 s.
-async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+/// The next event `pick` accepts, within 15 s (`what` names it in the failure).
+async fn next<T>(what: &str, events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             let ev = events.next().await.expect("connection open");
@@ -66,7 +66,7 @@ async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) 
         }
     })
     .await
-    .expect("the event within 15 s")
+    .unwrap_or_else(|_| panic!("{what}: not within 15 s"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +106,7 @@ async fn an_acknowledged_message_survives_its_servers_death_and_reaches_an_offli
     let mut got = Vec::new();
     while got.len() < 2 {
         got.push(
-            next(&mut b_events, |ev| match ev {
+            next("event 1", &mut b_events, |ev| match ev {
                 Event::Relayed { message, request } => Some((message, request)),
                 _ => None,
             })
@@ -131,7 +131,7 @@ async fn an_acknowledged_message_survives_its_servers_death_and_reaches_an_offli
     );
     assert!(*request, "a stranger's message is marked as a request");
     // Alice, logged in elsewhere, learns it was delivered.
-    let delivered = next(&mut a_events, |ev| match ev {
+    let delivered = next("event 2", &mut a_events, |ev| match ev {
         Event::Delivered { id, to } => Some((id, to)),
         _ => None,
     })
@@ -167,14 +167,14 @@ async fn a_live_recipient_gets_the_message_across_the_federation_at_once() {
     for i in 0..20u32 {
         let t0 = std::time::Instant::now();
         let id = a.send_relayed(bob, &i.to_be_bytes()).await.unwrap();
-        let got = next(&mut b_events, |ev| match ev {
+        let got = next("event 3", &mut b_events, |ev| match ev {
             Event::Relayed { message, .. } => Some(message.id),
             _ => None,
         })
         .await;
         latencies.push(t0.elapsed());
         assert_eq!(got, id);
-        let (d, to) = next(&mut a_events, |ev| match ev {
+        let (d, to) = next("event 4", &mut a_events, |ev| match ev {
             Event::Delivered { id, to } => Some((id, to)),
             _ => None,
         })
@@ -291,7 +291,7 @@ async fn an_encrypted_message_reaches_an_offline_user_and_no_server_holds_its_te
         .unwrap();
     // Bob logs in at the other node than the one he published from... any node works.
     let (b, mut be) = login(&n1, &bob_key, bob).await;
-    let message = next(&mut be, |ev| match ev {
+    let message = next("event 5", &mut be, |ev| match ev {
         Event::Relayed { message, .. } => Some(message),
         _ => None,
     })
@@ -308,7 +308,7 @@ async fn an_encrypted_message_reaches_an_offline_user_and_no_server_holds_its_te
             .unwrap(),
         (),
     );
-    let mut second = next(&mut be, |ev| match ev {
+    let mut second = next("event 6", &mut be, |ev| match ev {
         Event::Relayed { message, .. } => Some(message),
         _ => None,
     })

@@ -479,16 +479,15 @@ fn cli_messages_are_encrypted_relayed_to_an_offline_user_and_kept_in_history() {
         &["--json", "send", &b, "meet at the fountain"],
     ));
     let id = sent["sent"].as_str().unwrap().to_owned();
-    // Alice's watch will hear about delivery.
-    let mut alice_watch = watch(&alice);
-    let alice_rx = watch_lines(&mut alice_watch);
-    wait_event(&alice_rx, "alice connected", |v| v["event"] == "connected");
     // Bob comes back: the message is decrypted and shown.
     let mut bob_watch = watch(&bob);
     let bob_rx = watch_lines(&mut bob_watch);
     wait_event(&bob_rx, "the message at bob", |v| {
         v["event"] == "message" && v["text"] == "meet at the fountain" && v["encrypted"] == true
     });
+    // Alice was offline when it was delivered: she is told at her next login.
+    let mut alice_watch = watch(&alice);
+    let alice_rx = watch_lines(&mut alice_watch);
     wait_event(&alice_rx, "delivered at alice", |v| {
         v["event"] == "delivered" && v["id"] == id.as_str()
     });

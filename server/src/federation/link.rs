@@ -653,8 +653,13 @@ pub(super) async fn handle_peer(
             );
             tasks.spawn(async move {
                 let id = r.id.clone();
-                if node.relay_from_peer(r, &peer).await {
-                    let _ = tx.try_send((Instant::now(), encode(m::Stored { id })));
+                let answer = match node.relay_from_peer(r, &peer).await {
+                    crate::relay::PeerAnswer::Stored => Some(encode(m::Stored { id })),
+                    crate::relay::PeerAnswer::Delivered(d) => Some(encode(d)),
+                    crate::relay::PeerAnswer::Nothing => None,
+                };
+                if let Some(frame) = answer {
+                    let _ = tx.try_send((Instant::now(), frame));
                 }
                 drop(slot);
             });

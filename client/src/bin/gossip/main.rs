@@ -623,8 +623,13 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                 }
             }
             Update::Event(Event::Delivered { id, to }) => {
-                if let Err(e) = e2e.history().delivered(&id) {
-                    eprintln!("could not mark the message delivered in the history: {e}");
+                match e2e.history().delivered(&id) {
+                    Ok(true) => {}
+                    // Told before (notices can come twice), or not sent from this profile.
+                    Ok(false) => continue,
+                    Err(e) => {
+                        eprintln!("could not mark the message delivered in the history: {e}")
+                    }
                 }
                 if args.json {
                     println!("{}", json!({"event": "delivered", "id": id, "to": to.0}));
