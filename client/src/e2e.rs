@@ -88,6 +88,18 @@ pub fn published_keys(u: &UserInfo) -> Option<(Curve25519PublicKey, Curve25519Pu
     Some((field(IDENTITY_FIELD)?, field(FALLBACK_FIELD)?))
 }
 
+/// Whether `me` carries every one of `keys` (from [`E2e::published`]).
+pub fn publishes(me: &UserInfo, keys: &[(String, String)]) -> bool {
+    keys.iter()
+        .all(|(n, v)| me.extra.iter().any(|(en, ev)| en == n && ev == v))
+}
+
+/// Sets `keys` (from [`E2e::published`]) in `me`, other extra fields kept.
+pub fn publish_into(me: &mut UserInfo, keys: &[(String, String)]) {
+    me.extra.retain(|(n, _)| !keys.iter().any(|(k, _)| k == n));
+    me.extra.extend(keys.iter().cloned());
+}
+
 impl E2e {
     /// Opens the message database at `path` and loads the account from it, or makes a new
     /// account (with its fallback key) there.
@@ -151,16 +163,12 @@ impl E2e {
 
     /// Whether `me` already publishes this account's keys.
     pub fn is_published_in(&self, me: &UserInfo) -> bool {
-        self.published()
-            .iter()
-            .all(|(n, v)| me.extra.iter().any(|(en, ev)| en == n && ev == v))
+        publishes(me, &self.published())
     }
 
     /// `me` with this account's keys set (other extra fields kept).
     pub fn publish_into(&self, me: &mut UserInfo) {
-        let keys = self.published();
-        me.extra.retain(|(n, _)| !keys.iter().any(|(k, _)| k == n));
-        me.extra.extend(keys);
+        publish_into(me, &self.published());
     }
 
     /// Encrypts `plaintext` for `to`, whose signed UserInfo is `theirs`: over the session

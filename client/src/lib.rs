@@ -858,10 +858,20 @@ impl GossipClient {
 
     /// Publishes this user's end-to-end encryption keys (`e2e`) in their UserInfo, if it does
     /// not already carry them.
-    pub async fn publish_keys(&self, e2e: &e2e::E2e) -> Result<(), ClientError> {
+    pub fn publish_keys(
+        &self,
+        e2e: &e2e::E2e,
+    ) -> impl std::future::Future<Output = Result<(), ClientError>> + Send + '_ {
+        // Taken out before any await: the state is not `Sync`, so no shared reference to it
+        // may live in the future.
+        let keys = e2e.published();
+        self.publish(keys)
+    }
+
+    async fn publish(&self, keys: Vec<(String, String)>) -> Result<(), ClientError> {
         let me = self.me().ok_or(ClientError::NotLoggedIn)?;
-        if !e2e.is_published_in(me.value()) {
-            self.update_info(|u| e2e.publish_into(u)).await?;
+        if !e2e::publishes(me.value(), &keys) {
+            self.update_info(|u| e2e::publish_into(u, &keys)).await?;
         }
         Ok(())
     }
@@ -892,7 +902,7 @@ impl GossipClient {
         to: UserId,
         plaintext: &[u8],
     ) -> Result<String, ClientError> {
-        self.publish_keys(e2e).await?;
+        self.publish(e2e.published()).await?;
         let theirs = self.record_of(to).await?;
         let body = e2e.encrypt(to, theirs.value(), plaintext)?;
         self.send_relayed(to, &body).await

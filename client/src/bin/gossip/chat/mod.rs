@@ -234,10 +234,28 @@ enum End {
 
 /// Owns the connection: logs in (again after every loss), serves actions and events.
 async fn network(opts: Options, mut actions: mpsc::Receiver<Action>, out: mpsc::Sender<Net>) {
+    // Messages are end-to-end encrypted and relayed (`docs/messaging.md`); the Olm state and
+    // the history live in the profile's database.
+    let e2e = match crate::open_e2e(&opts.profile) {
+        Ok(e) => Arc::new(tokio::sync::Mutex::new(e)),
+        Err(e) => {
+            let _ = out
+                .send(Net::Lost(format!(
+                    "cannot open the message database: {e:#}"
+                )))
+                .await;
+            return;
+        }
+    };
     loop {
         let end = match login(&opts).await {
             Ok((client, events, listener)) => {
                 let client = Arc::new(client);
+                if let Err(e) = client.publish_keys(&*e2e.lock().await).await {
+                    let _ = out
+                        .send(Net::Notice(format!("encryption keys not published: {e}")))
+                        .await;
+                }
                 let _ = out
                     .send(Net::LoggedIn {
                         server: client.server().to_owned(),
@@ -246,7 +264,7 @@ async fn network(opts: Options, mut actions: mpsc::Receiver<Action>, out: mpsc::
                         contacts: client.contacts(),
                     })
                     .await;
-                let end = serve(&client, events, &mut actions, &out, opts.uid).await;
+                let end = serve(&client, &e2e, events, &mut actions, &out, opts.uid).await;
                 drop(listener);
                 if let (End::Quit, Ok(client)) = (&end, Arc::try_unwrap(client)) {
                     let _ = tokio::time::timeout(Duration::from_secs(2), client.logout()).await;
@@ -306,6 +324,7 @@ async fn login(
 
 async fn serve(
     client: &Arc<GossipClient>,
+    e2e: &Arc<tokio::sync::Mutex<gossip_client::e2e::E2e>>,
     mut events: gossip_client::Events,
     actions: &mut mpsc::Receiver<Action>,
     out: &mpsc::Sender<Net>,
@@ -318,9 +337,23 @@ async fn serve(
                 None | Some(Action::Quit) => return End::Quit,
                 Some(Action::Send { to, text, line }) => {
                     // Delivery takes a while (or times out): not in this loop.
-                    let (c, out) = (Arc::clone(client), out.clone());
+                    let (c, out, e2e) = (Arc::clone(client), out.clone(), Arc::clone(e2e));
                     tokio::spawn(async move {
-                        let outcome = c.send_message(to, &text).await.map_err(|e| e.to_string());
+                        let mut e2e = e2e.lock().await;
+                        let outcome = match c.send_encrypted(&mut e2e, to, text.as_bytes()).await {
+                            Ok(id) => e2e
+                                .history()
+                                .record(&gossip_client::history::Entry {
+                                    id,
+                                    peer: to,
+                                    outgoing: true,
+                                    text: text.clone(),
+                                    sent_ms: crate::now_ms(),
+                                    state: "sent".into(),
+                                })
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
                         let _ = out.send(Net::Delivered { line, outcome }).await;
                     });
                 }
@@ -369,12 +402,34 @@ async fn serve(
                 Some(Event::Error { code, text }) => {
                     let _ = out.send(Net::Notice(format!("server error {code:?}: {text}"))).await;
                 }
-                Some(Event::Relayed { message, .. }) => {
-                    let text = format!("relayed message from {} ({} bytes; this app does not read relayed messages yet)", message.from, message.body.len());
-                    let _ = out.send(Net::Notice(text)).await;
+                Some(Event::Relayed { message, request }) => {
+                    let mut e2e = e2e.lock().await;
+                    match client.open_relayed(&mut e2e, &message).await {
+                        Ok(plain) => {
+                            let text = String::from_utf8_lossy(&plain).to_string();
+                            let _ = e2e.history().record(&gossip_client::history::Entry {
+                                id: message.id.clone(),
+                                peer: message.from,
+                                outgoing: false,
+                                text: text.clone(),
+                                sent_ms: message.sent,
+                                state: "received".into(),
+                            });
+                            if request {
+                                let note = format!("message request from {} (not a contact)", message.from);
+                                let _ = out.send(Net::Notice(note)).await;
+                            }
+                            let _ = out.send(Net::Message { from: message.from, text, at: message.sent / 1000 }).await;
+                        }
+                        Err(e) => {
+                            let _ = out.send(Net::Notice(format!("a message from {} could not be opened: {e}", message.from))).await;
+                        }
+                    }
                 }
                 Some(Event::Delivered { id, to }) => {
-                    let _ = out.send(Net::Notice(format!("message {id} delivered to {to}"))).await;
+                    if e2e.lock().await.history().delivered(&id).unwrap_or(false) {
+                        let _ = out.send(Net::Notice(format!("delivered to {to}"))).await;
+                    }
                 }
                 Some(Event::Disconnected(why)) => return End::Lost(format!("disconnected: {why}")),
                 None => return End::Lost("connection lost".into()),
