@@ -55,6 +55,18 @@ async fn login(node: &Gossipd, key: &Keypair, uid: UserId) -> (GossipClient, Eve
     (c, e)
 }
 
+/// Two linked nodes, Alice registered on the first and Bob on the second.
+async fn two_nodes_alice_and_bob(
+    dir: &std::path::Path,
+) -> (Gossipd, Gossipd, (Keypair, UserId), (Keypair, UserId)) {
+    let n1 = node(dir, "n1", None);
+    let n2 = node(dir, "n2", Some(&n1));
+    wait_one_tree(&[&n1, &n2]).await;
+    let alice = registered(&n1, "alice").await;
+    let bob = registered(&n2, "bob").await;
+    (n1, n2, alice, bob)
+}
+
 /// The next event `pick` accepts, within 15 s (`what` names it in the failure).
 async fn next<T>(what: &str, events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
     tokio::time::timeout(Duration::from_secs(15), async {
@@ -156,11 +168,7 @@ async fn an_acknowledged_message_survives_its_servers_death_and_reaches_an_offli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_recipient_gets_the_message_across_the_federation_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = node(dir.path(), "n1", None);
-    let n2 = node(dir.path(), "n2", Some(&n1));
-    wait_one_tree(&[&n1, &n2]).await;
-    let (alice_key, alice) = registered(&n1, "alice").await;
-    let (bob_key, bob) = registered(&n2, "bob").await;
+    let (n1, n2, (alice_key, alice), (bob_key, bob)) = two_nodes_alice_and_bob(dir.path()).await;
     let (a, mut a_events) = login(&n1, &alice_key, alice).await;
     let (_b, mut b_events) = login(&n2, &bob_key, bob).await;
     let mut latencies = Vec::new();
@@ -256,11 +264,7 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn an_encrypted_message_reaches_an_offline_user_and_no_server_holds_its_text() {
     use gossip_client::e2e::E2e;
     let dir = tempfile::tempdir().unwrap();
-    let n1 = node(dir.path(), "n1", None);
-    let n2 = node(dir.path(), "n2", Some(&n1));
-    wait_one_tree(&[&n1, &n2]).await;
-    let (alice_key, alice) = registered(&n1, "alice").await;
-    let (bob_key, bob) = registered(&n2, "bob").await;
+    let (n1, n2, (alice_key, alice), (bob_key, bob)) = two_nodes_alice_and_bob(dir.path()).await;
     let mut alice_e2e = E2e::open(&dir.path().join("alice-e2e.json")).unwrap();
     let mut bob_e2e = E2e::open(&dir.path().join("bob-e2e.json")).unwrap();
     // Bob publishes his keys once, then goes offline. Neither client accepts connections.
