@@ -477,6 +477,8 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let (key, mut settings, uid) = registered(profile)?;
     let servers = servers_of(args, &settings)?;
     let mut e2e = open_e2e(profile)?;
+    // What each contact was last shown as (human output).
+    let mut shown: std::collections::HashMap<UserId, (String, String)> = Default::default();
     let mut cfg = gossip_client::failover::Config::new(servers, key, uid, status);
     cfg.listen = Some(*listen);
     cfg.pins = settings.pins();
@@ -530,6 +532,7 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                     }
                     for c in &contacts {
                         println!("  {} ({}) is {}", c.nick_name, c.user_id, c.status);
+                        shown.insert(c.user_id, (c.status.clone(), c.status_message.clone()));
                     }
                 }
             }
@@ -562,7 +565,14 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "could not save the learned servers");
                 }
             }
-            Update::Event(Event::Presence(r)) => print_presence(&r, args.json),
+            Update::Event(Event::Presence(r)) => {
+                // A record can change without its presence changing (the user published
+                // encryption keys, or an address): said once, not again.
+                let now = (r.status.clone(), r.status_message.clone());
+                if args.json || shown.insert(r.user_id, now.clone()) != Some(now) {
+                    print_presence(&r, args.json)
+                }
+            }
             Update::Event(Event::Message(m)) => {
                 if args.json {
                     println!(
