@@ -202,6 +202,14 @@ fn builder<'a>(
     Ok(b.local_private_key(&me.noise_private)?)
 }
 
+/// The identity `payload` proves for the peer's Noise static key of handshake `hs`.
+fn peer_identity(hs: &HandshakeState, payload: &[u8]) -> Result<PublicKey, SecureError> {
+    let remote = hs
+        .get_remote_static()
+        .ok_or(SecureError::BadIdentity("no static key"))?;
+    verify_identity(payload, remote)
+}
+
 /// Checks an identity payload against the peer's Noise static key of this handshake.
 fn verify_identity(payload: &[u8], remote_static: &[u8]) -> Result<PublicKey, SecureError> {
     if payload.len() != IDENTITY_PAYLOAD {
@@ -311,11 +319,7 @@ async fn connect_inner<S: AsyncRead + AsyncWrite + Unpin>(
     let mut hs = builder(purpose, me, true)?.build_initiator()?;
     send_handshake(&mut stream, &mut hs, &[]).await?;
     let payload = recv_handshake(&mut stream, &mut hs, None).await?;
-    let remote = hs
-        .get_remote_static()
-        .ok_or(SecureError::BadIdentity("no static key"))?
-        .to_vec();
-    let peer = verify_identity(&payload, &remote)?;
+    let peer = peer_identity(&hs, &payload)?;
     if purpose.mutual() {
         send_handshake(&mut stream, &mut hs, &me.payload).await?;
     }
@@ -367,11 +371,7 @@ async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
     let peer = if payload.is_empty() {
         None
     } else {
-        let remote = hs
-            .get_remote_static()
-            .ok_or(SecureError::BadIdentity("no static key"))?
-            .to_vec();
-        Some(verify_identity(&payload, &remote)?)
+        Some(peer_identity(&hs, &payload)?)
     };
     if require_identity && peer.is_none() {
         return Err(SecureError::BadIdentity("no identity shown"));
