@@ -306,7 +306,14 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     purpose: Purpose,
     me: &Identity,
 ) -> Result<(SecureStream<S>, PublicKey), SecureError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(stream, purpose, me))
+    within_deadline(connect_inner(stream, purpose, me)).await
+}
+
+/// Runs a handshake under [`HANDSHAKE_TIMEOUT`].
+async fn within_deadline<T>(
+    handshake: impl std::future::Future<Output = Result<T, SecureError>>,
+) -> Result<T, SecureError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| SecureError::Timeout)?
 }
@@ -334,12 +341,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     me: &Identity,
     require_identity: bool,
 ) -> Result<(SecureStream<S>, Option<PublicKey>), SecureError> {
-    tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        accept_inner(stream, purpose, me, require_identity),
-    )
-    .await
-    .map_err(|_| SecureError::Timeout)?
+    within_deadline(accept_inner(stream, purpose, me, require_identity)).await
 }
 
 async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(

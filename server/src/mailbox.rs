@@ -432,23 +432,20 @@ async fn writer(
 ) {
     let mut lines = table.lock().len();
     loop {
-        let first = tokio::select! {
-            p = rx.recv() => p,
-            _ = shutdown.cancelled() => rx.try_recv().ok(),
-        };
-        let Some((mut batch, waiter)) = first else {
+        let Some(items) = crate::applog::next_batch(&mut rx, &shutdown, Duration::ZERO).await
+        else {
             return;
         };
-        let mut waiters: Vec<oneshot::Sender<bool>> = waiter.into_iter().collect();
-        while let Ok((more, w)) = rx.try_recv() {
-            batch.extend_from_slice(&more);
+        lines += items.len();
+        let mut batch = Vec::new();
+        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
+        for (line, w) in items {
+            batch.extend_from_slice(&line);
             waiters.extend(w);
-            lines += 1;
         }
-        lines += 1;
         table.lock().expire(now_ms());
         let live = table.lock().len();
-        let compact = lines > 4 * live + 10_000;
+        let compact = crate::applog::worth_compacting(lines, live);
         let rewrite = compact.then(|| {
             let table = Arc::clone(&table);
             Box::new(move |p: &Path| rewrite(p, &table.lock())) as crate::applog::Rewrite

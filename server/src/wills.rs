@@ -281,25 +281,16 @@ async fn writer(
 ) {
     let mut lines = table.lock().len();
     loop {
-        let first = tokio::select! {
-            line = rx.recv() => line,
-            _ = shutdown.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(mut batch) = first else { return };
         // A short window gathers the wills of a burst into one write and one `fdatasync`
         // (each status change hands over a new will: one flush per will would cost more than
         // the change itself).
-        if !shutdown.is_cancelled() {
-            tokio::time::sleep(GATHER).await;
-        }
-        let mut n = 1;
-        while let Ok(more) = rx.try_recv() {
-            batch.extend_from_slice(&more);
-            n += 1;
-        }
-        lines += n;
+        let Some(items) = crate::applog::next_batch(&mut rx, &shutdown, GATHER).await else {
+            return;
+        };
+        lines += items.len();
+        let batch = items.concat();
         let live = table.lock().len();
-        let compact = lines > 4 * live + 10_000;
+        let compact = crate::applog::worth_compacting(lines, live);
         let rewrite = compact.then(|| {
             let table = Arc::clone(&table);
             Box::new(move |p: &Path| rewrite(p, &table.lock())) as crate::applog::Rewrite
