@@ -538,6 +538,7 @@ pub(crate) fn start_headless(
         dir: config.data_dir.display().to_string(),
         source,
     })?;
+    store.on_paused_clock();
     let blacklist =
         blacklist::Blacklist::load(&config.data_dir.join("blacklist.txt"), &config.blacklist)
             .map_err(StartError::Admin)?;

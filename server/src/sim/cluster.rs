@@ -241,10 +241,7 @@ pub async fn chaos(
     c.publish(&keys[0], record(0), true)
         .await
         .map_err(|e| e.to_string())?;
-    // Setup, not a heal: given a minute. On the paused clock, time jumps ahead while nodes'
-    // blocking work (reconciliations at link-up, batch verifications) runs on real threads, so
-    // under CPU load a fresh cluster's first record can take simulated seconds to spread.
-    c.wait(deadline.max(Duration::from_secs(60)), Cluster::same_data)
+    c.wait(deadline, Cluster::same_data)
         .await
         .ok_or("the first record never reached every server")?;
     let mut healed = Vec::new();

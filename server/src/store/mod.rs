@@ -22,7 +22,7 @@ mod writer;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use gossip_common::{
@@ -166,6 +166,8 @@ pub struct Store {
     writer: Writer,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     compacting: AtomicBool,
+    /// Set by the simulator: see [`Store::on_paused_clock`].
+    paused_clock: AtomicBool,
     dir: PathBuf,
 }
 
@@ -238,6 +240,7 @@ impl Store {
             writer,
             thread: Mutex::new(Some(thread)),
             compacting: AtomicBool::new(false),
+            paused_clock: AtomicBool::new(false),
             dir: dir.to_owned(),
         });
         Ok((store, report))
@@ -516,10 +519,16 @@ impl Store {
         kind: u8,
         map: impl FnOnce(&mut State) -> (&mut HashMap<UserId, Stored<T>>, &mut FpTree),
     ) -> Result<(), StoreError> {
-        let result = match done.await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::other("datafile writer stopped")),
+        let result = if self.paused_clock.load(Ordering::Relaxed) {
+            // Waited for on the blocking pool: see `on_paused_clock`.
+            tokio::task::spawn_blocking(move || done.blocking_recv().ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            done.await.ok()
         };
+        let result = result.unwrap_or_else(|| Err(io::Error::other("datafile writer stopped")));
         if let Err(e) = result {
             tracing::error!(%uid, error = %e, "datafile write failed; update not stored");
             let mut state = self.state.write();
@@ -548,6 +557,17 @@ impl Store {
             return Err(StoreError::Io(e));
         }
         Ok(())
+    }
+
+    /// Marks this store as running under tokio's paused clock (the simulator). That clock jumps
+    /// to the next timer whenever every task waits, except while `spawn_blocking` work runs.
+    /// The writer is a thread of its own, so a node awaiting its `fdatasync` looked idle, and
+    /// simulated seconds passed during real milliseconds of disk time: under CPU load, a
+    /// handshake's deadline fired in a cluster that was merely writing. Here each write is
+    /// awaited from the blocking pool instead, which holds the clock. In production that would
+    /// cost a pool thread per pending write, so it is the simulator's only.
+    pub(crate) fn on_paused_clock(&self) {
+        self.paused_clock.store(true, Ordering::Relaxed);
     }
 
     /// Records an admin action (or other non-record change) in the transaction log.
