@@ -10,6 +10,12 @@
 //! claim). The price, as in Matrix, is that a session's first message depends on a key that is
 //! not single-use until the recipient rotates it.
 //!
+//! Rotation. Once a sender has used the fallback key and it is [`FALLBACK_ROTATION`] (30 days,
+//! the servers' mailbox lifetime) old, a new one is made and published; Olm keeps the one
+//! before, so a message encrypted to it still opens. It is forgotten at the next rotation, at
+//! least 30 days after it stopped being published, when any message made for it has expired
+//! from the mailboxes. A stolen device then no longer opens first messages older than that.
+//!
 //! Authenticity. A pre-key message carries the sender's Curve25519 identity key; the recipient
 //! accepts it only if it is the one in the sender's signed UserInfo. The relay envelope is also
 //! signed by the sender's ed25519 key. Altered ciphertext fails Olm's MAC; a replayed one finds
@@ -32,6 +38,10 @@ use vodozemac::Curve25519PublicKey;
 pub const IDENTITY_FIELD: &str = "OlmIdentity";
 /// The UserInfo field holding the Olm fallback key (base64).
 pub const FALLBACK_FIELD: &str = "OlmFallback";
+
+/// How old a used fallback key gets before it is replaced: the servers' mailbox lifetime, so the
+/// key before the current one, which Olm keeps, outlives every message made for it.
+pub const FALLBACK_ROTATION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Why a message could not be encrypted or opened.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +72,27 @@ struct Saved {
     account: AccountPickle,
     #[serde(default)]
     sessions: Vec<(u64, SessionPickle)>,
+    /// When the current fallback key was made (Unix seconds; 0 in saves from before rotation).
+    #[serde(default)]
+    fallback_made: u64,
+    /// Whether a sender has used the current fallback key.
+    #[serde(default)]
+    fallback_used: bool,
 }
 
 /// A user's Olm account and sessions.
 pub struct E2e {
     account: Account,
     sessions: HashMap<UserId, Vec<Session>>,
+    fallback_made: u64,
+    fallback_used: bool,
     store: History,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for E2e {
@@ -116,11 +140,19 @@ impl E2e {
                         .or_default()
                         .push(Session::from_pickle(p));
                 }
-                Ok(E2e {
+                let mut e2e = E2e {
                     account: Account::from_pickle(saved.account),
                     sessions,
+                    // A save from before rotation: its key's age counts from now.
+                    fallback_made: match saved.fallback_made {
+                        0 => unix_now(),
+                        t => t,
+                    },
+                    fallback_used: saved.fallback_used,
                     store,
-                })
+                };
+                e2e.rotate_if_due(unix_now())?;
+                Ok(e2e)
             }
             None => {
                 let mut account = Account::new();
@@ -130,6 +162,8 @@ impl E2e {
                 let e2e = E2e {
                     account,
                     sessions: HashMap::new(),
+                    fallback_made: unix_now(),
+                    fallback_used: false,
                     store,
                 };
                 e2e.save()?;
@@ -159,6 +193,22 @@ impl E2e {
             ),
             (FALLBACK_FIELD.to_owned(), fallback),
         ]
+    }
+
+    /// Replaces the fallback key if a sender has used it and it is [`FALLBACK_ROTATION`] old
+    /// (`now` in Unix seconds); true if it did, and the keys must be published again.
+    pub fn rotate_if_due(&mut self, now: u64) -> Result<bool, E2eError> {
+        if !self.fallback_used
+            || now.saturating_sub(self.fallback_made) < FALLBACK_ROTATION.as_secs()
+        {
+            return Ok(false);
+        }
+        // The current key becomes the previous one (still accepted); the one before goes.
+        self.account.generate_fallback_key();
+        self.fallback_made = now;
+        self.fallback_used = false;
+        self.save()?;
+        Ok(true)
     }
 
     /// Whether `me` already publishes this account's keys.
@@ -232,17 +282,23 @@ impl E2e {
                     s.decrypt(&message)
                         .map_err(|e| E2eError::Decrypt(e.to_string()))?
                 } else {
+                    let current = self.account.fallback_key().values().next().copied();
                     let created = self
                         .account
                         .create_inbound_session(SessionConfig::version_1(), identity, pre)
                         .map_err(|e| E2eError::Decrypt(e.to_string()))?;
+                    if current == Some(pre.one_time_key()) {
+                        self.fallback_used = true;
+                    }
                     // The newest session first: replies go over it.
                     sessions.insert(0, created.session);
                     created.plaintext
                 }
             }
         };
-        self.save()?;
+        if !self.rotate_if_due(unix_now())? {
+            self.save()?;
+        }
         Ok(plaintext)
     }
 
@@ -255,6 +311,8 @@ impl E2e {
                 .iter()
                 .flat_map(|(u, ss)| ss.iter().map(move |s| (u.0, s.pickle())))
                 .collect(),
+            fallback_made: self.fallback_made,
+            fallback_used: self.fallback_used,
         };
         let bytes = serde_json::to_vec(&saved).expect("pickles serialise");
         Ok(self.store.save_olm(&bytes)?)
@@ -304,5 +362,59 @@ mod tests {
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&pa).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_used_fallback_key_is_rotated_when_old_and_the_one_before_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let pb = dir.path().join("b.db");
+        let mut bob = E2e::open(&pb).unwrap();
+        let ub0 = user(2, &bob);
+        let month = FALLBACK_ROTATION.as_secs();
+        let t0 = bob.fallback_made;
+        // Unused: never rotated, however old.
+        assert!(!bob.rotate_if_due(t0 + 10 * month).unwrap());
+        // Alice uses it; Carol holds Bob's record too, but writes later.
+        let mut alice = E2e::open(&dir.path().join("a.db")).unwrap();
+        let mut carol = E2e::open(&dir.path().join("c.db")).unwrap();
+        let (ua, uc) = (user(1, &alice), user(3, &carol));
+        let first = alice.encrypt(UserId(2), &ub0, b"first").unwrap();
+        assert_eq!(bob.decrypt(UserId(1), &ua, &first).unwrap(), b"first");
+        // Used, but young: kept.
+        assert!(!bob.rotate_if_due(t0 + month - 1).unwrap());
+        // Used and a month old: replaced, and the state says so after a restart.
+        assert!(bob.rotate_if_due(t0 + month).unwrap());
+        let ub1 = user(2, &bob);
+        assert!(
+            !bob.is_published_in(&ub0),
+            "a new fallback key is published"
+        );
+        let bob_reopened = E2e::open(&pb).unwrap();
+        assert!(bob_reopened.is_published_in(&ub1));
+        drop(bob_reopened);
+        // Carol's message, made from the record before the rotation, still opens.
+        let late = carol.encrypt(UserId(2), &ub0, b"from the mailbox").unwrap();
+        assert_eq!(
+            bob.decrypt(UserId(3), &uc, &late).unwrap(),
+            b"from the mailbox"
+        );
+        // That used the previous key, not the current one: no rotation is due for it.
+        assert!(!bob.rotate_if_due(t0 + 10 * month).unwrap());
+        // The current key used and aged too: the oldest key is gone, and a message made for
+        // it no longer opens; the conversation that started on it goes on.
+        let mut dave = E2e::open(&dir.path().join("d.db")).unwrap();
+        let ud = user(4, &dave);
+        let to_current = dave.encrypt(UserId(2), &ub1, b"hi").unwrap();
+        assert_eq!(bob.decrypt(UserId(4), &ud, &to_current).unwrap(), b"hi");
+        assert!(bob.rotate_if_due(t0 + 2 * month).unwrap());
+        let mut erin = E2e::open(&dir.path().join("e.db")).unwrap();
+        let ue = user(5, &erin);
+        let stale = erin.encrypt(UserId(2), &ub0, b"too late").unwrap();
+        assert!(bob.decrypt(UserId(5), &ue, &stale).is_err());
+        let more = alice.encrypt(UserId(2), &ub0, b"still talking").unwrap();
+        assert_eq!(
+            bob.decrypt(UserId(1), &ua, &more).unwrap(),
+            b"still talking"
+        );
     }
 }

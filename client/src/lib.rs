@@ -908,8 +908,22 @@ impl GossipClient {
         self.send_relayed(to, &body).await
     }
 
-    /// Decrypts a relayed message ([`Event::Relayed`]) end to end.
+    /// Decrypts a relayed message ([`Event::Relayed`]) end to end. If that made the fallback
+    /// key due for rotation ([`e2e::FALLBACK_ROTATION`]), the new one is published.
     pub async fn open_relayed(
+        &self,
+        e2e: &mut e2e::E2e,
+        message: &m::Relay,
+    ) -> Result<Vec<u8>, ClientError> {
+        let plain = self.decrypt_relayed(e2e, message).await?;
+        if let Err(e) = self.publish(e2e.published()).await {
+            // Kept for the next login or send, which publish again.
+            tracing::warn!(error = %e, "could not publish a rotated encryption key");
+        }
+        Ok(plain)
+    }
+
+    async fn decrypt_relayed(
         &self,
         e2e: &mut e2e::E2e,
         message: &m::Relay,
