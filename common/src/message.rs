@@ -658,7 +658,8 @@ pub struct Delivered {
     pub from: UserId,
     /// Its recipient.
     pub to: UserId,
-    /// The recipient's signature (hex, domain `gossip-relay-v1`) over `delivered\n{id}\n{to}`:
+    /// The recipient's signature (hex, domain `gossip-relay-v1`) over
+    /// `delivered\n{id}\n{from}\n{to}`:
     /// only the recipient can make a message disappear from the servers.
     pub sig: String,
 }
@@ -669,6 +670,32 @@ pub struct Delivered {
 pub struct Stored {
     /// The message id.
     pub id: String,
+}
+
+/// `mailboxDigest` (server → server, at link-up): the undelivered messages the sender holds, in
+/// brief. A peer whose own digest differs answers with its ids (`mailboxIds`), so that each side
+/// sends the other only what it lacks; equal digests mean nothing crosses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxDigest {
+    /// Messages held.
+    #[serde(rename = "@count")]
+    pub count: u64,
+    /// The wrapping sum of their ids' 128-bit xxh3 hashes, 32 hex digits.
+    #[serde(rename = "@sum")]
+    pub sum: String,
+}
+
+/// `mailboxIds` (server → server): a part of the sender's list of held message ids, sent when
+/// the digests differed. The receiver sends back every message it holds that the whole list
+/// lacks, and the `delivered` notice of every listed message it knows was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxIds {
+    /// Whether this is the list's last part.
+    #[serde(rename = "@last")]
+    pub last: u8,
+    /// Message ids (32 hex digits each), space-separated; at most 1,000 per part.
+    #[serde(rename = "$text", default)]
+    pub ids: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -767,6 +794,8 @@ bodies! {
     Relay(Relay) = "relay",
     Delivered(Delivered) = "delivered",
     Stored(Stored) = "stored",
+    MailboxDigest(MailboxDigest) = "mailboxDigest",
+    MailboxIds(MailboxIds) = "mailboxIds",
 }
 
 fn de<T: DeserializeOwned>(msgtype: &str, xml: &str) -> Result<T, ProtocolError> {

@@ -252,6 +252,16 @@ fn samples() -> Vec<Body> {
             id: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1".into(),
         }
         .into(),
+        MailboxDigest {
+            count: 2,
+            sum: "0123456789abcdef0123456789abcdef".into(),
+        }
+        .into(),
+        MailboxIds {
+            last: 1,
+            ids: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1 00000000000000000000000000000001".into(),
+        }
+        .into(),
     ]
 }
 

@@ -74,6 +74,12 @@ pub struct Metrics {
     pub refused_rows: Counter,
     /// Relayed messages accepted from this server's clients.
     pub relayed: Counter,
+    /// Link-up mailbox exchanges that found the peer holding the same messages (none sent).
+    pub mailbox_equal: Counter,
+    /// Link-up mailbox exchanges whose digests differed, so this side sent its list of ids.
+    pub mailbox_lists_sent: Counter,
+    /// Relayed messages sent to a peer at link-up because it lacked them (`mailboxIds`).
+    pub mailbox_resent: Counter,
     /// Successful logins (including the implicit one after registration).
     pub logins: Counter,
     /// Login attempts whose challenge response did not verify.
@@ -144,6 +150,21 @@ impl Metrics {
             "relayed_total",
             "Relayed messages accepted from this server's clients.",
             m.relayed.get(),
+        );
+        counter(
+            "mailbox_equal_total",
+            "Link-up mailbox exchanges that found the peer holding the same messages.",
+            m.mailbox_equal.get(),
+        );
+        counter(
+            "mailbox_lists_sent_total",
+            "Link-up mailbox exchanges that differed, so this server sent its list of ids.",
+            m.mailbox_lists_sent.get(),
+        );
+        counter(
+            "mailbox_resent_total",
+            "Relayed messages sent to a peer at link-up because its list lacked them.",
+            m.mailbox_resent.get(),
         );
         counter(
             "refused_rows_total",

@@ -70,7 +70,25 @@ fn refused(e: Refused) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
+/// How long a message from a peer waits for its sender's record (a link-up resync of a large
+/// store takes this long at most before it falls back).
+const SENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Node {
+    /// Waits (at most `limit`) until user `uid`'s record is held here; whether it is.
+    async fn await_user(&self, uid: gossip_common::UserId, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.store.public_key(uid).is_some() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A message from the logged-in client `uid`: checked, stored, flooded, pushed if the
     /// recipient is here; returns once it is on this server's disk and (if any server is
     /// linked) on one other server's, or why it was refused.
@@ -128,6 +146,10 @@ impl Node {
         mut r: Relay,
         peer: &ServerKey,
     ) -> PeerAnswer {
+        if !self.await_user(r.from, SENDER_WAIT).await {
+            tracing::info!(id = %r.id, from = %r.from, "relayed message refused: its sender's record never came");
+            return PeerAnswer::Nothing;
+        }
         if !valid_id(&r.id) || verify(self, &r).is_err() {
             tracing::info!(id = %r.id, "relayed message refused: bad id or signature");
             return PeerAnswer::Nothing;

@@ -1,7 +1,8 @@
 //! Link-up resync between real in-process nodes on loopback: range reconciliation moves what
 //! changed and little else, interoperates with a node that only speaks `eventCounts`, and a
 //! peer that breaks the reconciliation protocol gets the `eventCounts` fallback while the node
-//! keeps serving.
+//! keeps serving. The mailbox exchange at link-up sends only the undelivered messages a peer
+//! lacks, and the delivery notices of those it holds needlessly.
 
 use std::path::Path;
 use std::time::Duration;
@@ -258,6 +259,154 @@ async fn a_peer_that_breaks_the_reconciliation_gets_event_counts_and_nothing_els
     .await;
     assert_eq!(a.node.metrics.sync_fallbacks.get(), 3);
     assert_eq!(b.node.metrics.sync_fallbacks.get(), 0);
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+struct Mail {
+    equal: u64,
+    lists: u64,
+    resent: u64,
+}
+
+fn mail(n: &RunningNode) -> Mail {
+    let m = &n.node.metrics;
+    Mail {
+        equal: m.mailbox_equal.get(),
+        lists: m.mailbox_lists_sent.get(),
+        resent: m.mailbox_resent.get(),
+    }
+}
+
+/// Waits until both ends have answered one more link-up mailbox digest than in `before`.
+async fn mail_exchanged(a: &RunningNode, b: &RunningNode, before: (&Mail, &Mail)) {
+    wait_for(
+        "both ends to answer the other's mailbox digest",
+        Duration::from_secs(30),
+        || {
+            let (ma, mb) = (mail(a), mail(b));
+            (ma.equal + ma.lists > before.0.equal + before.0.lists
+                && mb.equal + mb.lists > before.1.equal + before.1.lists)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
+    use gossip_client::GossipClient;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = gossip_server::start(config(da.path(), None, SyncMethod::Range))
+        .await
+        .unwrap();
+    let port = a.base_port();
+    let addr = a.client_addr().to_string();
+    let (alice, _ae) = GossipClient::connect(&addr, Keypair::generate())
+        .await
+        .unwrap();
+    alice
+        .register(|u| u.nick_name = "alice".into())
+        .await
+        .unwrap();
+    let bob_key = Keypair::generate();
+    let bob = {
+        let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
+        let uid = c.register(|u| u.nick_name = "bob".into()).await.unwrap();
+        c.logout().await.unwrap();
+        uid
+    };
+    // Thirty messages for Bob, who is offline, while A is alone.
+    for i in 0..30u32 {
+        alice.send_relayed(bob, &i.to_be_bytes()).await.unwrap();
+    }
+    assert_eq!(a.node.mailbox.len(), 30);
+
+    // An empty node joins: the digests differ, and exactly A's thirty cross.
+    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
+        .await
+        .unwrap();
+    let zero = mail(&a);
+    mail_exchanged(&a, &b, (&zero, &mail(&b))).await;
+    wait_for("B to hold the thirty", Duration::from_secs(30), || {
+        (b.node.mailbox.len() == 30).then_some(())
+    })
+    .await;
+    wait_for("A to have sent them", Duration::from_secs(30), || {
+        (mail(&a).resent == 30).then_some(())
+    })
+    .await;
+    assert_eq!(mail(&b).resent, 0, "B held nothing A lacked");
+    assert_eq!(a.node.mailbox.digest(), b.node.mailbox.digest());
+    b.stop().await.unwrap();
+
+    // B comes back holding the same thirty: equal digests, no list, no message crosses.
+    let (ma, before_b) = (
+        mail(&a),
+        Mail {
+            equal: 0,
+            lists: 0,
+            resent: 0,
+        },
+    );
+    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
+        .await
+        .unwrap();
+    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    let (ma2, mb2) = (mail(&a), mail(&b));
+    assert_eq!(
+        (ma2.equal - ma.equal, mb2.equal),
+        (1, 1),
+        "both found them equal"
+    );
+    assert_eq!((ma2.lists, ma2.resent), (ma.lists, ma.resent));
+    assert_eq!((mb2.lists, mb2.resent), (0, 0));
+    b.stop().await.unwrap();
+
+    // While B is away, Bob logs in at A and takes all thirty (A drops them and keeps the signed
+    // notices), and Alice sends two more.
+    {
+        let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
+        c.login(bob).await.unwrap();
+        wait_for("Bob to take his thirty", Duration::from_secs(30), || {
+            a.node.mailbox.is_empty().then_some(())
+        })
+        .await;
+        c.logout().await.unwrap();
+    }
+    for i in 30..32u32 {
+        alice.send_relayed(bob, &i.to_be_bytes()).await.unwrap();
+    }
+    // B comes back with the thirty delivered ones: it learns they were delivered (and drops
+    // them), and gets the two new ones.
+    let ma = mail(&a);
+    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
+        .await
+        .unwrap();
+    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    wait_for(
+        "B to hold exactly the two undelivered messages",
+        Duration::from_secs(30),
+        || {
+            (b.node.mailbox.digest() == a.node.mailbox.digest() && b.node.mailbox.len() == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        mail(&a).resent - ma.resent,
+        2,
+        "A sent only the two B lacked"
+    );
+    let mb = mail(&b);
+    assert_eq!(mb.lists, 1);
+    // B's thirty crossed at most once each (A's list lacked them; A answered each with its
+    // notice); none of them is held anywhere now.
+    assert!(mb.resent <= 30, "{} resent by B", mb.resent);
+    eprintln!(
+        "mailbox exchange: {} of B's 30 delivered messages crossed before A's notices reached B",
+        mb.resent
+    );
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::dial::LinkEnd;
+use super::mailsync;
 use super::replication::{self, SyncIn, SyncStep};
 use super::resync::{self, Resync};
 use super::uid_lock::LockReply;
@@ -146,8 +147,16 @@ pub(super) async fn run_link(
     let hello = encode(m::ServerIdMsg {
         host: fed.me.0.clone(),
         port: fed.me.1,
-        sync: (node.config.sync == crate::config::SyncMethod::Range)
-            .then(|| resync::OFFER.to_owned()),
+        sync: Some(
+            [
+                (node.config.sync == crate::config::SyncMethod::Range).then_some(resync::OFFER),
+                Some(mailsync::OFFER),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+        ),
     });
     let mut hello = hello.to_vec();
     hello.push(b'\n');
@@ -158,12 +167,16 @@ pub(super) async fn run_link(
         _ = shutdown.cancelled() => return LinkEnd::NotUp("shutting down"),
         first = tokio::time::timeout(Duration::from_secs(10), frames.next()) => first,
     };
-    let (peer, peer_offers_range): (ServerKey, bool) = match first {
+    let (peer, peer_offers_range, peer_offers_mailbox): (ServerKey, bool, bool) = match first {
         Ok(Some(Ok(Ok(frame)))) => match Message::decode(&frame) {
             Ok(Message {
                 body: Body::ServerId(id),
                 ..
-            }) => ((id.host, id.port), resync::offers_range(id.sync.as_deref())),
+            }) => (
+                (id.host, id.port),
+                resync::offers_range(id.sync.as_deref()),
+                mailsync::offered(id.sync.as_deref()),
+            ),
             _ => {
                 tracing::info!(%addr, "server link refused: first message was not serverID");
                 refuse_link(
@@ -260,18 +273,9 @@ pub(super) async fn run_link(
         let range = (node.config.sync == crate::config::SyncMethod::Range && peer_offers_range)
             .then(|| fed.me < peer);
         let mut resync = Resync::start(&node, range, bulk.clone());
-        // Every undelivered message, so a peer that was away holds them too (it keeps what
-        // it lacks; the rest are duplicates it drops).
-        {
-            let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
-            tasks.spawn(async move {
-                for r in node.mailbox.all() {
-                    if bulk.send((Instant::now(), encode(r))).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        // The undelivered messages a peer that was away lacks (`mailsync`).
+        mailsync::start(&node, peer_offers_mailbox, &bulk);
+        let mut mail = mailsync::MailSync::default();
         // The last wills of this server's sessions, so a peer that was away holds them too.
         {
             let (tasks, node, bulk) = (node.tasks.clone(), Arc::clone(&node), bulk.clone());
@@ -332,7 +336,7 @@ pub(super) async fn run_link(
                     match Message::decode(&frame) {
                         Ok(msg) => {
                             node.metrics.messages_in.add(msg.msgtype(), 1);
-                            if handle_peer(&node, &peer, &tx, (&mut sync, &mut resync, &mut lock_rate), msg).await.is_break() {
+                            if handle_peer(&node, &peer, &tx, (&mut sync, &mut resync, &mut lock_rate, &mut mail), msg).await.is_break() {
                                 break;
                             }
                         }
@@ -454,7 +458,12 @@ pub(super) async fn handle_peer(
     node: &Arc<Node>,
     peer: &ServerKey,
     tx: &mpsc::Sender<(Instant, Bytes)>,
-    (sync, resync, locks_in): (&mut SyncIn, &mut Resync, &mut LockRate),
+    (sync, resync, locks_in, mail): (
+        &mut SyncIn,
+        &mut Resync,
+        &mut LockRate,
+        &mut mailsync::MailSync,
+    ),
     msg: Message,
 ) -> std::ops::ControlFlow<()> {
     use std::ops::ControlFlow::{Break, Continue};
@@ -643,9 +652,23 @@ pub(super) async fn handle_peer(
             fed.flood(&encode(u), Some(peer));
         }
         Body::Relay(r) => {
-            // Stored by a task of its own (each waits for its fdatasync), bounded like records.
-            let Ok(slot) = Arc::clone(&sync.records_in_flight).acquire_owned().await else {
-                return Break(());
+            // A sender this server does not know yet: its record is on its way (the link-up
+            // resync, or its `newuser` handled beside this frame). The message waits for it,
+            // off the reader and bounded in bytes, so the records can still arrive.
+            let slot = if node.store.public_key(r.from).is_some() {
+                // Stored by a task of its own (each waits for its fdatasync), bounded like
+                // records.
+                let Ok(slot) = Arc::clone(&sync.records_in_flight).acquire_owned().await else {
+                    return Break(());
+                };
+                slot
+            } else {
+                let kib = (r.body.len() / 1024).max(1) as u32;
+                let Ok(slot) = Arc::clone(&sync.parked).try_acquire_many_owned(kib) else {
+                    tracing::info!(id = %r.id, "relayed message refused: too many wait for their sender's record");
+                    return Continue(());
+                };
+                slot
             };
             let (tasks, node, peer, tx) = (
                 node.tasks.clone(),
@@ -667,6 +690,28 @@ pub(super) async fn handle_peer(
             });
         }
         Body::Stored(s) => node.mailbox.stored(&s.id),
+        Body::MailboxDigest(d) => match mail.on_digest(node.mailbox.digest(), &d) {
+            Ok(true) => {
+                node.metrics.mailbox_lists_sent.inc();
+                mailsync::send_ids(node, &sync.bulk);
+            }
+            Ok(false) => node.metrics.mailbox_equal.inc(),
+            Err(why) => tracing::info!(%why, "mailboxDigest ignored"),
+        },
+        Body::MailboxIds(part) => match mail.on_ids(&part) {
+            Ok(ids) => {
+                let (held, notices) = node.mailbox.named(&ids);
+                mail.saw(held);
+                if part.last != 0 {
+                    let seen = mail.finish();
+                    let lacked = node.mailbox.ids_except(&seen);
+                    mailsync::send_messages(node, &sync.bulk, notices, lacked);
+                } else {
+                    mailsync::send_messages(node, &sync.bulk, notices, Vec::new());
+                }
+            }
+            Err(why) => tracing::info!(%why, "mailboxIds ignored"),
+        },
         Body::Delivered(d) => {
             node.relay_delivered(d, Some(peer));
         }

@@ -66,6 +66,7 @@ mod dial;
 pub mod keyring;
 mod link;
 mod locks;
+mod mailsync;
 mod membership;
 mod probe;
 mod replication;

@@ -31,7 +31,13 @@ pub(super) struct SyncIn {
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
     /// Propagated records (`UserInfo`, `newuser`, `ChangeCL`) being applied at once.
     pub(super) records_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Relayed messages waiting for their sender's record, in KiB of body ([`PARKED_KIB`]).
+    pub(super) parked: Arc<tokio::sync::Semaphore>,
 }
+
+/// KiB of relayed messages a link holds while their senders' records are on their way (16 MiB):
+/// past it a message is refused, and stays with the peer for the next link-up's exchange.
+pub(super) const PARKED_KIB: usize = 16 * 1024;
 
 /// Propagated records a link applies concurrently (each waits for its own fdatasync).
 pub(super) const RECORDS_IN_FLIGHT: usize = 256;
@@ -73,6 +79,7 @@ impl SyncIn {
             bulk,
             in_flight: Arc::new(tokio::sync::Semaphore::new(SYNC_BATCHES_IN_FLIGHT)),
             records_in_flight: Arc::new(tokio::sync::Semaphore::new(RECORDS_IN_FLIGHT)),
+            parked: Arc::new(tokio::sync::Semaphore::new(PARKED_KIB)),
         }
     }
 

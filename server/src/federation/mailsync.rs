@@ -1,0 +1,293 @@
+//! The mailbox exchange a link runs when it comes up: the undelivered messages each side holds
+//! reach the other, and nothing both already hold crosses again.
+//!
+//! Both ends offer `mailbox1` in their `serverID`. Each sends its mailbox [`Digest`]
+//! (`mailboxDigest`: a count and a sum of id hashes). A side that finds the peer's digest
+//! different from its own sends the ids it holds (`mailboxIds`, [`IDS_PER_FRAME`] to a frame). A
+//! side that has the whole of the peer's list answers with every message it holds that the list
+//! lacks, and with the signed `delivered` notice of every listed message it knows was delivered
+//! (the peer drops that one and tells its sender). Equal digests, the usual case after a cut
+//! during which nothing was sent, cost two small frames; before this, every link-up resent the
+//! whole mailbox (up to a million messages).
+//!
+//! Races: a message that arrives during the exchange is flooded over the link like any other, so
+//! at worst it crosses twice and the peer drops the copy. Both sides compare at slightly
+//! different moments; if one finds the digests equal, the sets were equal at that moment and
+//! anything newer is flooded.
+//!
+//! Bounds (an authenticated peer is still a stranger to our memory): the peer's list is not
+//! kept, only which of *our* messages it named, a set no larger than our mailbox. It may name at
+//! most [`MAX_LISTED`] ids, [`IDS_PER_FRAME`] per frame, each 32 hex digits; one digest and one
+//! list per link are answered (each answer is bounded by our own mailbox and costs what a
+//! link-up did before), and anything more is logged and ignored.
+//!
+//! A peer that does not offer `mailbox1` gets the whole mailbox, as before.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gossip_common::message as m;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::encode;
+use crate::mailbox::{Digest, MAX_HELD};
+use crate::Node;
+
+/// The word a `serverID` carries to offer this exchange.
+pub(super) const OFFER: &str = "mailbox1";
+
+/// Ids per `mailboxIds` frame: 33 KB of text.
+pub(super) const IDS_PER_FRAME: usize = 1_000;
+
+/// Ids a peer's list may hold: a server holds at most [`MAX_HELD`] messages; the slack covers
+/// messages that arrived while the list was being sent.
+pub(super) const MAX_LISTED: usize = MAX_HELD + 10 * IDS_PER_FRAME;
+
+/// Whether a `serverID`'s `sync` field offers this exchange.
+pub(super) fn offered(sync: Option<&str>) -> bool {
+    sync.is_some_and(|s| s.split_whitespace().any(|w| w == OFFER))
+}
+
+/// The digest as `mailboxDigest` carries it.
+pub(super) fn digest_message(d: Digest) -> m::MailboxDigest {
+    m::MailboxDigest {
+        count: d.count,
+        sum: format!("{:032x}", d.sum),
+    }
+}
+
+fn parse_digest(d: &m::MailboxDigest) -> Option<Digest> {
+    if d.sum.len() != 32 {
+        return None;
+    }
+    Some(Digest {
+        count: d.count,
+        sum: u128::from_str_radix(&d.sum, 16).ok()?,
+    })
+}
+
+/// Whether `id` is 32 lowercase hex digits (a relayed message's id).
+fn valid_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Why a peer's `mailboxDigest` or `mailboxIds` was not acted on (for the log line).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Ignored {
+    /// A second digest, or a list after the first was complete.
+    #[error("already answered on this link")]
+    Again,
+    /// The digest's sum is not 32 hex digits.
+    #[error("malformed digest")]
+    BadDigest,
+    /// An id that is not 32 lowercase hex digits.
+    #[error("malformed id in the list")]
+    BadId,
+    /// More than [`IDS_PER_FRAME`] ids in one frame, or [`MAX_LISTED`] in all.
+    #[error("the list is over its bounds")]
+    TooMany,
+}
+
+/// One link's exchange, as its reader sees it (pure: the caller looks things up and sends).
+#[derive(Debug, Default)]
+pub(super) struct MailSync {
+    digest_answered: bool,
+    /// Hashes of our messages the peer's list named so far.
+    seen: HashSet<u128>,
+    listed: usize,
+    list_done: bool,
+}
+
+impl MailSync {
+    /// The peer's digest: whether to send it our ids (the digests differ). Answered once.
+    pub(super) fn on_digest(
+        &mut self,
+        ours: Digest,
+        theirs: &m::MailboxDigest,
+    ) -> Result<bool, Ignored> {
+        if std::mem::replace(&mut self.digest_answered, true) {
+            return Err(Ignored::Again);
+        }
+        let theirs = parse_digest(theirs).ok_or(Ignored::BadDigest)?;
+        Ok(theirs != ours)
+    }
+
+    /// A part of the peer's list: its ids, checked against the bounds. The caller reports
+    /// which of them it holds with [`Self::saw`], then calls [`Self::finish`] on the last part.
+    pub(super) fn on_ids<'a>(&mut self, part: &'a m::MailboxIds) -> Result<Vec<&'a str>, Ignored> {
+        if self.list_done {
+            return Err(Ignored::Again);
+        }
+        let ids: Vec<&str> = part.ids.split_ascii_whitespace().collect();
+        if ids.len() > IDS_PER_FRAME || self.listed + ids.len() > MAX_LISTED {
+            // Given up: no answer to a list this link will not finish.
+            self.list_done = true;
+            self.seen = HashSet::new();
+            return Err(Ignored::TooMany);
+        }
+        if !ids.iter().all(|id| valid_id(id)) {
+            self.list_done = true;
+            self.seen = HashSet::new();
+            return Err(Ignored::BadId);
+        }
+        self.listed += ids.len();
+        Ok(ids)
+    }
+
+    /// Of the ids [`Self::on_ids`] returned, these (hashes) are held here.
+    pub(super) fn saw(&mut self, held: impl IntoIterator<Item = u128>) {
+        self.seen.extend(held);
+    }
+
+    /// The peer's list is complete: the hashes of our messages it named (the rest it lacks).
+    pub(super) fn finish(&mut self) -> HashSet<u128> {
+        self.list_done = true;
+        std::mem::take(&mut self.seen)
+    }
+}
+
+/// Starts the exchange at link-up: our digest if the peer offers it, else the whole mailbox.
+pub(super) fn start(node: &Arc<Node>, peer_offers: bool, bulk: &mpsc::Sender<(Instant, Bytes)>) {
+    if peer_offers {
+        let frame = encode(digest_message(node.mailbox.digest()));
+        let _ = bulk.try_send((Instant::now(), frame));
+    } else {
+        send_messages(node, bulk, Vec::new(), node.mailbox.ids());
+    }
+}
+
+/// Sends our list of held ids (a task of its own, by the bulk queue).
+pub(super) fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
+    let (node, bulk) = (Arc::clone(node), bulk.clone());
+    node.tasks.clone().spawn(async move {
+        let ids = node.mailbox.ids();
+        let parts = ids.len().div_ceil(IDS_PER_FRAME).max(1);
+        for (i, part) in ids
+            .chunks(IDS_PER_FRAME)
+            .chain(ids.is_empty().then_some(&[][..]))
+            .enumerate()
+        {
+            let frame = encode(m::MailboxIds {
+                last: u8::from(i + 1 == parts),
+                ids: part.join(" "),
+            });
+            if bulk.send((Instant::now(), frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Sends `notices`, then the messages `ids` that are still held (a task of its own, by the
+/// bulk queue, one message at a time: nothing is copied up front).
+pub(super) fn send_messages(
+    node: &Arc<Node>,
+    bulk: &mpsc::Sender<(Instant, Bytes)>,
+    notices: Vec<m::Delivered>,
+    ids: Vec<String>,
+) {
+    if notices.is_empty() && ids.is_empty() {
+        return;
+    }
+    let (node, bulk) = (Arc::clone(node), bulk.clone());
+    node.tasks.clone().spawn(async move {
+        for d in notices {
+            if bulk.send((Instant::now(), encode(d))).await.is_err() {
+                return;
+            }
+        }
+        for id in ids {
+            let Some(r) = node.mailbox.get(&id) else {
+                continue; // delivered or expired meanwhile
+            };
+            if bulk.send((Instant::now(), encode(r))).await.is_err() {
+                return;
+            }
+            node.metrics.mailbox_resent.inc();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::id_hash;
+
+    fn id(i: usize) -> String {
+        format!("{i:032x}")
+    }
+
+    fn part(ids: &[String], last: bool) -> m::MailboxIds {
+        m::MailboxIds {
+            last: u8::from(last),
+            ids: ids.join(" "),
+        }
+    }
+
+    #[test]
+    fn a_digest_is_answered_once_and_only_when_it_differs() {
+        let d = Digest { count: 2, sum: 77 };
+        let mut s = MailSync::default();
+        assert_eq!(s.on_digest(d, &digest_message(d)), Ok(false));
+        assert_eq!(s.on_digest(d, &digest_message(d)), Err(Ignored::Again));
+        let mut s = MailSync::default();
+        let other = Digest { count: 2, sum: 78 };
+        assert_eq!(s.on_digest(d, &digest_message(other)), Ok(true));
+        let mut s = MailSync::default();
+        let bad = m::MailboxDigest {
+            count: 2,
+            sum: "zz".into(),
+        };
+        assert_eq!(s.on_digest(d, &bad), Err(Ignored::BadDigest));
+    }
+
+    #[test]
+    fn a_list_names_our_messages_and_is_answered_once() {
+        let mut s = MailSync::default();
+        let first: Vec<String> = (0..3).map(id).collect();
+        assert_eq!(s.on_ids(&part(&first, false)).unwrap().len(), 3);
+        s.saw([id_hash(&first[1])]);
+        let second = [id(9)];
+        assert_eq!(s.on_ids(&part(&second, true)).unwrap(), [id(9)]);
+        s.saw([id_hash(&second[0])]);
+        let seen = s.finish();
+        assert_eq!(
+            seen,
+            [id_hash(&id(1)), id_hash(&id(9))].into_iter().collect()
+        );
+        assert_eq!(s.on_ids(&part(&[], true)), Err(Ignored::Again));
+        // An empty list is a list: everything we hold is lacked.
+        let mut s = MailSync::default();
+        assert!(s.on_ids(&part(&[], true)).unwrap().is_empty());
+        assert!(s.finish().is_empty());
+    }
+
+    #[test]
+    fn a_list_over_its_bounds_or_malformed_is_given_up() {
+        let mut s = MailSync::default();
+        let big: Vec<String> = (0..=IDS_PER_FRAME).map(id).collect();
+        assert_eq!(s.on_ids(&part(&big, false)), Err(Ignored::TooMany));
+        assert_eq!(s.on_ids(&part(&[id(1)], true)), Err(Ignored::Again));
+        let mut s = MailSync::default();
+        let bad = m::MailboxIds {
+            last: 1,
+            ids: "5F0C8E2A9D41B7763E1F20C4A8B9D6E1".into(),
+        };
+        assert_eq!(s.on_ids(&bad), Err(Ignored::BadId));
+        // The total is bounded too, whatever the frames.
+        let mut s = MailSync {
+            listed: MAX_LISTED - 1,
+            ..MailSync::default()
+        };
+        assert_eq!(
+            s.on_ids(&part(&[id(1), id(2)], false)),
+            Err(Ignored::TooMany)
+        );
+        assert!(offered(Some("range1 mailbox1")) && !offered(Some("range1")) && !offered(None));
+    }
+}
