@@ -154,8 +154,13 @@ impl MailSync {
 /// Starts the exchange at link-up: our digest if the peer offers it, else the whole mailbox.
 pub(super) fn start(node: &Arc<Node>, peer_offers: bool, bulk: &mpsc::Sender<(Instant, Bytes)>) {
     if peer_offers {
-        let frame = encode(digest_message(node.mailbox.digest()));
-        let _ = bulk.try_send((Instant::now(), frame));
+        // Queued behind whatever the resync queued first, never dropped: without it the peer
+        // would never answer with what it holds.
+        let (node, bulk) = (Arc::clone(node), bulk.clone());
+        node.tasks.clone().spawn(async move {
+            let frame = encode(digest_message(node.mailbox.digest()));
+            let _ = bulk.send((Instant::now(), frame)).await;
+        });
     } else {
         send_messages(node, bulk, Vec::new(), node.mailbox.ids());
     }
