@@ -34,8 +34,8 @@ fn frame(body: impl Into<gossip_common::Body>) -> Bytes {
     Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
 }
 
-/// Whether `id` is 32 lowercase hex digits.
-fn valid_id(id: &str) -> bool {
+/// Whether `id` is 32 lowercase hex digits (a relayed message's id).
+pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 32
         && id
             .bytes()

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::encode;
 use crate::mailbox::{Digest, MAX_HELD};
+use crate::relay::valid_id;
 use crate::Node;
 
 /// The word a `serverID` carries to offer this exchange.
@@ -66,14 +67,6 @@ fn parse_digest(d: &m::MailboxDigest) -> Option<Digest> {
         count: d.count,
         sum: u128::from_str_radix(&d.sum, 16).ok()?,
     })
-}
-
-/// Whether `id` is 32 lowercase hex digits (a relayed message's id).
-fn valid_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Why a peer's `mailboxDigest` or `mailboxIds` was not acted on (for the log line).
