@@ -672,9 +672,10 @@ pub struct Stored {
     pub id: String,
 }
 
-/// `mailboxDigest` (server → server, at link-up): the undelivered messages the sender holds, in
-/// brief. A peer whose own digest differs answers with its ids (`mailboxIds`), so that each side
-/// sends the other only what it lacks; equal digests mean nothing crosses.
+/// `mailboxDigest` (server → server, at link-up): the sender's mailbox in brief, the messages
+/// it holds and the delivery notices it knows. A peer whose own digest differs answers with its
+/// ids (`mailboxIds`), so that each side sends the other only what it lacks; equal digests mean
+/// nothing crosses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxDigest {
     /// Messages held.
@@ -683,16 +684,31 @@ pub struct MailboxDigest {
     /// The wrapping sum of their ids' 128-bit xxh3 hashes, 32 hex digits.
     #[serde(rename = "@sum")]
     pub sum: String,
+    /// Delivered messages whose signed notice the sender knows.
+    #[serde(rename = "@delivered", default)]
+    pub delivered: u64,
+    /// The wrapping sum of their ids' hashes, 32 hex digits.
+    #[serde(rename = "@dsum", default)]
+    pub dsum: String,
 }
 
-/// `mailboxIds` (server → server): a part of the sender's list of held message ids, sent when
-/// the digests differed. The receiver sends back every message it holds that the whole list
-/// lacks, and the `delivered` notice of every listed message it knows was delivered.
+/// `mailboxIds` (server → server): a part of the sender's list of held message ids, then of the
+/// delivered ones whose notice it knows, sent when the digests differed. The receiver sends
+/// back every message it holds and every notice it knows that the whole list lacks, and the
+/// notice of every listed held message it knows was delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxIds {
     /// Whether this is the list's last part.
     #[serde(rename = "@last")]
     pub last: u8,
+    /// 1 when these are ids of delivered messages whose notice the sender knows (they follow
+    /// the held ones); absent for held messages.
+    #[serde(
+        rename = "@delivered",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delivered: Option<u8>,
     /// Message ids (32 hex digits each), space-separated; at most 1,000 per part.
     #[serde(rename = "$text", default)]
     pub ids: String,

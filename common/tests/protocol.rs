@@ -255,10 +255,13 @@ fn samples() -> Vec<Body> {
         MailboxDigest {
             count: 2,
             sum: "0123456789abcdef0123456789abcdef".into(),
+            delivered: 1,
+            dsum: "fedcba9876543210fedcba9876543210".into(),
         }
         .into(),
         MailboxIds {
             last: 1,
+            delivered: Some(1),
             ids: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1 00000000000000000000000000000001".into(),
         }
         .into(),

@@ -41,7 +41,7 @@ pub const MAX_HELD: usize = 1_000_000;
 /// An undelivered message is dropped after this.
 pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Delivered ids remembered (so a late copy of a delivered message is not stored again).
-const MAX_GONE: usize = 100_000;
+pub const MAX_GONE: usize = 100_000;
 
 const FILE: &str = "mailbox.log";
 
@@ -65,15 +65,20 @@ pub enum Refused {
     Unstored,
 }
 
-/// The held set in brief: how many, and the wrapping sum of their ids' 128-bit xxh3 hashes.
-/// Servers holding the same messages have the same digest, whatever order they came in; kept
-/// up to date on every change, so a link-up compares mailboxes in O(1) (`federation::mailsync`).
+/// The mailbox in brief: the held messages and the delivery notices known, each as a count
+/// and the wrapping sum of their ids' 128-bit xxh3 hashes. Servers holding the same messages
+/// and knowing the same notices have the same digest, whatever order things came in; kept up
+/// to date on every change, so a link-up compares mailboxes in O(1) (`federation::mailsync`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Digest {
     /// Messages held.
     pub count: u64,
     /// Sum of [`id_hash`] over them.
     pub sum: u128,
+    /// Delivered messages whose signed notice is known (the last [`MAX_GONE`]).
+    pub delivered: u64,
+    /// Sum of [`id_hash`] over them.
+    pub delivered_sum: u128,
 }
 
 /// A message id's hash, as [`Digest`] sums it.
@@ -96,6 +101,9 @@ pub struct MailTable {
     /// the message: see [`MailTable::notice`]).
     gone_set: HashMap<String, Option<Delivered>>,
     gone_seq: u64,
+    /// [`Digest::delivered`] and [`Digest::delivered_sum`] of `gone_set`.
+    noticed: u64,
+    noticed_sum: u128,
     /// Delivery notices for senders who were not here to be told, with when they were made.
     receipts: HashMap<UserId, std::collections::VecDeque<(u64, Delivered)>>,
 }
@@ -139,6 +147,10 @@ impl MailTable {
         let news = !self.gone_set.contains_key(id);
         let entry = self.gone_set.entry(id.to_owned()).or_insert(None);
         if notice.is_some() {
+            if entry.is_none() {
+                self.noticed += 1;
+                self.noticed_sum = self.noticed_sum.wrapping_add(id_hash(id));
+            }
             *entry = notice;
         }
         if news {
@@ -146,7 +158,10 @@ impl MailTable {
             self.gone.insert(self.gone_seq, id.to_owned());
             while self.gone.len() > MAX_GONE {
                 if let Some((_, old)) = self.gone.pop_first() {
-                    self.gone_set.remove(&old);
+                    if let Some(Some(_)) = self.gone_set.remove(&old) {
+                        self.noticed -= 1;
+                        self.noticed_sum = self.noticed_sum.wrapping_sub(id_hash(&old));
+                    }
                 }
             }
         }
@@ -230,6 +245,8 @@ impl MailTable {
         Digest {
             count: self.by_id.len() as u64,
             sum: self.sum,
+            delivered: self.noticed,
+            delivered_sum: self.noticed_sum,
         }
     }
 
@@ -250,6 +267,24 @@ impl MailTable {
     /// Message `id`, if held.
     pub fn get(&self, id: &str) -> Option<&Relay> {
         self.by_id.get(id)
+    }
+
+    /// The ids of the delivered messages whose notice is known.
+    pub fn noticed_ids(&self) -> Vec<String> {
+        self.gone_set
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The known notices whose id's [`id_hash`] is not in `seen`.
+    pub fn notices_except(&self, seen: &std::collections::HashSet<u128>) -> Vec<Delivered> {
+        self.gone_set
+            .iter()
+            .filter(|(id, _)| !seen.contains(&id_hash(id)))
+            .filter_map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// Messages held.
@@ -463,8 +498,8 @@ impl Mailbox {
         self.table.lock().ids_except(seen)
     }
 
-    /// Of `ids` (a peer's list), the hashes of those held here, and the delivery notices of
-    /// those known delivered. One lock for the lot.
+    /// Of `ids` (a part of a peer's list of held messages), the hashes of those held here,
+    /// and the delivery notices of those known delivered. One lock for the lot.
     pub fn named(&self, ids: &[&str]) -> (Vec<u128>, Vec<Delivered>) {
         let t = self.table.lock();
         let mut held = Vec::new();
@@ -477,6 +512,32 @@ impl Mailbox {
             }
         }
         (held, notices)
+    }
+
+    /// Of `ids` (a part of a peer's list of delivered messages), the hashes of those held here
+    /// (the peer does not lack them) and of those whose notice is known here. One lock.
+    pub fn named_delivered(&self, ids: &[&str]) -> (Vec<u128>, Vec<u128>) {
+        let t = self.table.lock();
+        let mut held = Vec::new();
+        let mut known = Vec::new();
+        for id in ids {
+            if t.get(id).is_some() {
+                held.push(id_hash(id));
+            } else if t.notice(id).is_some() {
+                known.push(id_hash(id));
+            }
+        }
+        (held, known)
+    }
+
+    /// The ids of the delivered messages whose notice is known.
+    pub fn noticed_ids(&self) -> Vec<String> {
+        self.table.lock().noticed_ids()
+    }
+
+    /// The known notices whose id's hash is not in `seen` (what a peer's list lacked).
+    pub fn notices_except(&self, seen: &std::collections::HashSet<u128>) -> Vec<Delivered> {
+        self.table.lock().notices_except(seen)
     }
 
     /// Message `id`, if held.
@@ -602,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_is_the_held_set_whatever_the_order() {
+    fn the_digest_is_the_mailbox_whatever_the_order() {
         let now = 1_000_000;
         let (mut a, mut b) = (MailTable::default(), MailTable::default());
         assert_eq!(a.digest(), b.digest());
@@ -614,12 +675,29 @@ mod tests {
         }
         assert_ne!(a.digest(), b.digest());
         b.delivered("w", None);
-        assert_eq!(a.digest(), b.digest());
+        assert_eq!(
+            a.digest(),
+            b.digest(),
+            "a delivery without its notice is not counted"
+        );
         assert_eq!(a.digest().count, 3);
+        let notice = Delivered {
+            id: "y".into(),
+            from: UserId(1),
+            to: UserId(2),
+            sig: String::new(),
+        };
+        a.delivered("y", Some(notice.clone()));
+        assert_ne!(a.digest(), b.digest(), "a known notice counts");
+        b.delivered("y", Some(notice.clone()));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.digest().delivered, 1);
+        assert_eq!(a.noticed_ids(), ["y"]);
+        assert_eq!(a.notices_except(&Default::default()), [notice]);
         a.expire(now + TTL.as_millis() as u64 + 1);
-        assert_eq!(a.digest(), MailTable::default().digest());
-        let seen = ["x", "z"].iter().map(|id| id_hash(id)).collect();
-        assert_eq!(b.ids_except(&seen), ["y"]);
+        assert_eq!((a.digest().count, a.digest().sum), (0, 0));
+        let seen = ["x"].iter().map(|id| id_hash(id)).collect();
+        assert_eq!(b.ids_except(&seen), ["z"]);
     }
 
     #[test]

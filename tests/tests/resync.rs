@@ -302,10 +302,11 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
         .unwrap();
     let port = a.base_port();
     let addr = a.client_addr().to_string();
-    let (alice, _ae) = GossipClient::connect(&addr, Keypair::generate())
+    let alice_key = Keypair::generate();
+    let (alice, _ae) = GossipClient::connect(&addr, alice_key.clone())
         .await
         .unwrap();
-    alice
+    let alice_uid = alice
         .register(|u| u.nick_name = "alice".into())
         .await
         .unwrap();
@@ -400,13 +401,55 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     );
     let mb = mail(&b);
     assert_eq!(mb.lists, 1);
-    // B's thirty crossed at most once each (A's list lacked them; A answered each with its
-    // notice); none of them is held anywhere now.
-    assert!(mb.resent <= 30, "{} resent by B", mb.resent);
-    eprintln!(
-        "mailbox exchange: {} of B's 30 delivered messages crossed before A's notices reached B",
-        mb.resent
-    );
+    // A's list named B's thirty as delivered: B sent none of them back.
+    assert_eq!(mb.resent, 0, "B resent messages A listed as delivered");
+    b.stop().await.unwrap();
+
+    // A message sent and delivered while B was away, which B never held, to a sender who is
+    // not on A when it is delivered: B learns of the delivery at link-up and tells Alice when
+    // she logs in there.
+    let late = alice.send_relayed(bob, b"while B was away").await.unwrap();
+    alice.logout().await.unwrap();
+    {
+        let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
+        c.login(bob).await.unwrap();
+        wait_for("Bob to take the rest", Duration::from_secs(30), || {
+            a.node.mailbox.is_empty().then_some(())
+        })
+        .await;
+        c.logout().await.unwrap();
+    }
+    let ma = mail(&a);
+    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
+        .await
+        .unwrap();
+    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    wait_for(
+        "B to know every notice A knows",
+        Duration::from_secs(30),
+        || (b.node.mailbox.digest() == a.node.mailbox.digest()).then_some(()),
+    )
+    .await;
+    assert!(b.node.mailbox.is_empty());
+    let (alice_at_b, mut events) =
+        GossipClient::connect(&b.client_addr().to_string(), alice_key.clone())
+            .await
+            .unwrap();
+    alice_at_b.login(alice_uid).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.next().await {
+                Some(gossip_client::Event::Delivered { id, to }) if id == late => {
+                    assert_eq!(to, bob);
+                    return;
+                }
+                Some(_) => {}
+                None => panic!("the connection to B closed"),
+            }
+        }
+    })
+    .await
+    .expect("Alice, logging in at B, is told her message was delivered");
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }

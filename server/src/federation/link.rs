@@ -700,15 +700,25 @@ pub(super) async fn handle_peer(
         },
         Body::MailboxIds(part) => match mail.on_ids(&part) {
             Ok(ids) => {
-                let (held, notices) = node.mailbox.named(&ids);
-                mail.saw(held);
-                if part.last != 0 {
-                    let seen = mail.finish();
-                    let lacked = node.mailbox.ids_except(&seen);
-                    mailsync::send_messages(node, &sync.bulk, notices, lacked);
+                let mut notices = Vec::new();
+                if part.delivered.is_some() {
+                    // Delivered there: the peer lacks neither the message nor its notice.
+                    let (held, known) = node.mailbox.named_delivered(&ids);
+                    mail.saw(held);
+                    mail.saw_notices(known);
                 } else {
-                    mailsync::send_messages(node, &sync.bulk, notices, Vec::new());
+                    let (held, delivered) = node.mailbox.named(&ids);
+                    mail.saw(held);
+                    mail.saw_notices(delivered.iter().map(|d| crate::mailbox::id_hash(&d.id)));
+                    notices = delivered;
                 }
+                let mut lacked = Vec::new();
+                if part.last != 0 {
+                    let (seen, seen_notices) = mail.finish();
+                    lacked = node.mailbox.ids_except(&seen);
+                    notices.extend(node.mailbox.notices_except(&seen_notices));
+                }
+                mailsync::send_messages(node, &sync.bulk, notices, lacked);
             }
             Err(why) => tracing::info!(%why, "mailboxIds ignored"),
         },

@@ -2,13 +2,16 @@
 //! reach the other, and nothing both already hold crosses again.
 //!
 //! Both ends offer `mailbox1` in their `serverID`. Each sends its mailbox [`Digest`]
-//! (`mailboxDigest`: a count and a sum of id hashes). A side that finds the peer's digest
-//! different from its own sends the ids it holds (`mailboxIds`, [`IDS_PER_FRAME`] to a frame). A
-//! side that has the whole of the peer's list answers with every message it holds that the list
-//! lacks, and with the signed `delivered` notice of every listed message it knows was delivered
-//! (the peer drops that one and tells its sender). Equal digests, the usual case after a cut
-//! during which nothing was sent, cost two small frames; before this, every link-up resent the
-//! whole mailbox (up to a million messages).
+//! (`mailboxDigest`: for the messages held and for the delivery notices known, a count and a
+//! sum of id hashes). A side that finds the peer's digest different from its own sends its ids
+//! (`mailboxIds`, [`IDS_PER_FRAME`] to a frame): those of the messages it holds, then those of
+//! the delivered messages whose notice it knows. A side that has the whole of the peer's list
+//! answers with every message it holds and every notice it knows that the list lacks, and with
+//! the notice of every listed held message it knows was delivered (the peer drops that one).
+//! Notices matter on their own: a server that missed a notice's flood, and never held the
+//! message, could not otherwise tell a sender logged in there that it was delivered. Equal
+//! digests, the usual case after a cut during which nothing was sent, cost two small frames;
+//! before this, every link-up resent the whole mailbox (up to a million messages).
 //!
 //! Races: a message that arrives during the exchange is flooded over the link like any other, so
 //! at worst it crosses twice and the peer drops the copy. Both sides compare at slightly
@@ -16,8 +19,8 @@
 //! anything newer is flooded.
 //!
 //! Bounds (an authenticated peer is still a stranger to our memory): the peer's list is not
-//! kept, only which of *our* messages it named, a set no larger than our mailbox. It may name at
-//! most [`MAX_LISTED`] ids, [`IDS_PER_FRAME`] per frame, each 32 hex digits; one digest and one
+//! kept, only which of *our* messages and notices it named, sets no larger than our mailbox. It
+//! may name at most [`MAX_LISTED`] ids, [`IDS_PER_FRAME`] per frame, each 32 hex digits; one digest and one
 //! list per link are answered (each answer is bounded by our own mailbox and costs what a
 //! link-up did before), and anything more is logged and ignored.
 //!
@@ -32,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::encode;
-use crate::mailbox::{Digest, MAX_HELD};
+use crate::mailbox::{Digest, MAX_GONE, MAX_HELD};
 use crate::relay::valid_id;
 use crate::Node;
 
@@ -42,9 +45,9 @@ pub(super) const OFFER: &str = "mailbox1";
 /// Ids per `mailboxIds` frame: 33 KB of text.
 pub(super) const IDS_PER_FRAME: usize = 1_000;
 
-/// Ids a peer's list may hold: a server holds at most [`MAX_HELD`] messages; the slack covers
-/// messages that arrived while the list was being sent.
-pub(super) const MAX_LISTED: usize = MAX_HELD + 10 * IDS_PER_FRAME;
+/// Ids a peer's list may hold: a server holds at most [`MAX_HELD`] messages and [`MAX_GONE`]
+/// notices; the slack covers what arrived while the list was being sent.
+pub(super) const MAX_LISTED: usize = MAX_HELD + MAX_GONE + 10 * IDS_PER_FRAME;
 
 /// Whether a `serverID`'s `sync` field offers this exchange.
 pub(super) fn offered(sync: Option<&str>) -> bool {
@@ -56,16 +59,22 @@ pub(super) fn digest_message(d: Digest) -> m::MailboxDigest {
     m::MailboxDigest {
         count: d.count,
         sum: format!("{:032x}", d.sum),
+        delivered: d.delivered,
+        dsum: format!("{:032x}", d.delivered_sum),
     }
 }
 
 fn parse_digest(d: &m::MailboxDigest) -> Option<Digest> {
-    if d.sum.len() != 32 {
-        return None;
-    }
+    let hex = |s: &str| {
+        (s.len() == 32)
+            .then(|| u128::from_str_radix(s, 16).ok())
+            .flatten()
+    };
     Some(Digest {
         count: d.count,
-        sum: u128::from_str_radix(&d.sum, 16).ok()?,
+        sum: hex(&d.sum)?,
+        delivered: d.delivered,
+        delivered_sum: hex(&d.dsum)?,
     })
 }
 
@@ -90,8 +99,10 @@ pub(super) enum Ignored {
 #[derive(Debug, Default)]
 pub(super) struct MailSync {
     digest_answered: bool,
-    /// Hashes of our messages the peer's list named so far.
+    /// Hashes of our messages the peer's list named so far (as held or as delivered).
     seen: HashSet<u128>,
+    /// Hashes of our notices the peer's list named so far, or that we sent it already.
+    seen_notices: HashSet<u128>,
     listed: usize,
     list_done: bool,
 }
@@ -119,28 +130,42 @@ impl MailSync {
         let ids: Vec<&str> = part.ids.split_ascii_whitespace().collect();
         if ids.len() > IDS_PER_FRAME || self.listed + ids.len() > MAX_LISTED {
             // Given up: no answer to a list this link will not finish.
-            self.list_done = true;
-            self.seen = HashSet::new();
+            self.give_up();
             return Err(Ignored::TooMany);
         }
         if !ids.iter().all(|id| valid_id(id)) {
-            self.list_done = true;
-            self.seen = HashSet::new();
+            self.give_up();
             return Err(Ignored::BadId);
         }
         self.listed += ids.len();
         Ok(ids)
     }
 
-    /// Of the ids [`Self::on_ids`] returned, these (hashes) are held here.
+    fn give_up(&mut self) {
+        self.list_done = true;
+        self.seen = HashSet::new();
+        self.seen_notices = HashSet::new();
+    }
+
+    /// Of the ids [`Self::on_ids`] returned, these (hashes) are messages held here.
     pub(super) fn saw(&mut self, held: impl IntoIterator<Item = u128>) {
         self.seen.extend(held);
     }
 
-    /// The peer's list is complete: the hashes of our messages it named (the rest it lacks).
-    pub(super) fn finish(&mut self) -> HashSet<u128> {
+    /// Of the ids [`Self::on_ids`] returned, these (hashes) are notices known here, or notices
+    /// already sent to the peer.
+    pub(super) fn saw_notices(&mut self, known: impl IntoIterator<Item = u128>) {
+        self.seen_notices.extend(known);
+    }
+
+    /// The peer's list is complete: the hashes of our messages it named and of our notices it
+    /// named (the rest it lacks).
+    pub(super) fn finish(&mut self) -> (HashSet<u128>, HashSet<u128>) {
         self.list_done = true;
-        std::mem::take(&mut self.seen)
+        (
+            std::mem::take(&mut self.seen),
+            std::mem::take(&mut self.seen_notices),
+        )
     }
 }
 
@@ -159,19 +184,27 @@ pub(super) fn start(node: &Arc<Node>, peer_offers: bool, bulk: &mpsc::Sender<(In
     }
 }
 
-/// Sends our list of held ids (a task of its own, by the bulk queue).
+/// Sends our list: the ids of the messages held, then of the notices known (a task of its own,
+/// by the bulk queue).
 pub(super) fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
     let (node, bulk) = (Arc::clone(node), bulk.clone());
     node.tasks.clone().spawn(async move {
-        let ids = node.mailbox.ids();
-        let parts = ids.len().div_ceil(IDS_PER_FRAME).max(1);
-        for (i, part) in ids
+        let held = node.mailbox.ids();
+        let noticed = node.mailbox.noticed_ids();
+        let mut parts: Vec<(bool, &[String])> = held
             .chunks(IDS_PER_FRAME)
-            .chain(ids.is_empty().then_some(&[][..]))
-            .enumerate()
-        {
+            .map(|p| (false, p))
+            .chain(noticed.chunks(IDS_PER_FRAME).map(|p| (true, p)))
+            .collect();
+        if parts.is_empty() {
+            // An empty mailbox still ends its list.
+            parts.push((false, &[]));
+        }
+        let n = parts.len();
+        for (i, (delivered, part)) in parts.into_iter().enumerate() {
             let frame = encode(m::MailboxIds {
-                last: u8::from(i + 1 == parts),
+                last: u8::from(i + 1 == n),
+                delivered: delivered.then_some(1),
                 ids: part.join(" "),
             });
             if bulk.send((Instant::now(), frame)).await.is_err() {
@@ -223,23 +256,41 @@ mod tests {
     fn part(ids: &[String], last: bool) -> m::MailboxIds {
         m::MailboxIds {
             last: u8::from(last),
+            delivered: None,
             ids: ids.join(" "),
         }
     }
 
     #[test]
     fn a_digest_is_answered_once_and_only_when_it_differs() {
-        let d = Digest { count: 2, sum: 77 };
+        let d = Digest {
+            count: 2,
+            sum: 77,
+            delivered: 1,
+            delivered_sum: 5,
+        };
         let mut s = MailSync::default();
         assert_eq!(s.on_digest(d, &digest_message(d)), Ok(false));
         assert_eq!(s.on_digest(d, &digest_message(d)), Err(Ignored::Again));
         let mut s = MailSync::default();
-        let other = Digest { count: 2, sum: 78 };
+        let other = Digest { sum: 78, ..d };
         assert_eq!(s.on_digest(d, &digest_message(other)), Ok(true));
+        let mut s = MailSync::default();
+        let other = Digest {
+            delivered_sum: 6,
+            ..d
+        };
+        assert_eq!(
+            s.on_digest(d, &digest_message(other)),
+            Ok(true),
+            "notices differ"
+        );
         let mut s = MailSync::default();
         let bad = m::MailboxDigest {
             count: 2,
             sum: "zz".into(),
+            delivered: 0,
+            dsum: format!("{:032x}", 0),
         };
         assert_eq!(s.on_digest(d, &bad), Err(Ignored::BadDigest));
     }
@@ -252,17 +303,15 @@ mod tests {
         s.saw([id_hash(&first[1])]);
         let second = [id(9)];
         assert_eq!(s.on_ids(&part(&second, true)).unwrap(), [id(9)]);
-        s.saw([id_hash(&second[0])]);
-        let seen = s.finish();
-        assert_eq!(
-            seen,
-            [id_hash(&id(1)), id_hash(&id(9))].into_iter().collect()
-        );
+        s.saw_notices([id_hash(&second[0])]);
+        let (seen, notices) = s.finish();
+        assert_eq!(seen, [id_hash(&id(1))].into_iter().collect());
+        assert_eq!(notices, [id_hash(&id(9))].into_iter().collect());
         assert_eq!(s.on_ids(&part(&[], true)), Err(Ignored::Again));
         // An empty list is a list: everything we hold is lacked.
         let mut s = MailSync::default();
         assert!(s.on_ids(&part(&[], true)).unwrap().is_empty());
-        assert!(s.finish().is_empty());
+        assert_eq!(s.finish(), Default::default());
     }
 
     #[test]
@@ -274,6 +323,7 @@ mod tests {
         let mut s = MailSync::default();
         let bad = m::MailboxIds {
             last: 1,
+            delivered: None,
             ids: "5F0C8E2A9D41B7763E1F20C4A8B9D6E1".into(),
         };
         assert_eq!(s.on_ids(&bad), Err(Ignored::BadId));
