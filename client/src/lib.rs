@@ -639,8 +639,9 @@ impl GossipClient {
             _ => me.event_count,
         };
         let mut next_ec = base.next();
+        let mut onto = me.value().clone();
         for attempt in 0..2 {
-            let mut info = me.value().clone();
+            let mut info = onto.clone();
             change(&mut info);
             info.event_count = next_ec;
             let record = Signed::sign(info, &self.key)?;
@@ -661,7 +662,29 @@ impl GossipClient {
                     code: ErrorCode::StaleEventCount,
                     current: Some(current),
                     ..
-                }) if attempt == 0 => next_ec = current.next(),
+                }) if attempt == 0 => {
+                    // Another session of this user changed the record meanwhile (a one-shot
+                    // `gossip set-status` beside a running `gossip watch`): the change goes
+                    // onto that record, not onto ours, or it would undo theirs.
+                    next_ec = current.next();
+                    let fresh = self
+                        .fetch_users(&[me.user_id])
+                        .await?
+                        .into_iter()
+                        .find(|r| r.user_id == me.user_id && r.public_key == me.public_key);
+                    if let Some(fresh) = fresh {
+                        if fresh.event_count.is_newer_than(current) {
+                            next_ec = fresh.event_count.next();
+                        }
+                        let mut theirs = fresh.value().clone();
+                        if !theirs.is_online() && me.is_online() {
+                            // A will of another session: this one is still here.
+                            theirs.status = me.status.clone();
+                            theirs.status_message = me.status_message.clone();
+                        }
+                        onto = theirs;
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

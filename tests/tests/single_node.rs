@@ -144,6 +144,42 @@ async fn presence_is_pushed_and_last_will_fires() {
 }
 
 #[tokio::test]
+async fn concurrent_changes_from_two_sessions_of_one_user_are_both_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let (first, _e1, key) = new_user(&node, "bob").await;
+    let uid = first.uid().unwrap();
+    // A second session of the same user (a one-shot command beside another). Neither has a
+    // last will out, so both number their next record from the one they hold.
+    let (second, _e2) = GossipClient::connect(&node.client_addr().to_string(), key)
+        .await
+        .unwrap();
+    second.login(uid).await.unwrap();
+    // Each round, both change a different field at once: whichever the server takes second
+    // finds its event count stale, and must apply its change to the record the other wrote.
+    for round in 0..10 {
+        let status = format!("away {round}");
+        let note = format!("note {round}");
+        let (a, b) = tokio::join!(
+            second.set_status(&status, None),
+            first.update_info(|u| {
+                u.extra.retain(|(n, _)| n != "Note");
+                u.extra.push(("Note".into(), note.clone()));
+            })
+        );
+        a.unwrap();
+        b.unwrap();
+        let stored = node.node.store.user(uid).unwrap();
+        assert_eq!(stored.status, status, "round {round}: the status was undone");
+        assert!(
+            stored.extra.iter().any(|(n, v)| n == "Note" && *v == note),
+            "round {round}: the note was undone"
+        );
+    }
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path()).await;
