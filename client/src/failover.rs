@@ -40,6 +40,10 @@ pub struct Config {
     /// Server keys pinned per server; servers without one are pinned at first contact (or
     /// from a connected server's list) and reported by [`Update::Pins`].
     pub pins: crate::Pins,
+    /// Extra UserInfo fields published with the online record (the encryption keys,
+    /// [`crate::e2e::E2e::published`]): in the same record, so no second update follows that
+    /// could race a change made meanwhile by another client of the same user.
+    pub publish: Vec<(String, String)>,
 }
 
 impl Config {
@@ -60,6 +64,7 @@ impl Config {
             },
             max_backoff: Duration::from_secs(10),
             pins: crate::Pins::new(),
+            publish: Vec::new(),
         }
     }
 }
@@ -163,7 +168,11 @@ async fn connect(
         None => None,
     };
     client
-        .go_online(&cfg.status, direct.as_ref().map(|d| d.local_addr()))
+        .go_online_publishing(
+            &cfg.status,
+            direct.as_ref().map(|d| d.local_addr()),
+            &cfg.publish,
+        )
         .await?;
     Ok(Connected {
         client: Arc::new(client),

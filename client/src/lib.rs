@@ -711,12 +711,24 @@ impl GossipClient {
         status: &str,
         direct: Option<SocketAddr>,
     ) -> Result<(), ClientError> {
+        self.go_online_publishing(status, direct, &[]).await
+    }
+
+    /// [`Self::go_online`], with extra UserInfo fields set in the same record (the encryption
+    /// keys, [`e2e::E2e::published`]).
+    pub async fn go_online_publishing(
+        &self,
+        status: &str,
+        direct: Option<SocketAddr>,
+        extra: &[(String, String)],
+    ) -> Result<(), ClientError> {
         *self.direct_addr.lock().expect("lock") = direct;
         self.will_active.store(true, Ordering::Relaxed);
         self.update_info(|u| {
             u.status = status.to_owned();
             u.ip_addr = direct.map(|a| gossip_common::user_id::to_ipv6(a.ip()));
             u.port = direct.map(|a| a.port());
+            e2e::publish_into(u, extra);
         })
         .await?;
         Ok(())

@@ -482,6 +482,9 @@ async fn watch(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let mut cfg = gossip_client::failover::Config::new(servers, key, uid, status);
     cfg.listen = Some(*listen);
     cfg.pins = settings.pins();
+    // The keys go out with the online record itself; a key rotated later in the session is
+    // published by the check at every (re)connection below.
+    cfg.publish = e2e.published();
     let (session, mut updates) = gossip_client::failover::Failover::start(cfg)
         .await
         .with_context(|| format!("logging in as {uid}"))?;
