@@ -170,7 +170,10 @@ async fn concurrent_changes_from_two_sessions_of_one_user_are_both_kept() {
         a.unwrap();
         b.unwrap();
         let stored = node.node.store.user(uid).unwrap();
-        assert_eq!(stored.status, status, "round {round}: the status was undone");
+        assert_eq!(
+            stored.status, status,
+            "round {round}: the status was undone"
+        );
         assert!(
             stored.extra.iter().any(|(n, v)| n == "Note" && *v == note),
             "round {round}: the note was undone"
