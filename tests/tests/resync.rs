@@ -293,6 +293,22 @@ async fn mail_exchanged(a: &RunningNode, b: &RunningNode, before: (&Mail, &Mail)
     .await;
 }
 
+/// The user logs in at `a` and takes every message it holds (their client acknowledges them).
+async fn takes_everything(a: &RunningNode, key: &Keypair, uid: UserId) {
+    let addr = a.client_addr().to_string();
+    let (c, _e) = gossip_client::GossipClient::connect(&addr, key.clone())
+        .await
+        .unwrap();
+    c.login(uid).await.unwrap();
+    wait_for(
+        "the user to take every message",
+        Duration::from_secs(30),
+        || a.node.mailbox.is_empty().then_some(()),
+    )
+    .await;
+    c.logout().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     use gossip_client::GossipClient;
@@ -366,15 +382,7 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
 
     // While B is away, Bob logs in at A and takes all thirty (A drops them and keeps the signed
     // notices), and Alice sends two more.
-    {
-        let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
-        c.login(bob).await.unwrap();
-        wait_for("Bob to take his thirty", Duration::from_secs(30), || {
-            a.node.mailbox.is_empty().then_some(())
-        })
-        .await;
-        c.logout().await.unwrap();
-    }
+    takes_everything(&a, &bob_key, bob).await;
     for i in 30..32u32 {
         alice.send_relayed(bob, &i.to_be_bytes()).await.unwrap();
     }
@@ -410,15 +418,7 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     // she logs in there.
     let late = alice.send_relayed(bob, b"while B was away").await.unwrap();
     alice.logout().await.unwrap();
-    {
-        let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
-        c.login(bob).await.unwrap();
-        wait_for("Bob to take the rest", Duration::from_secs(30), || {
-            a.node.mailbox.is_empty().then_some(())
-        })
-        .await;
-        c.logout().await.unwrap();
-    }
+    takes_everything(&a, &bob_key, bob).await;
     let ma = mail(&a);
     let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
         .await

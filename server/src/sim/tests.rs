@@ -256,6 +256,16 @@ fn held_everywhere(c: &Cluster) -> Option<usize> {
     lens.all(|l| l == first).then_some(first)
 }
 
+/// Heals `cut` after long enough for its links to be given up (a short cut only stalls them),
+/// then waits (10 s) for every server to hold `n` messages.
+async fn heal_until_all_hold(c: &Cluster, cut: &ServerKey, n: usize, what: &str) {
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    c.net.heal(cut);
+    c.wait(Duration::from_secs(10), |c| held_everywhere(c) == Some(n))
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within 10 s of the heal"));
+}
+
 fn mail_counters(c: &Cluster) -> (u64, u64, u64) {
     c.running().fold((0, 0, 0), |(e, l, r), (_, n)| {
         let m = &n.metrics;
@@ -307,12 +317,7 @@ async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delive
         .await
         .expect("the others hold the five");
     assert_eq!(holds(&c, &cut), 0);
-    // Long enough for its links to be given up (a short cut only stalls them).
-    tokio::time::sleep(Duration::from_secs(55)).await;
-    c.net.heal(&cut);
-    c.wait(Duration::from_secs(10), |c| held_everywhere(c) == Some(5))
-        .await
-        .expect("server 3 gets the five at link-up, within 10 s of the heal");
+    heal_until_all_hold(&c, &cut, 5, "server 3 gets the five at link-up").await;
     let (_, lists, resent) = mail_counters(&c);
     assert!(lists >= 1 && resent >= 5, "lists {lists}, resent {resent}");
 
@@ -341,11 +346,13 @@ async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delive
         .await
         .expect("the others drop the delivered five");
     assert_eq!(holds(&c, &cut), 5);
-    tokio::time::sleep(Duration::from_secs(55)).await;
-    c.net.heal(&cut);
-    c.wait(Duration::from_secs(10), |c| held_everywhere(c) == Some(0))
-        .await
-        .expect("server 3 drops the five once told they were delivered");
+    heal_until_all_hold(
+        &c,
+        &cut,
+        0,
+        "server 3 drops the five, told they were delivered",
+    )
+    .await;
 
     // Cut and healed with nothing to send: the digests agree, no list, no message.
     let (equal, lists, resent) = mail_counters(&c);
