@@ -293,6 +293,21 @@ async fn mail_exchanged(a: &RunningNode, b: &RunningNode, before: (&Mail, &Mail)
     .await;
 }
 
+/// Starts B again on its data, linked to `a`, and waits for their mailbox exchange (`before`:
+/// A's counters before).
+async fn returns(db: &Path, a: &RunningNode, before: &Mail) -> RunningNode {
+    let b = gossip_server::start(config(db, Some(a.base_port()), SyncMethod::Range))
+        .await
+        .unwrap();
+    let fresh = Mail {
+        equal: 0,
+        lists: 0,
+        resent: 0,
+    };
+    mail_exchanged(a, &b, (before, &fresh)).await;
+    b
+}
+
 /// The user logs in at `a` and takes every message it holds (their client acknowledges them).
 async fn takes_everything(a: &RunningNode, key: &Keypair, uid: UserId) {
     let addr = a.client_addr().to_string();
@@ -358,18 +373,8 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     b.stop().await.unwrap();
 
     // B comes back holding the same thirty: equal digests, no list, no message crosses.
-    let (ma, before_b) = (
-        mail(&a),
-        Mail {
-            equal: 0,
-            lists: 0,
-            resent: 0,
-        },
-    );
-    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
-        .await
-        .unwrap();
-    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    let ma = mail(&a);
+    let b = returns(db.path(), &a, &ma).await;
     let (ma2, mb2) = (mail(&a), mail(&b));
     assert_eq!(
         (ma2.equal - ma.equal, mb2.equal),
@@ -389,10 +394,7 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     // B comes back with the thirty delivered ones: it learns they were delivered (and drops
     // them), and gets the two new ones.
     let ma = mail(&a);
-    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
-        .await
-        .unwrap();
-    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    let b = returns(db.path(), &a, &ma).await;
     wait_for(
         "B to hold exactly the two undelivered messages",
         Duration::from_secs(30),
@@ -420,10 +422,7 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     alice.logout().await.unwrap();
     takes_everything(&a, &bob_key, bob).await;
     let ma = mail(&a);
-    let b = gossip_server::start(config(db.path(), Some(port), SyncMethod::Range))
-        .await
-        .unwrap();
-    mail_exchanged(&a, &b, (&ma, &before_b)).await;
+    let b = returns(db.path(), &a, &ma).await;
     wait_for(
         "B to know every notice A knows",
         Duration::from_secs(30),
