@@ -690,38 +690,8 @@ pub(super) async fn handle_peer(
             });
         }
         Body::Stored(s) => node.mailbox.stored(&s.id),
-        Body::MailboxDigest(d) => match mail.on_digest(node.mailbox.digest(), &d) {
-            Ok(true) => {
-                node.metrics.mailbox_lists_sent.inc();
-                mailsync::send_ids(node, &sync.bulk);
-            }
-            Ok(false) => node.metrics.mailbox_equal.inc(),
-            Err(why) => tracing::info!(%why, "mailboxDigest ignored"),
-        },
-        Body::MailboxIds(part) => match mail.on_ids(&part) {
-            Ok(ids) => {
-                let mut notices = Vec::new();
-                if part.delivered.is_some() {
-                    // Delivered there: the peer lacks neither the message nor its notice.
-                    let (held, known) = node.mailbox.named_delivered(&ids);
-                    mail.saw(held);
-                    mail.saw_notices(known);
-                } else {
-                    let (held, delivered) = node.mailbox.named(&ids);
-                    mail.saw(held);
-                    mail.saw_notices(delivered.iter().map(|d| crate::mailbox::id_hash(&d.id)));
-                    notices = delivered;
-                }
-                let mut lacked = Vec::new();
-                if part.last != 0 {
-                    let (seen, seen_notices) = mail.finish();
-                    lacked = node.mailbox.ids_except(&seen);
-                    notices.extend(node.mailbox.notices_except(&seen_notices));
-                }
-                mailsync::send_messages(node, &sync.bulk, notices, lacked);
-            }
-            Err(why) => tracing::info!(%why, "mailboxIds ignored"),
-        },
+        Body::MailboxDigest(d) => mailsync::answer_digest(node, mail, &d, &sync.bulk),
+        Body::MailboxIds(part) => mailsync::answer_ids(node, mail, &part, &sync.bulk),
         Body::Delivered(d) => {
             node.relay_delivered(d, Some(peer));
         }

@@ -184,9 +184,62 @@ pub(super) fn start(node: &Arc<Node>, peer_offers: bool, bulk: &mpsc::Sender<(In
     }
 }
 
+/// The peer's digest: our list goes out if the digests differ.
+pub(super) fn answer_digest(
+    node: &Arc<Node>,
+    mail: &mut MailSync,
+    theirs: &m::MailboxDigest,
+    bulk: &mpsc::Sender<(Instant, Bytes)>,
+) {
+    match mail.on_digest(node.mailbox.digest(), theirs) {
+        Ok(true) => {
+            node.metrics.mailbox_lists_sent.inc();
+            send_ids(node, bulk);
+        }
+        Ok(false) => node.metrics.mailbox_equal.inc(),
+        Err(why) => tracing::info!(%why, "mailboxDigest ignored"),
+    }
+}
+
+/// A part of the peer's list: notes which of our messages and notices it names, sends the
+/// notices of listed held messages known delivered, and on the last part what it lacked.
+pub(super) fn answer_ids(
+    node: &Arc<Node>,
+    mail: &mut MailSync,
+    part: &m::MailboxIds,
+    bulk: &mpsc::Sender<(Instant, Bytes)>,
+) {
+    let ids = match mail.on_ids(part) {
+        Ok(ids) => ids,
+        Err(why) => {
+            tracing::info!(%why, "mailboxIds ignored");
+            return;
+        }
+    };
+    let mut notices = Vec::new();
+    if part.delivered.is_some() {
+        // Delivered there: the peer lacks neither the message nor its notice.
+        let (held, known) = node.mailbox.named_delivered(&ids);
+        mail.saw(held);
+        mail.saw_notices(known);
+    } else {
+        let (held, delivered) = node.mailbox.named(&ids);
+        mail.saw(held);
+        mail.saw_notices(delivered.iter().map(|d| crate::mailbox::id_hash(&d.id)));
+        notices = delivered;
+    }
+    let mut lacked = Vec::new();
+    if part.last != 0 {
+        let (seen, seen_notices) = mail.finish();
+        lacked = node.mailbox.ids_except(&seen);
+        notices.extend(node.mailbox.notices_except(&seen_notices));
+    }
+    send_messages(node, bulk, notices, lacked);
+}
+
 /// Sends our list: the ids of the messages held, then of the notices known (a task of its own,
 /// by the bulk queue).
-pub(super) fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
+fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
     let (node, bulk) = (Arc::clone(node), bulk.clone());
     node.tasks.clone().spawn(async move {
         let held = node.mailbox.ids();
@@ -216,7 +269,7 @@ pub(super) fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) 
 
 /// Sends `notices`, then the messages `ids` that are still held (a task of its own, by the
 /// bulk queue, one message at a time: nothing is copied up front).
-pub(super) fn send_messages(
+fn send_messages(
     node: &Arc<Node>,
     bulk: &mpsc::Sender<(Instant, Bytes)>,
     notices: Vec<m::Delivered>,
