@@ -146,12 +146,16 @@ impl Node {
         mut r: Relay,
         peer: &ServerKey,
     ) -> PeerAnswer {
+        if !valid_id(&r.id) {
+            tracing::info!(id = %r.id, "relayed message refused: bad id");
+            return PeerAnswer::Nothing;
+        }
         if !self.await_user(r.from, SENDER_WAIT).await {
             tracing::info!(id = %r.id, from = %r.from, "relayed message refused: its sender's record never came");
             return PeerAnswer::Nothing;
         }
-        if !valid_id(&r.id) || verify(self, &r).is_err() {
-            tracing::info!(id = %r.id, "relayed message refused: bad id or signature");
+        if verify(self, &r).is_err() {
+            tracing::info!(id = %r.id, "relayed message refused: bad signature");
             return PeerAnswer::Nothing;
         }
         // Delivered already, and the peer did not know (it was cut off when the notice
