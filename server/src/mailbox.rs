@@ -498,8 +498,8 @@ impl Mailbox {
         self.table.lock().ids_except(seen)
     }
 
-    /// Of `ids` (a part of a peer's list of held messages), the hashes of those held here,
-    /// and the delivery notices of those known delivered. One lock for the lot.
+    /// Of `ids` (a part of a peer's list), the hashes of those held here, and the delivery
+    /// notices of those known delivered. One lock for the lot.
     pub fn named(&self, ids: &[&str]) -> (Vec<u128>, Vec<Delivered>) {
         let t = self.table.lock();
         let mut held = Vec::new();
@@ -512,22 +512,6 @@ impl Mailbox {
             }
         }
         (held, notices)
-    }
-
-    /// Of `ids` (a part of a peer's list of delivered messages), the hashes of those held here
-    /// (the peer does not lack them) and of those whose notice is known here. One lock.
-    pub fn named_delivered(&self, ids: &[&str]) -> (Vec<u128>, Vec<u128>) {
-        let t = self.table.lock();
-        let mut held = Vec::new();
-        let mut known = Vec::new();
-        for id in ids {
-            if t.get(id).is_some() {
-                held.push(id_hash(id));
-            } else if t.notice(id).is_some() {
-                known.push(id_hash(id));
-            }
-        }
-        (held, known)
     }
 
     /// The ids of the delivered messages whose notice is known.

@@ -216,17 +216,12 @@ pub(super) fn answer_ids(
             return;
         }
     };
-    let mut notices = Vec::new();
+    let (held, mut notices) = node.mailbox.named(&ids);
+    mail.saw(held);
+    mail.saw_notices(notices.iter().map(|d| crate::mailbox::id_hash(&d.id)));
     if part.delivered.is_some() {
-        // Delivered there: the peer lacks neither the message nor its notice.
-        let (held, known) = node.mailbox.named_delivered(&ids);
-        mail.saw(held);
-        mail.saw_notices(known);
-    } else {
-        let (held, delivered) = node.mailbox.named(&ids);
-        mail.saw(held);
-        mail.saw_notices(delivered.iter().map(|d| crate::mailbox::id_hash(&d.id)));
-        notices = delivered;
+        // Listed as delivered there: the peer lacks neither the message nor its notice.
+        notices.clear();
     }
     let mut lacked = Vec::new();
     if part.last != 0 {

@@ -51,6 +51,15 @@ fn cluster(dir: &Path, n: usize, seed: u64) -> Cluster {
     c
 }
 
+/// [`cluster`], once it is one tree (within 300 s).
+async fn formed(dir: &Path, n: usize, seed: u64) -> Cluster {
+    let c = cluster(dir, n, seed);
+    c.wait(Duration::from_secs(300), Cluster::one_tree)
+        .await
+        .expect("formed");
+    c
+}
+
 #[tokio::test(start_paused = true)]
 async fn fifty_servers_form_the_minimum_spanning_tree_of_their_rtts() {
     let dir = root();
@@ -74,10 +83,7 @@ async fn fifty_servers_form_the_minimum_spanning_tree_of_their_rtts() {
 #[tokio::test(start_paused = true)]
 async fn a_partition_heals_to_identical_databases_within_ten_seconds() {
     let dir = root();
-    let c = cluster(dir.path(), 8, 2);
-    c.wait(Duration::from_secs(300), Cluster::one_tree)
-        .await
-        .expect("formed");
+    let c = formed(dir.path(), 8, 2).await;
     let keys: Vec<Keypair> = (0..8).map(|_| Keypair::generate()).collect();
     for (i, k) in keys.iter().enumerate() {
         c.publish(&Cluster::key(i), user(k, 100 + i as u64, 0, "online"), true)
@@ -124,10 +130,7 @@ async fn a_partition_heals_to_identical_databases_within_ten_seconds() {
 #[tokio::test(start_paused = true)]
 async fn a_server_crashed_in_the_middle_of_a_sync_converges_after_restart() {
     let dir = root();
-    let mut c = cluster(dir.path(), 4, 3);
-    c.wait(Duration::from_secs(300), Cluster::one_tree)
-        .await
-        .expect("formed");
+    let mut c = formed(dir.path(), 4, 3).await;
     let late = Cluster::key(3);
     c.crash(&late).await;
     // Many records while it is down, so its catch-up sync takes a while.
@@ -169,10 +172,7 @@ async fn a_server_crashed_in_the_middle_of_a_sync_converges_after_restart() {
 async fn seeded_chaos_always_heals_within_ten_simulated_seconds() {
     for seed in 1..=5 {
         let dir = root();
-        let mut c = cluster(dir.path(), 8, seed);
-        c.wait(Duration::from_secs(300), Cluster::one_tree)
-            .await
-            .expect("formed");
+        let mut c = formed(dir.path(), 8, seed).await;
         let healed = chaos(&mut c, seed, 12, Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -194,10 +194,7 @@ async fn seeded_chaos_always_heals_within_ten_simulated_seconds() {
 #[tokio::test(start_paused = true)]
 async fn the_wills_of_a_server_cut_off_are_published_by_the_others() {
     let dir = root();
-    let c = cluster(dir.path(), 4, 3);
-    c.wait(Duration::from_secs(300), Cluster::one_tree)
-        .await
-        .expect("formed");
+    let c = formed(dir.path(), 4, 3).await;
     let key = Keypair::generate();
     let home = Cluster::key(2);
     c.publish(&home, user(&key, 77, 1, "online"), true)
@@ -280,10 +277,7 @@ fn mail_counters(c: &Cluster) -> (u64, u64, u64) {
 #[tokio::test(start_paused = true)]
 async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delivery() {
     let dir = root();
-    let c = cluster(dir.path(), 5, 4);
-    c.wait(Duration::from_secs(300), Cluster::one_tree)
-        .await
-        .expect("formed");
+    let c = formed(dir.path(), 5, 4).await;
     let (alice, bob) = (Keypair::generate(), Keypair::generate());
     let n0 = Arc::clone(c.node(&Cluster::key(0)).unwrap());
     c.publish(&Cluster::key(0), user(&alice, 200, 0, "online"), true)
