@@ -414,6 +414,40 @@ impl Encoder<&Message> for XmlFrameCodec {
     }
 }
 
+/// What ends every frame on the wire.
+pub const FRAME_END: &[u8] = b"\n";
+
+/// A message encoded once as a frame's contents (without its end): what a server queues,
+/// shares between every recipient of a push, and writes with [`write_frames`]. The header's
+/// `ipaddr` is left unspecified, as every server-built message has it.
+pub fn encode_frame(body: impl Into<crate::message::Body>) -> Bytes {
+    Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
+}
+
+/// Writes `frames`, each followed by [`FRAME_END`], in as few vectored writes as the stream
+/// takes, then flushes (an encrypted stream holds what the socket did not take at once until
+/// flushed). The one way a server writes frames outside the [`Encoder`]s.
+pub async fn write_frames(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frames: &[impl AsRef<[u8]>],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        slices.push(std::io::IoSlice::new(f.as_ref()));
+        slices.push(std::io::IoSlice::new(FRAME_END));
+    }
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = wr.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    wr.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,49 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::mst::key_string;
-use crate::Node;
+use crate::blacklist::Blacklist;
+use crate::config::Config;
+use crate::federation::Federation;
+use crate::metrics::{Metrics, Readings};
+use crate::mst::id_string;
+use crate::presence::Presence;
+use crate::server_keys::ServerKeys;
+use crate::store::Store;
+
+/// What an admin request may read and change: the services `prodserver` reaches.
+pub(crate) struct AdminServices {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) federation: Arc<Federation>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) blacklist: Arc<Blacklist>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) keys: Arc<ServerKeys>,
+    /// When the node started (for `uptime_s`).
+    pub(crate) started: std::time::Instant,
+}
+
+impl AdminServices {
+    fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The exposition of every metric, read now.
+    pub(crate) fn render_metrics(&self) -> String {
+        let fed = &self.federation;
+        self.metrics.render(&Readings {
+            pushes: self.presence.pushes(),
+            slow_consumers_dropped: self.presence.slow_consumers_dropped(),
+            link_drops: fed.link_drops(),
+            recomputations: fed.recomputations(),
+            clients: self.presence.session_count() as u64,
+            users: self.store.user_count() as u64,
+            contact_lists: self.store.list_count() as u64,
+            uptime_s: self.uptime_s(),
+            rtts: fed.status().rtts,
+        })
+    }
+}
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -74,7 +115,7 @@ pub(crate) fn status_path(admin: &Path) -> PathBuf {
 
 /// Serves one admin socket until shutdown.
 pub(crate) fn serve(
-    node: &Arc<Node>,
+    node: &Arc<AdminServices>,
     listener: UnixListener,
     read_only: bool,
     shutdown: &CancellationToken,
@@ -136,7 +177,7 @@ fn parse_server(s: &str) -> Result<(String, u16), String> {
     crate::config::parse_server(s).map_err(|e| e.to_string())
 }
 
-async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
+async fn handle(node: &AdminServices, req: AdminRequest) -> AdminResponse {
     let fed = &node.federation;
     // A blacklist entry that is a server key refuses that key, whatever its address.
     if let AdminRequest::BlacklistAdd { net } | AdminRequest::BlacklistRemove { net } = &req {
@@ -156,7 +197,7 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
         AdminRequest::Status => AdminResponse::ok(status(node)),
         AdminRequest::Servers => AdminResponse::ok(status(node)["peers"].clone()),
         AdminRequest::Rtt => AdminResponse::ok(json!({
-            "me": key_string(fed.me()),
+            "me": id_string(fed.me()),
             "matrix": fed.matrix().into_iter().map(|(from, row)| json!({
                 "from": from,
                 "rtts": row.into_iter().map(|(to, ms)| json!({"to": to, "rtt_ms": ms})).collect::<Vec<_>>(),
@@ -164,7 +205,7 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
         })),
         AdminRequest::Mst => {
             let st = fed.status();
-            let me = key_string(fed.me());
+            let me = id_string(fed.me());
             let neighbours: Vec<&String> = st
                 .tree
                 .iter()
@@ -220,10 +261,10 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 }
             }
             node.store
-                .audit("admin", &format!("add-server {}", key_string(&key)));
+                .audit("admin", &format!("add-server {}", id_string(&key)));
             fed.admin_add_server(key.clone());
             AdminResponse::ok(
-                json!({"added": true, "server": key_string(&key), "note": "measuring RTTs; the tree is recomputed when they arrive"}),
+                json!({"added": true, "server": id_string(&key), "note": "measuring RTTs; the tree is recomputed when they arrive"}),
             )
         }
         AdminRequest::DeleteServer { server } => {
@@ -241,7 +282,7 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 }));
             }
             node.store
-                .audit("admin", &format!("delete-server {}", key_string(&key)));
+                .audit("admin", &format!("delete-server {}", id_string(&key)));
             let removed = fed.admin_delete_server(&key);
             AdminResponse::ok(json!({
                 "deleted": removed,
@@ -262,12 +303,12 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 return AdminResponse::err("this server's own key is its server.key file");
             }
             node.store
-                .audit("admin", &format!("trust {} {pk}", key_string(&name)));
+                .audit("admin", &format!("trust {} {pk}", id_string(&name)));
             let replaced = fed.with_keyring(|k| k.pin(&name, pk));
             let closed = fed.drop_links_by_key();
             fed.recalc();
             AdminResponse::ok(json!({
-                "server": key_string(&name), "key": pk.to_string(),
+                "server": id_string(&name), "key": pk.to_string(),
                 "replaced": replaced.map(|k| k.to_string()), "links_closed": closed,
             }))
         }
@@ -332,13 +373,11 @@ async fn handle(node: &Arc<Node>, req: AdminRequest) -> AdminResponse {
                 "rtt": fed.matrix(),
                 "mst": st.tree,
                 "links": st.links,
-                "metrics": crate::metrics::Metrics::render(node),
+                "metrics": node.render_metrics(),
                 "recent_log": crate::logring::recent(),
             }))
         }
-        AdminRequest::Metrics => {
-            AdminResponse::ok(json!({"text": crate::metrics::Metrics::render(node)}))
-        }
+        AdminRequest::Metrics => AdminResponse::ok(json!({"text": node.render_metrics()})),
     }
 }
 
@@ -350,9 +389,9 @@ async fn resolve(key: &(String, u16)) -> Option<std::net::SocketAddr> {
 }
 
 /// The `status` document.
-pub(crate) fn status(node: &Node) -> serde_json::Value {
+pub(crate) fn status(node: &AdminServices) -> serde_json::Value {
     let st = node.federation.status();
-    let me = key_string(node.federation.me());
+    let me = id_string(node.federation.me());
     let rtts: std::collections::HashMap<&String, Option<f64>> =
         st.rtts.iter().map(|(k, v)| (k, *v)).collect();
     let (keys, _, admission) = node.federation.keyring_view();
@@ -370,7 +409,7 @@ pub(crate) fn status(node: &Node) -> serde_json::Value {
         "identity": me,
         "key": crate::server_keys::fingerprint(&node.keys.public()),
         "federation": admission,
-        "base_port": node.base_port(),
+        "base_port": node.federation.me().1,
         "users": node.store.user_count(),
         "contact_lists": node.store.list_count(),
         "clients": node.presence.session_count(),

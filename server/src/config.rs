@@ -332,16 +332,10 @@ impl Config {
 
 /// Parses `host:port` (a server's identity: host name and base port).
 pub fn parse_server(s: &str) -> Result<(String, u16), ConfigError> {
-    let (host, port) = s
-        .trim()
-        .rsplit_once(':')
-        .ok_or_else(|| ConfigError(format!("server {s:?} must be HOST:PORT")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| ConfigError(format!("server {s:?}: bad port")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ensure!(!host.is_empty(), "server {s:?}: empty host");
-    Ok((host.to_owned(), port))
+    crate::mst::parse_id(s).map_err(|why| match why {
+        "must be HOST:PORT" => ConfigError(format!("server {s:?} must be HOST:PORT")),
+        why => ConfigError(format!("server {s:?}: {why}")),
+    })
 }
 
 fn default_host_name() -> String {

@@ -15,6 +15,15 @@ use tokio::sync::oneshot;
 
 type Wakeup = (Instant, oneshot::Sender<()>);
 
+/// Waits out an emulated link delay until `deadline`: precisely when the node has its lab
+/// clock, on tokio's timer otherwise.
+pub(crate) async fn sleep_until(clock: Option<&LabClock>, deadline: tokio::time::Instant) {
+    match clock {
+        Some(clock) => clock.sleep_until(deadline).await,
+        None => tokio::time::sleep_until(deadline).await,
+    }
+}
+
 /// A precise timer service for the emulated link delays.
 #[derive(Debug)]
 pub(crate) struct LabClock {

@@ -115,10 +115,35 @@ pub struct Metrics {
     pub link_bytes_out: Counter,
 }
 
+/// What the other services report for the exposition, read by the caller (the admin socket)
+/// at the moment of a scrape; these counters and gauges are kept where they arise.
+#[derive(Debug, Default, Clone)]
+pub struct Readings {
+    /// Presence pushes queued to clients.
+    pub pushes: u64,
+    /// Clients disconnected because their queue was full.
+    pub slow_consumers_dropped: u64,
+    /// Server links dropped because their queue was full.
+    pub link_drops: u64,
+    /// Times the spanning tree changed.
+    pub recomputations: u64,
+    /// Logged-in client sessions.
+    pub clients: u64,
+    /// UserInfo records stored.
+    pub users: u64,
+    /// ContactList records stored.
+    pub contact_lists: u64,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// This server's published RTT to each peer, in milliseconds (`None`: dead).
+    pub rtts: Vec<(String, Option<f64>)>,
+}
+
 impl Metrics {
-    /// Renders every metric of `node` in the Prometheus text exposition format.
-    pub fn render(node: &crate::Node) -> String {
-        let m = &node.metrics;
+    /// Renders these metrics and the other services' `readings` in the Prometheus text
+    /// exposition format.
+    pub fn render(&self, readings: &Readings) -> String {
+        let (m, node) = (self, readings);
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -200,17 +225,17 @@ impl Metrics {
         counter(
             "presence_pushes_total",
             "Presence pushes queued to clients.",
-            node.presence.pushes(),
+            node.pushes,
         );
         counter(
             "slow_consumer_drops_total",
             "Clients disconnected because their queue was full.",
-            node.presence.slow_consumers_dropped(),
+            node.slow_consumers_dropped,
         );
         counter(
             "link_queue_drops_total",
             "Server links dropped because their queue was full.",
-            node.federation.link_drops(),
+            node.link_drops,
         );
         counter(
             "sync_records_sent_total",
@@ -260,7 +285,7 @@ impl Metrics {
         counter(
             "mst_recomputations_total",
             "Times the spanning tree changed.",
-            node.federation.recomputations(),
+            node.recomputations,
         );
         let mut gauge = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -268,22 +293,14 @@ impl Metrics {
                 "# HELP gossip_{name} {help}\n# TYPE gossip_{name} gauge\ngossip_{name} {v}"
             );
         };
-        gauge(
-            "clients",
-            "Logged-in client sessions.",
-            node.presence.session_count() as u64,
-        );
-        gauge(
-            "users",
-            "UserInfo records stored.",
-            node.store.user_count() as u64,
-        );
+        gauge("clients", "Logged-in client sessions.", node.clients);
+        gauge("users", "UserInfo records stored.", node.users);
         gauge(
             "contact_lists",
             "ContactList records stored.",
-            node.store.list_count() as u64,
+            node.contact_lists,
         );
-        gauge("uptime_seconds", "Seconds since start.", node.uptime_s());
+        gauge("uptime_seconds", "Seconds since start.", node.uptime_s);
         for (dir, per) in [("in", &m.messages_in), ("out", &m.messages_out)] {
             let _ = writeln!(out, "# HELP gossip_messages_{dir}_total Messages {}, by type.\n# TYPE gossip_messages_{dir}_total counter", if dir == "in" { "received" } else { "sent" });
             for (t, n) in per.nonzero() {
@@ -291,7 +308,7 @@ impl Metrics {
             }
         }
         let _ = writeln!(out, "# HELP gossip_peer_rtt_ms Last published RTT to each peer (absent when dead).\n# TYPE gossip_peer_rtt_ms gauge");
-        for (peer, rtt) in node.federation.status().rtts {
+        for (peer, rtt) in &node.rtts {
             if let Some(ms) = rtt {
                 let _ = writeln!(out, "gossip_peer_rtt_ms{{peer=\"{peer}\"}} {ms}");
             }

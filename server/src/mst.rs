@@ -28,21 +28,33 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// A server's canonical identity: `(host, client port)`, ordered host first, then port.
-pub type ServerKey = (String, u16);
+pub type ServerId = (String, u16);
 
-/// Formats a key as `host:port`.
-pub fn key_string(k: &ServerKey) -> String {
+/// Formats a server id as `host:port` (a name and port, not a cryptographic key).
+pub fn id_string(k: &ServerId) -> String {
     format!("{}:{}", k.0, k.1)
 }
 
+/// Parses `host:port` (a server's identity: host name and base port); the error says what is
+/// wrong with it.
+pub fn parse_id(s: &str) -> Result<ServerId, &'static str> {
+    let (host, port) = s.trim().rsplit_once(':').ok_or("must be HOST:PORT")?;
+    let port: u16 = port.parse().map_err(|_| "bad port")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("empty host");
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// An edge of the tree, endpoints in ascending order.
-pub type TreeEdge = (ServerKey, ServerKey);
+pub type TreeEdge = (ServerId, ServerId);
 
 /// The server graph: nodes are servers, edge weights are agreed RTTs in microseconds.
 #[derive(Debug, Clone, Default)]
 pub struct ServerGraph {
     /// Servers, sorted: a server's index is its rank by name.
-    servers: Vec<ServerKey>,
+    servers: Vec<ServerId>,
     /// Adjacency of server `i`: `adj[start[i]..start[i + 1]]`, as (neighbour, weight).
     /// Weights are stored in 32 bits (microseconds up to 71 minutes; longer saturates, the same
     /// on every node): 8-byte entries halve the memory a complete graph's build writes, which
@@ -55,14 +67,14 @@ impl ServerGraph {
     /// Builds the graph. `servers` may be in any order (they are sorted); `edges` name servers
     /// by key, unknown endpoints and self-loops are ignored, and a repeated edge counts with its
     /// lowest weight.
-    pub fn new<K: Borrow<ServerKey>>(
-        servers: impl IntoIterator<Item = ServerKey>,
+    pub fn new<K: Borrow<ServerId>>(
+        servers: impl IntoIterator<Item = ServerId>,
         edges: impl IntoIterator<Item = (K, K, u64)>,
     ) -> Self {
-        let mut servers: Vec<ServerKey> = servers.into_iter().collect();
+        let mut servers: Vec<ServerId> = servers.into_iter().collect();
         servers.sort();
         servers.dedup();
-        let index: HashMap<&ServerKey, usize> =
+        let index: HashMap<&ServerId, usize> =
             servers.iter().enumerate().map(|(i, s)| (s, i)).collect();
         let edges: Vec<(usize, usize, u64)> = edges
             .into_iter()
@@ -75,7 +87,7 @@ impl ServerGraph {
     /// Builds the graph from edges given by index into `servers`, which must be sorted and
     /// without duplicates (as a `BTreeSet` iterates). The fast path: no key is looked up.
     pub fn from_indexed(
-        servers: Vec<ServerKey>,
+        servers: Vec<ServerId>,
         edges: impl IntoIterator<Item = (usize, usize, u64)> + Clone,
     ) -> Self {
         debug_assert!(
@@ -110,7 +122,7 @@ impl ServerGraph {
     }
 
     /// The servers, sorted (a server's index in the graph is its position here).
-    pub fn servers(&self) -> &[ServerKey] {
+    pub fn servers(&self) -> &[ServerId] {
         &self.servers
     }
 
@@ -244,8 +256,8 @@ fn prim_heap(g: &ServerGraph) -> Vec<(usize, usize)> {
 }
 
 /// The servers adjacent to `me` in `tree`: the only ones `me` keeps links to.
-pub fn neighbours(tree: &[TreeEdge], me: &ServerKey) -> Vec<ServerKey> {
-    let mut out: Vec<ServerKey> = tree
+pub fn neighbours(tree: &[TreeEdge], me: &ServerId) -> Vec<ServerId> {
+    let mut out: Vec<ServerId> = tree
         .iter()
         .filter_map(|(a, b)| {
             if a == me {
@@ -268,7 +280,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn k(name: &str) -> ServerKey {
+    fn k(name: &str) -> ServerId {
         (name.to_owned(), 1024)
     }
 
@@ -339,7 +351,7 @@ mod tests {
 
     #[test]
     fn dense_variant_is_chosen_for_complete_graphs() {
-        let names: Vec<ServerKey> = (0..50).map(|i| (format!("s{i:03}"), 1)).collect();
+        let names: Vec<ServerId> = (0..50).map(|i| (format!("s{i:03}"), 1)).collect();
         let mut edges = Vec::new();
         for a in 0..50 {
             for b in a + 1..50 {
@@ -357,14 +369,14 @@ mod tests {
         #[test]
         fn both_variants_equal_petgraph_kruskal((n, raw) in arb_graph()) {
             use petgraph::graph::{NodeIndex, UnGraph};
-            let names: Vec<ServerKey> = (0..n).map(|i| (format!("s{i:03}"), 1000)).collect();
+            let names: Vec<ServerId> = (0..n).map(|i| (format!("s{i:03}"), 1000)).collect();
             let g = ServerGraph::new(
                 names.clone(),
                 raw.iter().map(|&(a, b, w)| (&names[a], &names[b], w)),
             );
             // petgraph's Kruskal on the same graph, weights replaced by the total-order key
             // (names are in index order, so indices agree).
-            let mut pg = UnGraph::<ServerKey, EdgeKey>::default();
+            let mut pg = UnGraph::<ServerId, EdgeKey>::default();
             for name in &names {
                 pg.add_node(name.clone());
             }

@@ -142,6 +142,22 @@ async fn bind_any(ip: IpAddr) -> Result<Listeners, BindError> {
     }))
 }
 
+/// Whether a connection from `peer` may be served on the `what` port ("client", "server",
+/// "echo"). Blacklisted addresses are refused, counted and logged here, once for all ports.
+pub(crate) fn admit(
+    blacklist: &crate::blacklist::Blacklist,
+    metrics: &crate::metrics::Metrics,
+    peer: SocketAddr,
+    what: &str,
+) -> bool {
+    if blacklist.contains(peer.ip()) {
+        metrics.refused_blacklisted.inc();
+        tracing::warn!(%peer, port = what, "connection from a blacklisted address dropped");
+        return false;
+    }
+    true
+}
+
 /// Accepts connections until shutdown, backing off on errors such as running out of file
 /// descriptors instead of spinning.
 pub(crate) async fn accept_loop<F, Fut>(

@@ -117,17 +117,26 @@ impl Presence {
         sent
     }
 
+    /// The presence fan-out rule: a changed UserInfo (`push`, encoded once) goes to every
+    /// session watching its user and to the user's own sessions but `from_session` (the one
+    /// that made the change), so all their clients agree. Returns how many watchers got it.
+    pub fn push_user_info(
+        &self,
+        record: &gossip_common::Signed<gossip_common::UserInfo>,
+        from_session: Option<SessionId>,
+        push: &Bytes,
+    ) -> usize {
+        let n = self.publish(record.user_id, push);
+        self.send_to_user(record.user_id, from_session, push);
+        tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
+        n
+    }
+
     /// Queues a `servermsg` with `text` to every logged-in session; returns how many.
     pub fn notify_all(&self, text: &str) -> usize {
-        let frame = Bytes::from(
-            gossip_common::Message::new(
-                std::net::Ipv6Addr::UNSPECIFIED,
-                gossip_common::message::ServerMsg {
-                    text: text.to_owned(),
-                },
-            )
-            .to_xml(),
-        );
+        let frame = gossip_common::codec::encode_frame(gossip_common::message::ServerMsg {
+            text: text.to_owned(),
+        });
         let inner = self.inner.read();
         inner
             .sessions

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use gossip_common::PublicKey;
 use serde::{Deserialize, Serialize};
 
-use crate::mst::{key_string, ServerKey};
+use crate::mst::{id_string, ServerId};
 
 /// Who may join the federation through this server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -79,7 +79,7 @@ struct Saved {
 /// Bindings, refusals and the admission policy.
 #[derive(Debug, Default)]
 pub(crate) struct Keyring {
-    bound: BTreeMap<ServerKey, PublicKey>,
+    bound: BTreeMap<ServerId, PublicKey>,
     refused: BTreeSet<PublicKey>,
     admission: Admission,
     allowed: BTreeSet<PublicKey>,
@@ -99,7 +99,7 @@ impl Keyring {
     }
 
     /// The verdict on `name` presenting `key`.
-    pub(crate) fn check(&self, name: &ServerKey, key: &PublicKey) -> Verdict {
+    pub(crate) fn check(&self, name: &ServerId, key: &PublicKey) -> Verdict {
         if self.refused.contains(key) {
             return Verdict::Refused;
         }
@@ -115,7 +115,7 @@ impl Keyring {
 
     /// Checks the claim and binds it on first sight (if there is room); returns the verdict
     /// and whether a binding was added (to persist).
-    pub(crate) fn claim(&mut self, name: &ServerKey, key: &PublicKey) -> (Verdict, bool) {
+    pub(crate) fn claim(&mut self, name: &ServerId, key: &PublicKey) -> (Verdict, bool) {
         let v = self.check(name, key);
         let added = v == Verdict::FirstSight && self.bound.len() < self.max && {
             self.bound.insert(name.clone(), *key);
@@ -125,13 +125,13 @@ impl Keyring {
     }
 
     /// The key bound to `name`.
-    pub(crate) fn key_of(&self, name: &ServerKey) -> Option<&PublicKey> {
+    pub(crate) fn key_of(&self, name: &ServerId) -> Option<&PublicKey> {
         self.bound.get(name)
     }
 
     /// An admin binds `name` to `key` (pinning it before first sight, or accepting a rotation);
     /// returns the key it replaces.
-    pub(crate) fn pin(&mut self, name: &ServerKey, key: PublicKey) -> Option<PublicKey> {
+    pub(crate) fn pin(&mut self, name: &ServerId, key: PublicKey) -> Option<PublicKey> {
         self.refused.remove(&key);
         self.bound
             .insert(name.clone(), key)
@@ -164,7 +164,7 @@ impl Keyring {
             bound: self
                 .bound
                 .iter()
-                .map(|(k, v)| (key_string(k), v.to_string()))
+                .map(|(k, v)| (id_string(k), v.to_string()))
                 .collect(),
             refused: self.refused.iter().map(|k| k.to_string()).collect(),
         };
@@ -177,10 +177,7 @@ impl Keyring {
         let saved: Saved = serde_json::from_str(text)?;
         let mut skipped = Vec::new();
         for (name, key) in saved.bound {
-            match (
-                crate::config::parse_server(&name).ok(),
-                key.parse::<PublicKey>(),
-            ) {
+            match (crate::mst::parse_id(&name).ok(), key.parse::<PublicKey>()) {
                 (Some(n), Ok(k)) => {
                     self.bound.insert(n, k);
                 }
@@ -204,7 +201,7 @@ mod tests {
     use super::*;
     use gossip_common::Keypair;
 
-    fn name(n: u16) -> ServerKey {
+    fn name(n: u16) -> ServerId {
         ("10.0.0.1".into(), n)
     }
 

@@ -1,6 +1,6 @@
 //! The RTT prober of a server: measurement rounds over the servers it believes alive, and
 //! revival probes of those it believes dead (so a server back from a crash or a cut is seen
-//! within about one probe interval). Measurements go through the node's transport and their
+//! within about one probe interval). Measurements go through the federation's transport and their
 //! results to the membership (`Federation::publish_measurements`); this module only paces them.
 
 use std::sync::Arc;
@@ -9,27 +9,30 @@ use gossip_common::rtt::{self, Rtt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::mst::{key_string, ServerKey};
-use crate::Node;
+use super::{Federation, Hooks};
+use crate::mst::{id_string, ServerId};
 
 /// Measures every known server that this node's row does not mark dead, once per `reprobe`
 /// (or sooner when asked), publishing the row when a value moved past the damping threshold.
 /// Servers marked dead are watched by [`revival_loop`], so a long round waiting out a dead
 /// server's timeout never delays noticing that another one came back.
-pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
-    let fed = &node.federation;
+pub(super) async fn prober_loop(
+    fed: Arc<Federation>,
+    hooks: Arc<dyn Hooks>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let servers: Vec<ServerKey> = fed.state.lock().members.to_measure();
+        let servers: Vec<ServerId> = fed.state.lock().members.to_measure();
         if !servers.is_empty() {
             let results = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = node.transport.probe(&node, &servers, &node.config.probe) => r,
+                r = fed.transport.probe(&fed.me, &servers, &fed.probing.probe) => r,
             };
             match results {
                 Ok(results) => {
                     // Unresolvable and refused (blacklisted) servers count as dead: the tree
                     // must not route through a server this node will not talk to.
-                    let measured: Vec<(ServerKey, Option<u64>)> = servers
+                    let measured: Vec<(ServerId, Option<u64>)> = servers
                         .iter()
                         .map(|s| (s.clone(), alive_us(results.get(s))))
                         .collect();
@@ -38,11 +41,8 @@ pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
                     // are not online any more. Its held wills are published (once: they are
                     // taken; copies published by other servers are the same change).
                     for (server, rtt) in &measured {
-                        if rtt.is_none() && *server != node.identity_key() {
-                            let (node, server) = (Arc::clone(&node), server.clone());
-                            node.tasks.clone().spawn(async move {
-                                node.publish_wills_of(&server, "server dead").await;
-                            });
+                        if rtt.is_none() && *server != fed.me {
+                            hooks.server_gone(server.clone(), "server dead");
                         }
                     }
                 }
@@ -51,7 +51,7 @@ pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(node.config.reprobe) => {}
+            _ = tokio::time::sleep(fed.probing.reprobe) => {}
             _ = fed.probe_now.notified() => {}
         }
     }
@@ -60,32 +60,31 @@ pub(super) async fn prober_loop(node: Arc<Node>, shutdown: CancellationToken) {
 /// Re-probes, one packet each per probe interval, every server this node's row marks dead, and
 /// publishes the ones that answer at once: a server back from a crash or a partition is seen
 /// within about one interval, whatever the measurement rounds are doing.
-pub(super) async fn revival_loop(node: Arc<Node>, shutdown: CancellationToken) {
-    let fed = &node.federation;
-    let interval = node.config.probe.interval;
+pub(super) async fn revival_loop(fed: Arc<Federation>, shutdown: CancellationToken) {
+    let interval = fed.probing.probe.interval;
     let single = rtt::ProbeConfig {
         replies: 1,
         dead_after: interval,
-        ..node.config.probe.clone()
+        ..fed.probing.probe.clone()
     };
     loop {
         let started = Instant::now();
-        let dead: Vec<ServerKey> = fed.state.lock().members.dead_in_my_row();
+        let dead: Vec<ServerId> = fed.state.lock().members.dead_in_my_row();
         if !dead.is_empty() {
             // One packet to each, answers awaited for one interval.
             let results = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = node.transport.probe(&node, &dead, &single) => r,
+                r = fed.transport.probe(&fed.me, &dead, &single) => r,
             };
             match results {
                 Ok(results) => {
-                    let revived: Vec<(ServerKey, Option<u64>)> = dead
+                    let revived: Vec<(ServerId, Option<u64>)> = dead
                         .iter()
                         .filter_map(|s| alive_us(results.get(s)).map(|us| (s.clone(), Some(us))))
                         .collect();
                     if !revived.is_empty() {
                         tracing::info!(
-                            servers = ?revived.iter().map(|(s, _)| key_string(s)).collect::<Vec<_>>(),
+                            servers = ?revived.iter().map(|(s, _)| id_string(s)).collect::<Vec<_>>(),
                             "servers marked dead answer again"
                         );
                         fed.publish_measurements(&revived);

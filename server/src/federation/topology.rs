@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::mst::{self, ServerKey, TreeEdge};
+use crate::mst::{self, ServerId, TreeEdge};
 
 use super::membership::{Edge, Membership, Row};
 
@@ -20,11 +20,11 @@ pub(crate) struct Plan {
     pub(crate) tree: Vec<TreeEdge>,
     /// Servers to dial: tree neighbours and repair targets not linked, not being dialled and
     /// not backing off.
-    pub(crate) connect: Vec<ServerKey>,
+    pub(crate) connect: Vec<ServerId>,
     /// Of `connect`, those dialled as repair links (for the log).
-    pub(crate) repairs: Vec<ServerKey>,
+    pub(crate) repairs: Vec<ServerId>,
     /// Links to close: neither tree neighbours nor repair targets, and allowed to close.
-    pub(crate) close: Vec<ServerKey>,
+    pub(crate) close: Vec<ServerId>,
 }
 
 /// Plans links for this server (computing the tree). `links` maps each linked peer to how long its link has been
@@ -33,8 +33,8 @@ pub(crate) struct Plan {
 #[cfg(test)]
 pub(crate) fn plan(
     m: &Membership,
-    links: &BTreeMap<ServerKey, Duration>,
-    busy: &BTreeSet<ServerKey>,
+    links: &BTreeMap<ServerId, Duration>,
+    busy: &BTreeSet<ServerId>,
     grace: Duration,
 ) -> Plan {
     plan_with_tree(
@@ -50,16 +50,16 @@ pub(crate) fn plan(
 pub(crate) fn plan_with_tree(
     m: &Membership,
     tree: Vec<TreeEdge>,
-    links: &BTreeMap<ServerKey, Duration>,
-    busy: &BTreeSet<ServerKey>,
+    links: &BTreeMap<ServerId, Duration>,
+    busy: &BTreeSet<ServerId>,
     grace: Duration,
 ) -> Plan {
     let neighbours = mst::neighbours(&tree, m.me());
-    let repairs: Vec<ServerKey> = repair_targets(m.me(), m.servers(), &tree, m.my_row())
+    let repairs: Vec<ServerId> = repair_targets(m.me(), m.servers(), &tree, m.my_row())
         .into_iter()
         .filter(|r| !neighbours.contains(r))
         .collect();
-    let connect: Vec<ServerKey> = neighbours
+    let connect: Vec<ServerId> = neighbours
         .iter()
         .chain(&repairs)
         .filter(|n| !links.contains_key(*n) && !busy.contains(*n))
@@ -87,16 +87,16 @@ pub(crate) fn plan_with_tree(
 /// the lowest RTT. Rows can only say two components are apart if one side marks the other dead
 /// while this server measures it alive, so a repair link is dialled only when rows are stale.
 pub(crate) fn repair_targets(
-    me: &ServerKey,
-    servers: &BTreeSet<ServerKey>,
+    me: &ServerId,
+    servers: &BTreeSet<ServerId>,
     tree: &[TreeEdge],
     my_row: Option<&Row>,
-) -> Vec<ServerKey> {
+) -> Vec<ServerId> {
     let Some(my_row) = my_row else {
         return Vec::new();
     };
     // Components of the forest by union-find over the tree's edges.
-    let index: HashMap<&ServerKey, usize> =
+    let index: HashMap<&ServerId, usize> =
         servers.iter().enumerate().map(|(i, s)| (s, i)).collect();
     let mut parent: Vec<usize> = (0..servers.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -116,7 +116,7 @@ pub(crate) fn repair_targets(
         return Vec::new();
     };
     let my_root = root(&mut parent, mine);
-    let mut nearest: BTreeMap<usize, (u64, &ServerKey)> = BTreeMap::new();
+    let mut nearest: BTreeMap<usize, (u64, &ServerId)> = BTreeMap::new();
     for (s, rtt) in &my_row.rtts {
         let (Some(rtt), Some(&i)) = (rtt, index.get(s)) else {
             continue;
@@ -157,7 +157,7 @@ pub(crate) fn dead_edge_grace(probe: &gossip_common::rtt::ProbeConfig) -> Durati
 mod tests {
     use super::*;
 
-    fn k(n: u16) -> ServerKey {
+    fn k(n: u16) -> ServerId {
         ("h".into(), n)
     }
 
@@ -173,7 +173,7 @@ mod tests {
     /// holds from them (stale, from the partition) mark it dead, so the tree leaves it alone.
     #[test]
     fn a_server_cut_off_by_stale_dead_marks_dials_the_nearest_server_of_the_other_part() {
-        let servers: BTreeSet<ServerKey> = (1..=4).map(k).collect();
+        let servers: BTreeSet<ServerId> = (1..=4).map(k).collect();
         let me = k(4);
         // The others form a tree among themselves; 4 is alone in the forest.
         let tree = vec![(k(1), k(2)), (k(2), k(3))];
@@ -244,13 +244,13 @@ mod tests {
         assert_eq!(p.connect, vec![k(1), k(3)]);
         assert!(p.repairs.is_empty() && p.close.is_empty());
         // Server 1 has a link to 3 (say, from an older tree): the edge is alive, so it goes.
-        let links: BTreeMap<ServerKey, Duration> =
+        let links: BTreeMap<ServerId, Duration> =
             [(k(2), Duration::ZERO), (k(3), Duration::ZERO)].into();
         let p = plan(&line(1), &links, &BTreeSet::new(), Duration::from_secs(30));
         assert_eq!(p.close, vec![k(3)]);
         assert!(p.connect.is_empty());
         // Being dialled or backing off: not dialled again.
-        let busy: BTreeSet<ServerKey> = [k(1)].into();
+        let busy: BTreeSet<ServerId> = [k(1)].into();
         assert_eq!(
             plan(&line(2), &none, &busy, Duration::ZERO).connect,
             vec![k(3)]

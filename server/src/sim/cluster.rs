@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{start_node, SimNet};
-use crate::mst::ServerKey;
+use crate::mst::ServerId;
 use crate::{Node, RunningNode, StartError};
 
 /// A scripted cluster of simulated nodes.
@@ -16,7 +16,7 @@ pub struct Cluster {
     /// The network.
     pub net: Arc<SimNet>,
     root: PathBuf,
-    nodes: BTreeMap<ServerKey, Option<RunningNode>>,
+    nodes: BTreeMap<ServerId, Option<RunningNode>>,
 }
 
 impl Cluster {
@@ -30,16 +30,16 @@ impl Cluster {
     }
 
     /// The name of simulated server `i`: `s0007:1024`.
-    pub fn key(i: usize) -> ServerKey {
+    pub fn key(i: usize) -> ServerId {
         (format!("s{i:04}"), 1024)
     }
 
-    fn dir(&self, k: &ServerKey) -> PathBuf {
+    fn dir(&self, k: &ServerId) -> PathBuf {
         self.root.join(&k.0)
     }
 
     /// Adds and starts server `k`, joining `peers`.
-    pub fn add(&mut self, k: &ServerKey, peers: &[ServerKey]) -> Result<(), StartError> {
+    pub fn add(&mut self, k: &ServerId, peers: &[ServerId]) -> Result<(), StartError> {
         let node = start_node(&self.net, k, &self.dir(k), peers)?;
         self.nodes.insert(k.clone(), Some(node));
         Ok(())
@@ -47,7 +47,7 @@ impl Cluster {
 
     /// Crashes server `k`: its links close at once and it answers nothing, like a killed
     /// process; what it acknowledged is on its disk.
-    pub async fn crash(&mut self, k: &ServerKey) {
+    pub async fn crash(&mut self, k: &ServerId) {
         self.net.unregister(k);
         if let Some(Some(node)) = self.nodes.insert(k.clone(), None) {
             let _ = node.stop().await;
@@ -59,7 +59,7 @@ impl Cluster {
     /// A crashed node's last tasks may still be finishing (its data directory stays locked
     /// until they have: a killed process's lock goes with the process), so a locked directory
     /// is retried for up to a simulated minute.
-    pub async fn restart(&mut self, k: &ServerKey) -> Result<(), StartError> {
+    pub async fn restart(&mut self, k: &ServerId) -> Result<(), StartError> {
         let mut tries = 0;
         let node = loop {
             match start_node(&self.net, k, &self.dir(k), &[]) {
@@ -78,12 +78,12 @@ impl Cluster {
     }
 
     /// The running node `k`.
-    pub fn node(&self, k: &ServerKey) -> Option<&Arc<Node>> {
+    pub fn node(&self, k: &ServerId) -> Option<&Arc<Node>> {
         self.nodes.get(k)?.as_ref().map(|n| &n.node)
     }
 
     /// Every running node.
-    pub fn running(&self) -> impl Iterator<Item = (&ServerKey, &Arc<Node>)> {
+    pub fn running(&self) -> impl Iterator<Item = (&ServerId, &Arc<Node>)> {
         self.nodes
             .iter()
             .filter_map(|(k, n)| n.as_ref().map(|n| (k, &n.node)))
@@ -94,7 +94,7 @@ impl Cluster {
     pub fn one_tree(&self) -> bool {
         let running: BTreeSet<String> = self
             .running()
-            .map(|(k, _)| crate::mst::key_string(k))
+            .map(|(k, _)| crate::mst::id_string(k))
             .collect();
         let mut trees = self.running().map(|(_, n)| n.federation.status());
         let Some(first) = trees.next() else {
@@ -110,7 +110,7 @@ impl Cluster {
         spans
             && self.running().all(|(k, n)| {
                 let st = n.federation.status();
-                let me = crate::mst::key_string(k);
+                let me = crate::mst::id_string(k);
                 let mut want: Vec<String> = st
                     .tree
                     .iter()
@@ -128,7 +128,7 @@ impl Cluster {
     /// The minimum spanning tree of the running servers' true RTTs, computed from the
     /// network's matrix, independently of any node (as `host:port` pairs, like a status).
     pub fn expected_tree(&self) -> Vec<(String, String)> {
-        let keys: Vec<ServerKey> = self.running().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<ServerId> = self.running().map(|(k, _)| k.clone()).collect();
         let mut edges = Vec::new();
         for i in 0..keys.len() {
             for j in i + 1..keys.len() {
@@ -138,7 +138,7 @@ impl Cluster {
         let g = crate::mst::ServerGraph::from_indexed(keys, edges);
         crate::mst::minimum_spanning_tree(&g)
             .iter()
-            .map(|(a, b)| (crate::mst::key_string(a), crate::mst::key_string(b)))
+            .map(|(a, b)| (crate::mst::id_string(a), crate::mst::id_string(b)))
             .collect()
     }
 
@@ -185,7 +185,7 @@ impl Cluster {
     /// and lets it travel the federation like any change.
     pub async fn publish(
         &self,
-        on: &ServerKey,
+        on: &ServerId,
         record: gossip_common::Signed<gossip_common::UserInfo>,
         new: bool,
     ) -> Result<(), crate::store::StoreError> {
@@ -197,9 +197,9 @@ impl Cluster {
         };
         let applied = node.store.apply_user_info(record, mode, "sim").await?;
         if new {
-            node.user_created(&applied.record, None);
+            node.records.user_created(&applied.record, None);
         } else {
-            node.user_changed(&applied.record, None);
+            node.records.user_changed(&applied.record, None);
         }
         Ok(())
     }
@@ -211,7 +211,7 @@ pub struct Healed {
     /// `cut`, `crash` or `rtt`.
     pub kind: &'static str,
     /// The server it hit.
-    pub server: ServerKey,
+    pub server: ServerId,
     /// From the heal (or restart) to one tree and identical databases, simulated.
     pub took: Duration,
 }
@@ -228,7 +228,7 @@ pub async fn chaos(
 ) -> Result<Vec<Healed>, String> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keys: Vec<ServerKey> = c.nodes.keys().cloned().collect();
+    let keys: Vec<ServerId> = c.nodes.keys().cloned().collect();
     let owner = gossip_common::Keypair::generate();
     let uid = gossip_common::UserId(0xC4A0_5000 + seed);
     let mut count = 0u32;
@@ -302,7 +302,7 @@ pub async fn chaos(
                         let st = n.federation.status();
                         format!(
                             "{}: tree {:?} links {:?} rtts {:?} digest {}",
-                            crate::mst::key_string(k),
+                            crate::mst::id_string(k),
                             st.tree,
                             st.links,
                             st.rtts,
@@ -312,7 +312,7 @@ pub async fn chaos(
                     .collect();
                 return Err(format!(
                     "after a {kind} of {}, no single tree with identical databases within {limit:?} (seed {seed}):\n{}",
-                    crate::mst::key_string(&victim),
+                    crate::mst::id_string(&victim),
                     views.join("\n")
                 ));
             }

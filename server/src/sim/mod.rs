@@ -21,9 +21,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::federation::transport::{BoxFuture, Conn, Transport};
-use crate::mst::ServerKey;
-use crate::{Config, FileConfig, Node, RunningNode, StartError};
+use crate::federation::transport::{BoxFuture, Conn, ConnectError, Transport};
+use crate::mst::ServerId;
+use crate::{Config, FileConfig, RunningNode, StartError};
 
 mod cluster;
 #[cfg(test)]
@@ -47,16 +47,16 @@ pub struct SimNet {
 #[derive(Default)]
 struct NetState {
     /// Where each running node takes its incoming links.
-    accept: HashMap<ServerKey, mpsc::Sender<(Conn, SocketAddr)>>,
+    accept: HashMap<ServerId, mpsc::Sender<(Conn, SocketAddr)>>,
     /// Round-trip time by unordered pair; `default_rtt` otherwise.
-    rtt: HashMap<(ServerKey, ServerKey), Duration>,
+    rtt: HashMap<(ServerId, ServerId), Duration>,
     default_rtt: Duration,
-    cut: BTreeSet<ServerKey>,
+    cut: BTreeSet<ServerId>,
     /// Address each node is known by (for logs and blacklists).
-    addrs: HashMap<ServerKey, IpAddr>,
+    addrs: HashMap<ServerId, IpAddr>,
 }
 
-fn pair(a: &ServerKey, b: &ServerKey) -> (ServerKey, ServerKey) {
+fn pair(a: &ServerId, b: &ServerId) -> (ServerId, ServerId) {
     if a <= b {
         (a.clone(), b.clone())
     } else {
@@ -80,12 +80,12 @@ impl SimNet {
     }
 
     /// Sets the RTT between `a` and `b`.
-    pub fn set_rtt(&self, a: &ServerKey, b: &ServerKey, rtt: Duration) {
+    pub fn set_rtt(&self, a: &ServerId, b: &ServerId, rtt: Duration) {
         self.state.lock().rtt.insert(pair(a, b), rtt);
     }
 
     /// The RTT between `a` and `b`.
-    pub fn rtt(&self, a: &ServerKey, b: &ServerKey) -> Duration {
+    pub fn rtt(&self, a: &ServerId, b: &ServerId) -> Duration {
         let st = self.state.lock();
         st.rtt.get(&pair(a, b)).copied().unwrap_or(st.default_rtt)
     }
@@ -97,13 +97,13 @@ impl SimNet {
     }
 
     /// Cuts `k` off from everyone.
-    pub fn cut(&self, k: &ServerKey) {
+    pub fn cut(&self, k: &ServerId) {
         self.state.lock().cut.insert(k.clone());
         self.changes.send_modify(|g| *g += 1);
     }
 
     /// Mends `k`'s cable: held bytes flow again.
-    pub fn heal(&self, k: &ServerKey) {
+    pub fn heal(&self, k: &ServerId) {
         self.state.lock().cut.remove(k);
         self.changes.send_modify(|g| *g += 1);
     }
@@ -119,7 +119,7 @@ impl SimNet {
     }
 
     /// Whether `a` and `b` can reach each other now (both running, neither cut).
-    fn reachable(&self, a: &ServerKey, b: &ServerKey) -> bool {
+    fn reachable(&self, a: &ServerId, b: &ServerId) -> bool {
         let st = self.state.lock();
         st.accept.contains_key(a)
             && st.accept.contains_key(b)
@@ -128,23 +128,23 @@ impl SimNet {
     }
 
     /// Whether the path between `a` and `b` is down for good (one of them crashed).
-    fn gone(&self, a: &ServerKey, b: &ServerKey) -> bool {
+    fn gone(&self, a: &ServerId, b: &ServerId) -> bool {
         let st = self.state.lock();
         !st.accept.contains_key(a) || !st.accept.contains_key(b)
     }
 
-    fn register(&self, k: &ServerKey, ip: IpAddr, accept: mpsc::Sender<(Conn, SocketAddr)>) {
+    fn register(&self, k: &ServerId, ip: IpAddr, accept: mpsc::Sender<(Conn, SocketAddr)>) {
         let mut st = self.state.lock();
         st.accept.insert(k.clone(), accept);
         st.addrs.insert(k.clone(), ip);
     }
 
-    fn unregister(&self, k: &ServerKey) {
+    fn unregister(&self, k: &ServerId) {
         self.state.lock().accept.remove(k);
         self.changes.send_modify(|g| *g += 1);
     }
 
-    fn addr_of(&self, k: &ServerKey) -> SocketAddr {
+    fn addr_of(&self, k: &ServerId) -> SocketAddr {
         let ip = self
             .state
             .lock()
@@ -159,24 +159,24 @@ impl SimNet {
 /// One node's view of the [`SimNet`].
 pub struct SimTransport {
     net: Arc<SimNet>,
-    me: ServerKey,
+    me: ServerId,
 }
 
 impl Transport for SimTransport {
     fn connect<'a>(
         &'a self,
-        _node: &'a Node,
-        peer: &'a ServerKey,
-    ) -> BoxFuture<'a, Result<(Conn, SocketAddr), &'static str>> {
+        _me: &'a ServerId,
+        peer: &'a ServerId,
+    ) -> BoxFuture<'a, Result<(Conn, SocketAddr), ConnectError>> {
         Box::pin(async move {
             let target = self.net.state.lock().accept.get(peer).cloned();
             let Some(target) = target else {
-                return Err(crate::federation::REFUSED);
+                return Err(ConnectError::Refused);
             };
             if !self.net.reachable(&self.me, peer) {
                 // A SYN into a cut cable: nothing answers until the connect timeout.
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                return Err("connect timed out");
+                return Err(ConnectError::TimedOut);
             }
             let (mine, my_far) = tokio::io::duplex(64 * 1024);
             let (theirs, their_far) = tokio::io::duplex(64 * 1024);
@@ -189,24 +189,24 @@ impl Transport for SimTransport {
             target
                 .send((Box::new(theirs) as Conn, from))
                 .await
-                .map_err(|_| "connection refused")?;
+                .map_err(|_| ConnectError::Refused)?;
             Ok((Box::new(mine) as Conn, self.net.addr_of(peer)))
         })
     }
 
     fn probe<'a>(
         &'a self,
-        _node: &'a Node,
-        targets: &'a [ServerKey],
+        _me: &'a ServerId,
+        targets: &'a [ServerId],
         cfg: &'a ProbeConfig,
-    ) -> BoxFuture<'a, std::io::Result<BTreeMap<ServerKey, Rtt>>> {
+    ) -> BoxFuture<'a, std::io::Result<BTreeMap<ServerId, Rtt>>> {
         Box::pin(async move {
             // As the real prober: a packet to each target every interval until `replies` came
             // back, one more interval for stragglers; a target that never answers within the
             // dead timeout is dead. A target that comes back during the round answers the
             // packets sent after it did.
             let start = tokio::time::Instant::now();
-            let mut replies: BTreeMap<&ServerKey, usize> = targets.iter().map(|t| (t, 0)).collect();
+            let mut replies: BTreeMap<&ServerId, usize> = targets.iter().map(|t| (t, 0)).collect();
             loop {
                 for (t, n) in replies.iter_mut() {
                     if *n < cfg.replies && self.net.reachable(&self.me, t) {
@@ -242,8 +242,8 @@ impl Transport for SimTransport {
 /// Copies one direction of a link: held while the path is cut, closed when an end crashed.
 async fn pump(
     net: Arc<SimNet>,
-    from_key: ServerKey,
-    to_key: ServerKey,
+    from_key: ServerId,
+    to_key: ServerId,
     mut from: tokio::io::ReadHalf<tokio::io::DuplexStream>,
     mut to: tokio::io::WriteHalf<tokio::io::DuplexStream>,
 ) {
@@ -276,7 +276,7 @@ async fn pump(
 }
 
 /// Resolves once one end of the path has crashed.
-async fn wait_gone(net: &SimNet, changes: &mut watch::Receiver<u64>, a: &ServerKey, b: &ServerKey) {
+async fn wait_gone(net: &SimNet, changes: &mut watch::Receiver<u64>, a: &ServerId, b: &ServerId) {
     loop {
         if net.gone(a, b) {
             return;
@@ -289,7 +289,7 @@ async fn wait_gone(net: &SimNet, changes: &mut watch::Receiver<u64>, a: &ServerK
 
 /// Settings of a simulated node: gossipd's defaults (probe every 2 s, dead after 30 s, a round
 /// every 60 s), which simulated time makes free to wait out.
-pub fn node_config(dir: &Path, key: &ServerKey, peers: &[ServerKey]) -> Result<Config, StartError> {
+pub fn node_config(dir: &Path, key: &ServerId, peers: &[ServerId]) -> Result<Config, StartError> {
     let mut c = Config::from_file_config(FileConfig {
         name: Some(key.0.clone()),
         base_port: Some(key.1),
@@ -305,9 +305,9 @@ pub fn node_config(dir: &Path, key: &ServerKey, peers: &[ServerKey]) -> Result<C
 /// Starts a simulated node `key` on `net`, keeping its data in `dir`, joining `peers`.
 pub fn start_node(
     net: &Arc<SimNet>,
-    key: &ServerKey,
+    key: &ServerId,
     dir: &Path,
-    peers: &[ServerKey],
+    peers: &[ServerId],
 ) -> Result<RunningNode, StartError> {
     let config = node_config(dir, key, peers)?;
     let (tx, rx) = mpsc::channel(64);
@@ -315,7 +315,7 @@ pub fn start_node(
         net: Arc::clone(net),
         me: key.clone(),
     });
-    let node = crate::start_headless(config, transport, rx)?;
+    let node = crate::lifecycle::start_headless(config, transport, rx)?;
     net.register(key, IpAddr::V4(Ipv4Addr::LOCALHOST), tx);
     Ok(node)
 }

@@ -112,7 +112,7 @@ async fn a_partition_heals_to_identical_databases_within_ten_seconds() {
         .status()
         .rtts
         .iter()
-        .any(|(k, v)| *k == crate::mst::key_string(&cut) && v.is_none());
+        .any(|(k, v)| *k == crate::mst::id_string(&cut) && v.is_none());
     assert!(marked_dead, "the cut was never noticed");
     c.net.heal(&cut);
     let took = c
@@ -201,7 +201,9 @@ async fn the_wills_of_a_server_cut_off_are_published_by_the_others() {
         .await
         .unwrap();
     let node = c.node(&home).unwrap();
-    assert!(node.hold_will(home.clone(), user(&key, 77, 2, "offline"), None));
+    assert!(node
+        .wills
+        .hold(home.clone(), user(&key, 77, 2, "offline"), None));
     c.wait(Duration::from_secs(30), |c| {
         c.running()
             .all(|(_, n)| n.wills.peek(UserId(77)) == Some(EventCount::new(2, false)))
@@ -255,7 +257,7 @@ fn held_everywhere(c: &Cluster) -> Option<usize> {
 
 /// Heals `cut` after long enough for its links to be given up (a short cut only stalls them),
 /// then waits (10 s) for every server to hold `n` messages.
-async fn heal_until_all_hold(c: &Cluster, cut: &ServerKey, n: usize, what: &str) {
+async fn heal_until_all_hold(c: &Cluster, cut: &ServerId, n: usize, what: &str) {
     tokio::time::sleep(Duration::from_secs(55)).await;
     c.net.heal(cut);
     c.wait(Duration::from_secs(10), |c| held_everywhere(c) == Some(n))
@@ -290,13 +292,14 @@ async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delive
         .await
         .expect("records everywhere");
     let cut = Cluster::key(3);
-    let holds = |c: &Cluster, k: &ServerKey| c.node(k).unwrap().mailbox.len();
+    let holds = |c: &Cluster, k: &ServerId| c.node(k).unwrap().mailbox.len();
 
     // Alice writes to offline Bob while server 3 is cut off: the others hold the messages.
     c.net.cut(&cut);
     tokio::time::sleep(Duration::from_secs(5)).await;
     for i in 0..5 {
-        n0.relay_from_client(UserId(200), relay(&alice, 200, 201, i))
+        n0.relay
+            .submit(UserId(200), relay(&alice, 200, 201, i))
             .await
             .unwrap();
     }
@@ -334,7 +337,7 @@ async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delive
             to: UserId(201),
             sig,
         };
-        assert!(n1.relay_delivered(d, None));
+        assert!(n1.relay.delivered(d, None));
     }
     c.wait(Duration::from_secs(90), |c| others(c, 0))
         .await

@@ -29,6 +29,27 @@ impl Store {
         self.state.read().lists.get(&uid).map(|s| s.record.clone())
     }
 
+    /// Waits (at most `limit`, looking every `every`) until user `uid`'s record is held here;
+    /// whether it is. For what may overtake a new user's first record on another path (a
+    /// relayed message, a held will): it waits for the record rather than being refused.
+    pub async fn await_user(
+        &self,
+        uid: UserId,
+        limit: std::time::Duration,
+        every: std::time::Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.contains_user(uid) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Whether `uid` is bound to a key here.
     pub fn contains_user(&self, uid: UserId) -> bool {
         self.state.read().users.contains_key(&uid)

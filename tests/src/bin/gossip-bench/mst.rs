@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gossip_server::mst::{minimum_spanning_tree, ServerGraph, ServerKey};
+use gossip_server::mst::{minimum_spanning_tree, ServerGraph, ServerId};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -24,7 +24,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     for &n in &args.mst_sizes {
         report::phase(&format!("mst: {n} servers"));
         let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-        let servers: Vec<ServerKey> = (0..n)
+        let servers: Vec<ServerId> = (0..n)
             .map(|i| (format!("server{i:05}.example.net"), 1024))
             .collect();
         let mut edges = Vec::with_capacity(n * (n - 1) / 2);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gossip_server::mst::ServerKey;
+use gossip_server::mst::ServerId;
 use gossip_server::sim::{self, Cluster};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -162,7 +162,7 @@ fn cluster(dir: &std::path::Path, n: usize, seed: u64) -> anyhow::Result<Cluster
         }
     }
     for i in 0..n {
-        let peers: Vec<ServerKey> = if i == 0 {
+        let peers: Vec<ServerId> = if i == 0 {
             vec![]
         } else {
             vec![Cluster::key(0)]
@@ -279,7 +279,7 @@ async fn one(args: &Args, n: usize, stop: &AtomicBool) -> anyhow::Result<One> {
     // One RTT change: a tree edge becomes ten times slower.
     let tree = c.expected_tree();
     let (a, b) = tree.first().cloned().expect("a tree");
-    let key = |s: &str| -> ServerKey {
+    let key = |s: &str| -> ServerId {
         let (h, p) = s.rsplit_once(':').expect("host:port");
         (h.to_owned(), p.parse().expect("port"))
     };

@@ -1,27 +1,27 @@
 //! Driving the network-wide UserID lock over the links: sending requests down the tree,
-//! collecting answers (the bookkeeping is the pure [`LockTable`](super::uid_lock::LockTable)),
+//! collecting answers (the bookkeeping is the pure [`LockTable`](super::lock_table::LockTable)),
 //! answering upwards, and the origin's bounded wait.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gossip_common::codec::encode_frame as encode;
 use gossip_common::message as m;
 use tokio::time::Instant;
 
-use super::uid_lock::{self, LockReply};
-use super::{encode, Federation, State};
-use crate::mst::ServerKey;
+use super::lock_table::{self, LockReply};
+use super::Registration;
+use crate::mst::ServerId;
 
 /// How long a lock request waits for a subtree's answer before counting it as refused.
-pub(super) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Federation {
+impl Registration {
     /// Locks `uid` for `holder` on every reachable server (the spec's pessimistic scheme),
     /// the caller having locked it locally. The request travels down the tree; each server
     /// locks it (or refuses: stored already, or locked by someone else), asks its own subtree,
     /// and answers once the whole subtree has. Granted only if every server granted.
-    pub(crate) async fn lock_network(
+    pub(super) async fn lock_network(
         &self,
         uid: gossip_common::UserId,
         holder: &str,
@@ -32,10 +32,7 @@ impl Federation {
         // bounded wait; see docs/federation.md).
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
-            let (known, linked) = {
-                let st = self.state.lock();
-                (st.members.servers().len() > 1, !st.links.is_empty())
-            };
+            let (linked, known) = self.federation.linked_and_known();
             if !known || linked || Instant::now() >= deadline {
                 break;
             }
@@ -61,13 +58,13 @@ impl Federation {
                 true
             }
         };
-        self.state.lock().locks.forget(uid, holder);
+        self.pending.lock().forget(uid, holder);
         granted
     }
 
     /// Releases `holder`'s lock on `uid` on every reachable server.
-    pub(crate) fn unlock_network(&self, uid: gossip_common::UserId, holder: &str) {
-        self.flood(
+    pub(super) fn unlock_network(&self, uid: gossip_common::UserId, holder: &str) {
+        self.federation.flood(
             &encode(m::UnlockUid {
                 uid,
                 holder: Some(holder.to_owned()),
@@ -83,19 +80,14 @@ impl Federation {
         msg: &Bytes,
         uid: gossip_common::UserId,
         holder: &str,
-        except: Option<&ServerKey>,
+        except: Option<&ServerId>,
         reply: LockReply,
     ) -> bool {
-        let mut st = self.state.lock();
-        let now = Instant::now();
-        let reached: BTreeSet<ServerKey> = st
-            .links
-            .iter()
-            .filter(|(k, _)| Some(*k) != except)
-            .filter(|(_, l)| l.tx.try_send((now, msg.clone())).is_ok())
-            .map(|(k, _)| k.clone())
-            .collect();
-        st.locks.start(uid, holder, reached, reply)
+        // Recorded while the links are looked at, so no answer can come before its request.
+        let mut pending = self.pending.lock();
+        self.federation.send_reached(msg, except, |reached| {
+            pending.start(uid, holder, reached, reply)
+        })
     }
 
     /// Records `from`'s answer (`None`: give up on everyone still silent, as a refusal) and,
@@ -105,39 +97,37 @@ impl Federation {
         uid: gossip_common::UserId,
         holder: &str,
         granted: bool,
-        from: Option<&ServerKey>,
+        from: Option<&ServerId>,
     ) {
-        let mut st = self.state.lock();
-        if let Some(answer) = st.locks.answer(uid, holder, granted, from) {
-            Self::deliver_lock_answer(&st, answer);
+        let mut pending = self.pending.lock();
+        if let Some(answer) = pending.answer(uid, holder, granted, from) {
+            self.deliver_lock_answer(answer);
         }
     }
 
     /// Sends a finished request's answer where it goes.
-    fn deliver_lock_answer(st: &State, answer: uid_lock::Answer) {
+    fn deliver_lock_answer(&self, answer: lock_table::Answer) {
         match answer.reply {
             LockReply::Origin(done) => {
                 let _ = done.send(answer.granted);
             }
             LockReply::Peer(parent) => {
-                if let Some(link) = st.links.get(&parent) {
-                    let result = encode(m::LockResult {
-                        uid: answer.uid,
-                        granted: u8::from(answer.granted),
-                        holder: Some(answer.holder),
-                    });
-                    let _ = link.tx.try_send((Instant::now(), result));
-                }
+                let result = encode(m::LockResult {
+                    uid: answer.uid,
+                    granted: u8::from(answer.granted),
+                    holder: Some(answer.holder),
+                });
+                self.federation.send_to(&parent, result);
             }
         }
     }
 
     /// A link went down: every lock request waiting on that neighbour is refused at once
     /// rather than timing out (the subtree behind it cannot be confirmed).
-    pub(super) fn link_lost_for_locks(&self, peer: &ServerKey) {
-        let mut st = self.state.lock();
-        for answer in st.locks.link_lost(peer) {
-            Self::deliver_lock_answer(&st, answer);
+    pub(crate) fn link_lost(&self, peer: &ServerId) {
+        let mut pending = self.pending.lock();
+        for answer in pending.link_lost(peer) {
+            self.deliver_lock_answer(answer);
         }
     }
 }

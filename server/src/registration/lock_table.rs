@@ -8,13 +8,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use gossip_common::UserId;
 
-use crate::mst::ServerKey;
+use crate::mst::ServerId;
 
 /// Where the answer to a request goes once its subtree has answered.
 #[derive(Debug)]
 pub(crate) enum LockReply {
     /// Answer the neighbour the request came from.
-    Peer(ServerKey),
+    Peer(ServerId),
     /// This node started the request.
     Origin(tokio::sync::oneshot::Sender<bool>),
 }
@@ -35,7 +35,7 @@ pub(crate) struct Answer {
 #[derive(Debug)]
 struct Pending {
     /// Neighbours the request reached and that have not answered yet.
-    waiting_on: BTreeSet<ServerKey>,
+    waiting_on: BTreeSet<ServerId>,
     granted: bool,
     reply: LockReply,
 }
@@ -53,7 +53,7 @@ impl LockTable {
         &mut self,
         uid: UserId,
         holder: &str,
-        reached: BTreeSet<ServerKey>,
+        reached: BTreeSet<ServerId>,
         reply: LockReply,
     ) -> bool {
         if reached.is_empty() {
@@ -79,7 +79,7 @@ impl LockTable {
         uid: UserId,
         holder: &str,
         granted: bool,
-        from: Option<&ServerKey>,
+        from: Option<&ServerId>,
     ) -> Option<Answer> {
         let key = (uid, holder.to_owned());
         let p = self.pending.get_mut(&key)?;
@@ -109,7 +109,7 @@ impl LockTable {
 
     /// A link went down: every request waiting on that neighbour is refused at once rather than
     /// timing out (the subtree behind it cannot be confirmed).
-    pub(crate) fn link_lost(&mut self, peer: &ServerKey) -> Vec<Answer> {
+    pub(crate) fn link_lost(&mut self, peer: &ServerId) -> Vec<Answer> {
         let waiting: Vec<(UserId, String)> = self
             .pending
             .iter()
@@ -138,11 +138,11 @@ impl LockTable {
 mod tests {
     use super::*;
 
-    fn k(n: u16) -> ServerKey {
+    fn k(n: u16) -> ServerId {
         ("h".into(), n)
     }
 
-    fn peer_of(a: &Answer) -> Option<&ServerKey> {
+    fn peer_of(a: &Answer) -> Option<&ServerId> {
         match &a.reply {
             LockReply::Peer(p) => Some(p),
             LockReply::Origin(_) => None,

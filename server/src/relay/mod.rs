@@ -1,37 +1,65 @@
 //! Relayed messages through the federation (`docs/messaging.md`): the checks a message passes
-//! before a server keeps it, storing it (the [`Mailbox`](crate::mailbox)), flooding it along
-//! the tree, pushing it to the recipient's sessions here, and dropping it everywhere once the
-//! recipient's client says it has it. The same code serves a message from a client and from a
-//! peer; only the sender's own server rate-limits and waits for a second copy before
-//! acknowledging.
+//! before a server keeps it, storing it (the [`Mailbox`]), flooding it along the tree, pushing
+//! it to the recipient's sessions here, and dropping it everywhere once the recipient's client
+//! says it has it. The same code serves a message from a client and from a peer; only the
+//! sender's own server rate-limits and waits for a second copy before acknowledging. A link-up
+//! compares mailboxes ([`mailsync`]) so a server that was away gets what it missed.
 
+pub(crate) mod mailsync;
+
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use gossip_common::message::{self as m, Relay};
-use gossip_common::{Domain, ErrorCode, Message, UserId};
+use gossip_common::codec::encode_frame as frame;
+use gossip_common::message::{self as m, Relay as RelayMsg};
+use gossip_common::{Domain, ErrorCode, UserId};
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
-use crate::mailbox::Refused;
-use crate::mst::ServerKey;
-use crate::Node;
+use crate::budget::Budgets;
+use crate::federation::{Federation, LinkTx};
+use crate::mailbox::{Mailbox, Refused};
+use crate::metrics::Metrics;
+use crate::mst::ServerId;
+use crate::presence::Presence;
+use crate::ratelimit::{Limiter, Rate};
+use crate::store::Store;
+use crate::tasks::Tasks;
+
+/// Relayed messages one user may send: a burst of 60, then one a second.
+const RELAY_RATE: Rate = Rate {
+    burst: 60.0,
+    per_second: 1.0,
+};
+
+/// Senders whose relay rate is tracked at once (each entry is a few dozen bytes).
+const RATE_TRACKED_USERS: usize = 100_000;
+
+/// The relay service of one server.
+pub struct Relay {
+    store: Arc<Store>,
+    presence: Arc<Presence>,
+    mailbox: Arc<Mailbox>,
+    federation: Arc<Federation>,
+    metrics: Arc<Metrics>,
+    /// Relayed messages sent per user.
+    rate: Mutex<Limiter<UserId>>,
+    tasks: Tasks,
+}
 
 /// How long the sender's server waits for another server to store a message before it
 /// acknowledges it anyway (with only its own copy).
 const SECOND_COPY_WAIT: Duration = Duration::from_secs(2);
 
 /// What a server answers a peer that relayed it a message.
-pub(crate) enum PeerAnswer {
+enum PeerAnswer {
     /// `stored`: this server has it on disk (now or before).
     Stored,
     /// The message was delivered already: its signed notice.
     Delivered(m::Delivered),
     /// Nothing (refused, or the disk failed).
     Nothing,
-}
-
-fn frame(body: impl Into<gossip_common::Body>) -> Bytes {
-    Bytes::from(Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).to_xml())
 }
 
 /// Whether `id` is 32 lowercase hex digits (a relayed message's id).
@@ -43,9 +71,8 @@ pub(crate) fn valid_id(id: &str) -> bool {
 }
 
 /// Checks the envelope's signature against the sender's bound key.
-fn verify(node: &Node, r: &Relay) -> Result<(), (ErrorCode, String)> {
-    let key = node
-        .store
+fn verify(store: &Store, r: &RelayMsg) -> Result<(), (ErrorCode, String)> {
+    let key = store
         .public_key(r.from)
         .ok_or((ErrorCode::UnknownUser, format!("no user {}", r.from)))?;
     let sig: gossip_common::Signature = r
@@ -74,28 +101,93 @@ fn refused(e: Refused) -> (ErrorCode, String) {
 /// store takes this long at most before it falls back).
 const SENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-impl Node {
-    /// Waits (at most `limit`) until user `uid`'s record is held here; whether it is.
-    async fn await_user(&self, uid: gossip_common::UserId, limit: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.store.public_key(uid).is_some() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+impl Relay {
+    /// The service over these handles.
+    pub(crate) fn new(
+        store: Arc<Store>,
+        presence: Arc<Presence>,
+        mailbox: Arc<Mailbox>,
+        federation: Arc<Federation>,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Relay {
+        Relay {
+            store,
+            presence,
+            mailbox,
+            federation,
+            metrics,
+            rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
+            tasks,
         }
+    }
+
+    /// What a user logging in here gets: the messages that waited for them, wherever they were
+    /// sent, then the deliveries of what they sent while they were away.
+    pub(crate) fn held_for(&self, uid: UserId) -> (Vec<RelayMsg>, Vec<m::Delivered>) {
+        let held = self
+            .mailbox
+            .for_recipient(uid)
+            .into_iter()
+            .map(|r| self.for_recipient(r))
+            .collect();
+        (held, self.mailbox.take_receipts(uid))
+    }
+
+    /// A peer's `stored`: a copy of message `id` is on its disk.
+    pub(crate) fn on_stored(&self, id: &str) {
+        self.mailbox.stored(id);
+    }
+
+    /// A relayed message from `peer`, answered on `tx` once it is stored (or with its notice,
+    /// if delivered already). Stored by a task of its own (each waits for its fdatasync),
+    /// bounded like records; a message whose sender this server does not know yet waits for
+    /// the sender's record (the link-up resync, or its `newuser` handled beside this frame),
+    /// off the reader and bounded in bytes, so the records can still arrive. Breaks only when
+    /// the link is ending.
+    pub(crate) async fn on_relay_from_peer(
+        self: &Arc<Self>,
+        r: RelayMsg,
+        peer: &ServerId,
+        budgets: &Budgets,
+        tx: &LinkTx,
+    ) -> ControlFlow<()> {
+        let slot = if self.store.public_key(r.from).is_some() {
+            let Ok(slot) = Arc::clone(&budgets.records).acquire_owned().await else {
+                return ControlFlow::Break(());
+            };
+            slot
+        } else {
+            let kib = (r.body.len() / 1024).max(1) as u32;
+            let Ok(slot) = Arc::clone(&budgets.parked).try_acquire_many_owned(kib) else {
+                tracing::info!(id = %r.id, "relayed message refused: too many wait for their sender's record");
+                return ControlFlow::Continue(());
+            };
+            slot
+        };
+        let (this, peer, tx) = (Arc::clone(self), peer.clone(), tx.clone());
+        self.tasks.spawn(async move {
+            let id = r.id.clone();
+            let answer = match this.receive(r, &peer).await {
+                PeerAnswer::Stored => Some(frame(m::Stored { id })),
+                PeerAnswer::Delivered(d) => Some(frame(d)),
+                PeerAnswer::Nothing => None,
+            };
+            if let Some(frame) = answer {
+                let _ = tx.try_send((Instant::now(), frame));
+            }
+            drop(slot);
+        });
+        ControlFlow::Continue(())
     }
 
     /// A message from the logged-in client `uid`: checked, stored, flooded, pushed if the
     /// recipient is here; returns once it is on this server's disk and (if any server is
     /// linked) on one other server's, or why it was refused.
-    pub(crate) async fn relay_from_client(
-        self: &Arc<Self>,
+    pub(crate) async fn submit(
+        &self,
         uid: UserId,
-        mut r: Relay,
+        mut r: RelayMsg,
     ) -> Result<(), (ErrorCode, String)> {
         if r.from != uid {
             return Err((ErrorCode::NotAllowed, "from must be your own UserID".into()));
@@ -106,18 +198,14 @@ impl Node {
                 "id must be 32 lowercase hex digits".into(),
             ));
         }
-        if let Err(wait) = self
-            .relay_rate
-            .lock()
-            .take(&uid, tokio::time::Instant::now())
-        {
+        if let Err(wait) = self.rate.lock().take(&uid, tokio::time::Instant::now()) {
             let text = format!("too many messages; try again in {} s", wait.as_secs() + 1);
             return Err((ErrorCode::NotAllowed, text));
         }
         if !self.store.contains_user(r.to) {
             return Err((ErrorCode::UnknownUser, format!("no user {}", r.to)));
         }
-        verify(self, &r)?;
+        verify(&self.store, &r)?;
         r.request = None;
         let second_copy = self.mailbox.await_stored(&r.id);
         let Some(disk) = self.mailbox.hold(r.clone()).map_err(refused)? else {
@@ -141,20 +229,17 @@ impl Node {
 
     /// A message from peer `peer`: kept if its signature verifies, then flooded on and pushed
     /// if the recipient is here. Says what to answer the peer.
-    pub(crate) async fn relay_from_peer(
-        self: &Arc<Self>,
-        mut r: Relay,
-        peer: &ServerKey,
-    ) -> PeerAnswer {
+    async fn receive(&self, mut r: RelayMsg, peer: &ServerId) -> PeerAnswer {
         if !valid_id(&r.id) {
             tracing::info!(id = %r.id, "relayed message refused: bad id");
             return PeerAnswer::Nothing;
         }
-        if !self.await_user(r.from, SENDER_WAIT).await {
+        let every = Duration::from_millis(50);
+        if !self.store.await_user(r.from, SENDER_WAIT, every).await {
             tracing::info!(id = %r.id, from = %r.from, "relayed message refused: its sender's record never came");
             return PeerAnswer::Nothing;
         }
-        if verify(self, &r).is_err() {
+        if verify(&self.store, &r).is_err() {
             tracing::info!(id = %r.id, "relayed message refused: bad signature");
             return PeerAnswer::Nothing;
         }
@@ -189,7 +274,7 @@ impl Node {
 
     /// Pushes `r` to the recipient's sessions here, marked as a request if the sender is not
     /// in their contact list.
-    fn push_to_recipient(&self, r: &Relay) {
+    fn push_to_recipient(&self, r: &RelayMsg) {
         if !self.presence.is_logged_in(r.to) {
             return;
         }
@@ -198,7 +283,7 @@ impl Node {
     }
 
     /// `r` as its recipient gets it: with `request` set when the sender is not a contact.
-    pub(crate) fn for_recipient(&self, mut r: Relay) -> Relay {
+    pub(crate) fn for_recipient(&self, mut r: RelayMsg) -> RelayMsg {
         let contact = self
             .store
             .contact_list(r.to)
@@ -210,7 +295,7 @@ impl Node {
     /// The recipient's client has message `d.id` (`from_peer`: flooded by a peer; `None`: said
     /// by the recipient's session here). Checked against the recipient's key; the message is
     /// dropped here, the notice flooded on, and the sender's sessions here told.
-    pub(crate) fn relay_delivered(&self, d: m::Delivered, from_peer: Option<&ServerKey>) -> bool {
+    pub(crate) fn delivered(&self, d: m::Delivered, from_peer: Option<&ServerId>) -> bool {
         let (Some(key), Ok(sig)) = (
             self.store.public_key(d.to),
             d.sig.parse::<gossip_common::Signature>(),

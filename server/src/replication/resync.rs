@@ -13,18 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use gossip_common::codec::encode_frame as encode;
 use gossip_common::message as m;
 use gossip_common::UserId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{encode, replication};
+use super::{batches, sync_in, Replication};
+use crate::federation::LinkTx;
 use crate::reconcile::{wire, Abort, Reconciler};
-use crate::Node;
 
 /// The word a `serverID` carries to offer range reconciliation.
-pub(super) const OFFER: &str = "range1";
+pub(crate) const OFFER: &str = "range1";
 
 /// How long a reconciliation waits for the peer's next frame before falling back.
 pub(super) const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,35 +35,31 @@ pub(super) const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAMES_QUEUED: usize = 64;
 
 /// Whether a `serverID`'s `sync` field offers range reconciliation.
-pub(super) fn offers_range(sync: Option<&str>) -> bool {
+pub(crate) fn offers_range(sync: Option<&str>) -> bool {
     sync.is_some_and(|s| s.split_whitespace().any(|w| w == OFFER))
 }
 
 /// Whether a frame is a resync message (counted in the `sync_bytes` metrics), by its root tag.
-pub(super) fn is_sync_frame(frame: &[u8]) -> bool {
-    replication::has_root(frame, b"<changedEntries")
-        || replication::has_root(frame, b"<reconcile")
-        || replication::has_root(frame, b"<eventCounts")
+pub(crate) fn is_sync_frame(frame: &[u8]) -> bool {
+    batches::has_root(frame, b"<changedEntries")
+        || batches::has_root(frame, b"<reconcile")
+        || batches::has_root(frame, b"<eventCounts")
 }
 
 /// One link's resync, as its reader sees it.
-pub(super) struct Resync {
+pub(crate) struct Resync {
     /// Frames for the reconciliation driver; `None` when the link uses (or fell back to)
     /// `eventCounts`.
     frames: Option<mpsc::Sender<m::Reconcile>>,
     /// Whether this side's `eventCounts` went out (they go at most once per link).
     ec_sent: Arc<AtomicBool>,
-    bulk: mpsc::Sender<(Instant, Bytes)>,
+    bulk: LinkTx,
 }
 
 impl Resync {
     /// Starts the link's resync: a reconciliation if both ends offer it (`initiator`: this end
     /// opens), else this side's `eventCounts`.
-    pub(super) fn start(
-        node: &Arc<Node>,
-        range: Option<bool>,
-        bulk: mpsc::Sender<(Instant, Bytes)>,
-    ) -> Resync {
+    pub(crate) fn start(repl: &Arc<Replication>, range: Option<bool>, bulk: LinkTx) -> Resync {
         let ec_sent = Arc::new(AtomicBool::new(false));
         let mut r = Resync {
             frames: None,
@@ -71,28 +67,28 @@ impl Resync {
             bulk,
         };
         match range {
-            None => r.send_event_counts(node),
+            None => r.send_event_counts(repl),
             Some(initiator) => {
                 let (tx, rx) = mpsc::channel(FRAMES_QUEUED);
                 r.frames = Some(tx);
-                let (node2, bulk, ec_sent) =
-                    (Arc::clone(node), r.bulk.clone(), Arc::clone(&r.ec_sent));
-                node.tasks.spawn(run(node2, initiator, rx, bulk, ec_sent));
+                let (repl2, bulk, ec_sent) =
+                    (Arc::clone(repl), r.bulk.clone(), Arc::clone(&r.ec_sent));
+                repl.tasks.spawn(run(repl2, initiator, rx, bulk, ec_sent));
             }
         }
         r
     }
 
     /// Queues this side's event-count list, unless it went out already.
-    fn send_event_counts(&self, node: &Arc<Node>) {
+    fn send_event_counts(&self, repl: &Arc<Replication>) {
         if self.ec_sent.swap(true, Ordering::AcqRel) {
             return;
         }
-        send_event_counts(node, self.bulk.clone());
+        send_event_counts(repl, self.bulk.clone());
     }
 
     /// A `reconcile` frame from the peer.
-    pub(super) fn on_frame(&mut self, node: &Arc<Node>, frame: m::Reconcile) {
+    pub(crate) fn on_frame(&mut self, repl: &Arc<Replication>, frame: m::Reconcile) {
         let Some(tx) = &self.frames else {
             // After a fallback the peer may still have frames in flight.
             tracing::debug!("reconcile frame outside a reconciliation ignored");
@@ -108,29 +104,29 @@ impl Resync {
                 );
                 self.frames = None;
                 if !self.ec_sent.load(Ordering::Acquire) {
-                    node.metrics.sync_fallbacks.inc();
+                    repl.metrics.sync_fallbacks.inc();
                 }
-                self.send_event_counts(node);
+                self.send_event_counts(repl);
             }
         }
     }
 
     /// The peer sent `eventCounts`: it does not reconcile (or gave up), so this side answers in
     /// kind.
-    pub(super) fn on_event_counts(&mut self, node: &Arc<Node>) {
+    pub(crate) fn on_event_counts(&mut self, repl: &Arc<Replication>) {
         if self.frames.take().is_some() {
             tracing::info!("peer fell back to eventCounts; stopping the reconciliation");
         }
-        self.send_event_counts(node);
+        self.send_event_counts(repl);
     }
 }
 
 /// Queues this node's event-count list on `bulk`, from a task: a million users make a million
 /// entries, and the link's reader must keep reading meanwhile.
-pub(super) fn send_event_counts(node: &Arc<Node>, bulk: mpsc::Sender<(Instant, Bytes)>) {
-    let (tasks, node) = (node.tasks.clone(), Arc::clone(node));
-    tasks.spawn(async move {
-        for frame in replication::event_count_messages(&node) {
+fn send_event_counts(repl: &Arc<Replication>, bulk: LinkTx) {
+    let store = Arc::clone(&repl.store);
+    repl.tasks.spawn(async move {
+        for frame in sync_in::event_count_messages(&store) {
             if bulk.send((Instant::now(), frame)).await.is_err() {
                 break;
             }
@@ -159,18 +155,18 @@ impl From<wire::WireError> for Stop {
 }
 
 async fn run(
-    node: Arc<Node>,
+    repl: Arc<Replication>,
     initiator: bool,
     mut rx: mpsc::Receiver<m::Reconcile>,
-    bulk: mpsc::Sender<(Instant, Bytes)>,
+    bulk: LinkTx,
     ec_sent: Arc<AtomicBool>,
 ) {
     let started = Instant::now();
-    match drive(&node, initiator, &mut rx, &bulk).await {
+    match drive(&repl, initiator, &mut rx, &bulk).await {
         Ok((rounds_sent, sent)) => {
-            node.metrics.sync_rounds.inc();
+            repl.metrics.sync_rounds.inc();
             if initiator {
-                node.metrics.sync_round_trips.add(u64::from(rounds_sent));
+                repl.metrics.sync_round_trips.add(u64::from(rounds_sent));
             }
             tracing::info!(
                 initiator,
@@ -184,8 +180,8 @@ async fn run(
         // Counted and logged once per link: the reader may have fallen back first.
         Err(e) if !ec_sent.swap(true, Ordering::AcqRel) => {
             tracing::warn!(error = %e, "range reconciliation failed; falling back to eventCounts");
-            node.metrics.sync_fallbacks.inc();
-            send_event_counts(&node, bulk);
+            repl.metrics.sync_fallbacks.inc();
+            send_event_counts(&repl, bulk);
         }
         Err(e) => tracing::debug!(error = %e, "reconciliation stopped after a fallback"),
     }
@@ -194,18 +190,18 @@ async fn run(
 /// Runs one reconciliation to its end; returns the rounds this side sent and the records it
 /// queued to the peer.
 async fn drive(
-    node: &Arc<Node>,
+    repl: &Arc<Replication>,
     initiator: bool,
     rx: &mut mpsc::Receiver<m::Reconcile>,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
+    bulk: &LinkTx,
 ) -> Result<(u32, usize), Stop> {
     let mut sent = 0;
     let mut r = if initiator {
-        let store = Arc::clone(&node.store);
+        let store = Arc::clone(&repl.store);
         let (r, opening) = tokio::task::spawn_blocking(move || Reconciler::initiate(&*store))
             .await
             .map_err(|_| Stop::Closed)?;
-        send_round(node, bulk, 1, &opening, false).await?;
+        send_round(repl, bulk, 1, &opening, false).await?;
         r
     } else {
         Reconciler::respond()
@@ -227,7 +223,7 @@ async fn drive(
                 });
             }
             let entries = wire::decode_entries(&wire::from_text(&frame.data)?)?;
-            let store = Arc::clone(&node.store);
+            let store = Arc::clone(&repl.store);
             let (back, result) = tokio::task::spawn_blocking(move || {
                 let result = r.receive(&*store, entries);
                 (r, result)
@@ -242,11 +238,11 @@ async fn drive(
         };
         let out = r.end_round(peer_done)?;
         sent += out.users.len() + out.lists.len();
-        send_records(node, out.users, out.lists, bulk);
+        send_records(repl, out.users, out.lists, bulk);
         match out.entries {
             None => return Ok((r.rounds_sent(), sent)),
             Some(entries) => {
-                send_round(node, bulk, due + 1, &entries, out.done).await?;
+                send_round(repl, bulk, due + 1, &entries, out.done).await?;
                 if out.done {
                     return Ok((r.rounds_sent(), sent));
                 }
@@ -258,20 +254,15 @@ async fn drive(
 
 /// Queues the records a round found the peer lacks (from a task of their own, so the next
 /// round's frames are not held behind a large transfer's).
-fn send_records(
-    node: &Arc<Node>,
-    users: Vec<UserId>,
-    lists: Vec<UserId>,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
-) {
+fn send_records(repl: &Arc<Replication>, users: Vec<UserId>, lists: Vec<UserId>, bulk: &LinkTx) {
     if users.is_empty() && lists.is_empty() {
         return;
     }
-    node.metrics
+    repl.metrics
         .sync_records_sent
         .add((users.len() + lists.len()) as u64);
-    node.tasks.spawn(replication::send_changed_entries(
-        Arc::clone(node),
+    repl.tasks.spawn(batches::send_changed_entries(
+        Arc::clone(repl),
         users,
         lists,
         bulk.clone(),
@@ -280,14 +271,14 @@ fn send_records(
 
 /// Sends one round as `reconcile` frames, each within the frame limit once base64-encoded.
 async fn send_round(
-    node: &Node,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
+    repl: &Replication,
+    bulk: &LinkTx,
     round: u32,
     entries: &[crate::reconcile::Entry],
     done: bool,
 ) -> Result<(), Stop> {
     // Base64 adds a third, the XML envelope about a hundred bytes.
-    let budget = (node.config.max_frame.saturating_sub(256) / 4 * 3).max(1024);
+    let budget = (repl.max_frame.saturating_sub(256) / 4 * 3).max(1024);
     let mut chunks = wire::encode_chunks(entries, budget);
     if chunks.is_empty() {
         chunks.push(Vec::new());

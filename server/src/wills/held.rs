@@ -1,17 +1,5 @@
-//! Replicated last wills: the will of every user logged in anywhere in the federation, held by
-//! every server, so that when a user's server dies the others publish it and nobody stays
-//! "online" behind a dead server (`docs/presence.md`).
-//!
-//! A will is the user's own offline record, signed by the user, one event count past their
-//! current record. The server the user is logged in to (its *home*) floods it as `heldWill`
-//! when the client sets it and re-announces its own sessions' wills on every link-up. Every
-//! server keeps the will while it is *outstanding*: newer than the record it stores for that
-//! user. Any newer record (the user's next change, a clean logout, the will itself published
-//! by anyone) supersedes it, so no cancellation message exists. A server publishes the wills
-//! whose home its own probes judge dead and the wills of its own sessions left by a crash when
-//! it restarts. When a user logs in, the event count of their outstanding will (if any) goes
-//! to the client in the login's `ok`, and the client numbers its records past it, so a will
-//! firing late is stale everywhere.
+//! The held wills and their file: which will is outstanding for which user and home server
+//! (the pure [`WillTable`]), and `wills.log`.
 //!
 //! Wills are appended to `wills.log` in the data directory (JSON lines, `fdatasync`ed in
 //! batches gathered for 20 ms by a task of their own) and reloaded at start, dropping those the store has since
@@ -27,7 +15,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::mst::{key_string, ServerKey};
+use crate::mst::{id_string, ServerId};
 use crate::store::Store;
 
 /// Wills held for one home server at most: a server cannot have more sessions than that.
@@ -55,13 +43,13 @@ pub enum Refused {
 /// The held wills (pure: no I/O).
 #[derive(Default)]
 pub struct WillTable {
-    held: HashMap<UserId, (ServerKey, Signed<UserInfo>)>,
-    per_home: HashMap<ServerKey, usize>,
+    held: HashMap<UserId, (ServerId, Signed<UserInfo>)>,
+    per_home: HashMap<ServerId, usize>,
 }
 
 impl WillTable {
     /// Holds `will` for `home`, replacing an older one of the same user.
-    pub fn hold(&mut self, home: &ServerKey, will: Signed<UserInfo>) -> Result<(), Refused> {
+    pub fn hold(&mut self, home: &ServerId, will: Signed<UserInfo>) -> Result<(), Refused> {
         let uid = will.user_id;
         if let Some((_, held)) = self.held.get(&uid) {
             if !will.event_count.is_newer_than(held.event_count) {
@@ -93,7 +81,7 @@ impl WillTable {
     }
 
     /// Takes every will held for `home`.
-    pub fn take_home(&mut self, home: &ServerKey) -> Vec<Signed<UserInfo>> {
+    pub fn take_home(&mut self, home: &ServerId) -> Vec<Signed<UserInfo>> {
         let uids: Vec<UserId> = self
             .held
             .iter()
@@ -109,7 +97,7 @@ impl WillTable {
     }
 
     /// The wills held for `home` (copies).
-    pub fn of_home(&self, home: &ServerKey) -> Vec<Signed<UserInfo>> {
+    pub fn of_home(&self, home: &ServerId) -> Vec<Signed<UserInfo>> {
         self.held
             .values()
             .filter(|(h, _)| h == home)
@@ -133,7 +121,7 @@ impl WillTable {
         Some(will)
     }
 
-    fn dec(&mut self, home: &ServerKey) {
+    fn dec(&mut self, home: &ServerId) {
         if let Some(n) = self.per_home.get_mut(home) {
             *n -= 1;
             if *n == 0 {
@@ -152,9 +140,9 @@ struct Line {
 }
 
 impl Line {
-    fn of(home: &ServerKey, will: &Signed<UserInfo>) -> Vec<u8> {
+    fn of(home: &ServerId, will: &Signed<UserInfo>) -> Vec<u8> {
         let line = Line {
-            home: key_string(home),
+            home: id_string(home),
             sig: will.signature().to_string(),
             raw: will.raw().to_owned(),
         };
@@ -188,8 +176,7 @@ impl Wills {
                 let Ok(l) = serde_json::from_str::<Line>(&line) else {
                     continue; // a torn last line
                 };
-                let (Ok(home), Ok(sig)) = (crate::config::parse_server(&l.home), l.sig.parse())
-                else {
+                let (Ok(home), Ok(sig)) = (crate::mst::parse_id(&l.home), l.sig.parse()) else {
                     continue;
                 };
                 let Ok(will) = Signed::<UserInfo>::from_parts(l.raw, sig) else {
@@ -214,7 +201,7 @@ impl Wills {
 
     /// Holds `will` for `home` if it is outstanding at `store` and newer than the will held;
     /// the caller has checked its signature against the bound key. Returns whether it is news.
-    pub fn hold(&self, store: &Store, home: &ServerKey, will: Signed<UserInfo>) -> bool {
+    pub fn hold(&self, store: &Store, home: &ServerId, will: Signed<UserInfo>) -> bool {
         if !outstanding(store, &will) {
             return false;
         }
@@ -238,7 +225,7 @@ impl Wills {
     }
 
     /// Takes the wills held for `home` (to publish them).
-    pub fn take_home(&self, home: &ServerKey) -> Vec<Signed<UserInfo>> {
+    pub fn take_home(&self, home: &ServerId) -> Vec<Signed<UserInfo>> {
         self.table.lock().take_home(home)
     }
 
@@ -248,7 +235,7 @@ impl Wills {
     }
 
     /// The wills held for `home`.
-    pub fn of_home(&self, home: &ServerKey) -> Vec<Signed<UserInfo>> {
+    pub fn of_home(&self, home: &ServerId) -> Vec<Signed<UserInfo>> {
         self.table.lock().of_home(home)
     }
 
@@ -332,7 +319,7 @@ mod tests {
         Signed::sign(u, key).unwrap()
     }
 
-    fn home(p: u16) -> ServerKey {
+    fn home(p: u16) -> ServerId {
         ("h".into(), p)
     }
 

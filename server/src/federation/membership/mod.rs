@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gossip_common::message as m;
 
-use crate::mst::{ServerGraph, ServerKey};
+use crate::mst::{ServerGraph, ServerId};
 
 /// A server republishes its measurement of a peer only when it moved by more than this
 /// fraction *and* by more than [`DAMPING_FLOOR_US`] (or the peer died or came back), so jitter
@@ -31,7 +31,7 @@ pub(crate) struct Row {
     /// Publication number (the measurer's clock in ms, strictly increasing per measurer).
     pub(crate) seq: u64,
     /// Measured server → RTT in µs, `None` = dead.
-    pub(crate) rtts: BTreeMap<ServerKey, Option<u64>>,
+    pub(crate) rtts: BTreeMap<ServerId, Option<u64>>,
     /// The measurer's signature over [`row_bytes`]; every row held carries one (this node's
     /// own gets it as it is published).
     pub(crate) sig: Option<[u8; 64]>,
@@ -40,7 +40,7 @@ pub(crate) struct Row {
 /// The bytes a measurer signs for its row (domain `ServerControl`): a canonical text of the
 /// measurer, `seq` and every cell in order, RTTs in whole µs (at least 1, as the wire's
 /// milliseconds round-trip them) or `dead`.
-pub(crate) fn row_bytes(measurer: &ServerKey, row: &Row) -> Vec<u8> {
+pub(crate) fn row_bytes(measurer: &ServerId, row: &Row) -> Vec<u8> {
     use std::fmt::Write;
     let mut s = format!("rtt-row\n{}:{}\n{}\n", measurer.0, measurer.1, row.seq);
     for ((h, p), v) in &row.rtts {
@@ -65,7 +65,7 @@ pub(crate) enum Edge {
 }
 
 /// The edge between `a` (row `row_a`) and `b` (row `row_b`).
-pub(crate) fn edge(row_a: Option<&Row>, b: &ServerKey, row_b: Option<&Row>, a: &ServerKey) -> Edge {
+pub(crate) fn edge(row_a: Option<&Row>, b: &ServerId, row_b: Option<&Row>, a: &ServerId) -> Edge {
     let ab = row_a.and_then(|r| r.rtts.get(b)).copied();
     let ba = row_b.and_then(|r| r.rtts.get(a)).copied();
     match (ab, ba) {
@@ -93,12 +93,12 @@ pub(crate) fn damped(published: Option<&Option<u64>>, measured: Option<u64>) -> 
 /// Known servers, tombstones and rows.
 #[derive(Debug)]
 pub(crate) struct Membership {
-    me: ServerKey,
-    servers: BTreeSet<ServerKey>,
+    me: ServerId,
+    servers: BTreeSet<ServerId>,
     /// Servers an admin deleted: not re-learned from links, lists or rows, and their links are
     /// refused, until an admin adds them again.
-    deleted: BTreeSet<ServerKey>,
-    rows: HashMap<ServerKey, Row>,
+    deleted: BTreeSet<ServerId>,
+    rows: HashMap<ServerId, Row>,
     /// Bumped on every change of servers or rows: the tree needs recomputing only when it moved.
     version: u64,
     /// The lowest `seq` this server's next row may carry: above any row of its own seen from
@@ -107,15 +107,15 @@ pub(crate) struct Membership {
     /// Servers that showed they exist: a signed row of their own, a link, a measurement that
     /// they answer, or an admin (the config's peers, `add-server`). Others were only named by
     /// someone, and are forgotten if they stay unproven (see [`Membership::expire_unproven`]).
-    proven: BTreeSet<ServerKey>,
+    proven: BTreeSet<ServerId>,
     /// When each unproven server was first seen unproven.
-    unproven_since: HashMap<ServerKey, tokio::time::Instant>,
+    unproven_since: HashMap<ServerId, tokio::time::Instant>,
 }
 
 impl Membership {
     /// This server, knowing `peers`.
-    pub(crate) fn new(me: ServerKey, peers: &[ServerKey]) -> Membership {
-        let mut servers: BTreeSet<ServerKey> = peers.iter().cloned().collect();
+    pub(crate) fn new(me: ServerId, peers: &[ServerId]) -> Membership {
+        let mut servers: BTreeSet<ServerId> = peers.iter().cloned().collect();
         servers.insert(me.clone());
         Membership {
             proven: servers.clone(),
@@ -135,33 +135,33 @@ impl Membership {
     }
 
     /// This server.
-    pub(crate) fn me(&self) -> &ServerKey {
+    pub(crate) fn me(&self) -> &ServerId {
         &self.me
     }
 
     /// Every known server, this one included, in order.
-    pub(crate) fn servers(&self) -> &BTreeSet<ServerKey> {
+    pub(crate) fn servers(&self) -> &BTreeSet<ServerId> {
         &self.servers
     }
 
     /// Whether `key` is known.
     #[cfg(test)]
-    pub(crate) fn knows(&self, key: &ServerKey) -> bool {
+    pub(crate) fn knows(&self, key: &ServerId) -> bool {
         self.servers.contains(key)
     }
 
     /// Whether an admin deleted `key`.
-    pub(crate) fn is_deleted(&self, key: &ServerKey) -> bool {
+    pub(crate) fn is_deleted(&self, key: &ServerId) -> bool {
         self.deleted.contains(key)
     }
 
     /// Every row held, by measurer.
-    pub(crate) fn rows(&self) -> &HashMap<ServerKey, Row> {
+    pub(crate) fn rows(&self) -> &HashMap<ServerId, Row> {
         &self.rows
     }
 
     /// `key`'s row, if held.
-    pub(crate) fn row(&self, key: &ServerKey) -> Option<&Row> {
+    pub(crate) fn row(&self, key: &ServerId) -> Option<&Row> {
         self.rows.get(key)
     }
 
@@ -174,8 +174,8 @@ impl Membership {
     /// that were new.
     pub(crate) fn add_servers(
         &mut self,
-        servers: impl IntoIterator<Item = ServerKey>,
-    ) -> Vec<ServerKey> {
+        servers: impl IntoIterator<Item = ServerId>,
+    ) -> Vec<ServerId> {
         let mut added = Vec::new();
         for s in servers {
             if self.servers.len() >= MAX_SERVERS {
@@ -192,7 +192,7 @@ impl Membership {
     }
 
     /// `key` showed it exists (a link, a signed row, an answered probe, an admin).
-    pub(crate) fn prove(&mut self, key: &ServerKey) {
+    pub(crate) fn prove(&mut self, key: &ServerId) {
         if self.servers.contains(key) && self.proven.insert(key.clone()) {
             self.unproven_since.remove(key);
         }
@@ -206,8 +206,8 @@ impl Membership {
         &mut self,
         now: tokio::time::Instant,
         max_age: std::time::Duration,
-    ) -> Vec<ServerKey> {
-        let unproven: Vec<ServerKey> = self
+    ) -> Vec<ServerId> {
+        let unproven: Vec<ServerId> = self
             .servers
             .iter()
             .filter(|s| !self.proven.contains(*s))
@@ -238,13 +238,13 @@ impl Membership {
     }
 
     /// An admin added `key` again: lifts its tombstone.
-    pub(crate) fn undelete(&mut self, key: &ServerKey) {
+    pub(crate) fn undelete(&mut self, key: &ServerId) {
         self.deleted.remove(key);
         self.version += 1;
     }
 
     /// Forgets `key` and leaves a tombstone; returns whether it was known.
-    pub(crate) fn remove_server(&mut self, key: &ServerKey) -> bool {
+    pub(crate) fn remove_server(&mut self, key: &ServerId) -> bool {
         self.deleted.insert(key.clone());
         self.version += 1;
         let removed = self.servers.remove(key);
@@ -259,7 +259,7 @@ impl Membership {
 
     /// Stores `measurer`'s row if it is newer than the one held (learning the servers it
     /// names); returns whether it was.
-    pub(crate) fn store_row(&mut self, measurer: ServerKey, row: Row) -> bool {
+    pub(crate) fn store_row(&mut self, measurer: ServerId, row: Row) -> bool {
         if measurer == self.me {
             // Our own row, echoed back: if it is one we published before a restart, our next
             // rows must go past it or nobody would take them. Until we have measured anything
@@ -282,7 +282,7 @@ impl Membership {
         {
             return false;
         }
-        let named: Vec<ServerKey> = std::iter::once(&measurer)
+        let named: Vec<ServerId> = std::iter::once(&measurer)
             .chain(row.rtts.keys())
             .cloned()
             .collect();
@@ -301,7 +301,7 @@ impl Membership {
     /// it a new `seq` (at least `now_ms`, and above the previous one) and returns it to publish.
     pub(crate) fn apply_measurements(
         &mut self,
-        measured: &[(ServerKey, Option<u64>)],
+        measured: &[(ServerId, Option<u64>)],
         now_ms: u64,
     ) -> Option<Row> {
         for (s, m) in measured {
@@ -352,7 +352,7 @@ impl Membership {
     }
 
     /// Servers this server's row marks dead (watched by the revival probes).
-    pub(crate) fn dead_in_my_row(&self) -> Vec<ServerKey> {
+    pub(crate) fn dead_in_my_row(&self) -> Vec<ServerId> {
         self.my_row()
             .map(|r| {
                 r.rtts
@@ -365,7 +365,7 @@ impl Membership {
     }
 
     /// Servers for a measurement round: every other one not marked dead in this server's row.
-    pub(crate) fn to_measure(&self) -> Vec<ServerKey> {
+    pub(crate) fn to_measure(&self) -> Vec<ServerId> {
         let mine = self.my_row();
         self.servers
             .iter()
@@ -376,12 +376,12 @@ impl Membership {
     }
 
     /// The edge between this server and `peer`.
-    pub(crate) fn edge_to(&self, peer: &ServerKey) -> Edge {
+    pub(crate) fn edge_to(&self, peer: &ServerId) -> Edge {
         edge(self.my_row(), peer, self.row(peer), &self.me)
     }
 
     /// Whether both this server's row measures `peer` and `peer`'s row is held.
-    pub(crate) fn both_measured(&self, peer: &ServerKey) -> bool {
+    pub(crate) fn both_measured(&self, peer: &ServerId) -> bool {
         self.rows.contains_key(peer) && self.my_row().is_some_and(|r| r.rtts.contains_key(peer))
     }
 
@@ -389,7 +389,7 @@ impl Membership {
     pub(crate) fn graph(&self) -> ServerGraph {
         // `servers` iterates in order, so positions are the graph's indices: no key is cloned
         // per edge and each row is looked up once per server.
-        let servers: Vec<&ServerKey> = self.servers.iter().collect();
+        let servers: Vec<&ServerId> = self.servers.iter().collect();
         let rows: Vec<Option<&Row>> = servers.iter().map(|s| self.rows.get(*s)).collect();
         let mut edges = Vec::new();
         for (i, a) in servers.iter().enumerate() {
@@ -405,7 +405,7 @@ impl Membership {
 
 /// `measurer`'s row as an `updateRTTs` message (RTTs in ms).
 pub(crate) fn row_message(
-    measurer: &ServerKey,
+    measurer: &ServerId,
     row: &Row,
     key: Option<&gossip_common::PublicKey>,
 ) -> m::UpdateRtts {
@@ -428,7 +428,7 @@ pub(crate) fn row_message(
 }
 
 /// The measurer and row an `updateRTTs` message carries (RTTs rounded to whole µs, at least 1).
-pub(crate) fn row_of(u: &m::UpdateRtts) -> (ServerKey, Row) {
+pub(crate) fn row_of(u: &m::UpdateRtts) -> (ServerId, Row) {
     let row = Row {
         sig: None,
         seq: u.seq,
@@ -447,176 +447,4 @@ pub(crate) fn row_of(u: &m::UpdateRtts) -> (ServerKey, Row) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn k(n: u16) -> ServerKey {
-        ("h".into(), n)
-    }
-
-    pub(crate) fn row(seq: u64, cells: &[(u16, Option<u64>)]) -> Row {
-        Row {
-            seq,
-            rtts: cells.iter().map(|(n, v)| (k(*n), *v)).collect(),
-            sig: None,
-        }
-    }
-
-    #[test]
-    fn an_edge_is_dead_if_either_direction_says_so_and_weighs_its_worse_direction() {
-        let (a, b) = (row(1, &[(2, Some(10))]), row(1, &[(1, Some(30))]));
-        assert_eq!(edge(Some(&a), &k(2), Some(&b), &k(1)), Edge::Alive(30));
-        assert_eq!(edge(Some(&a), &k(2), None, &k(1)), Edge::Alive(10));
-        let b_dead = row(1, &[(1, None)]);
-        assert_eq!(edge(Some(&a), &k(2), Some(&b_dead), &k(1)), Edge::Dead);
-        assert_eq!(edge(None, &k(2), None, &k(1)), Edge::Unknown);
-    }
-
-    #[test]
-    fn damping_keeps_small_moves_and_passes_every_death_and_revival() {
-        assert!(damped(Some(&Some(10_000)), Some(11_000)));
-        assert!(!damped(Some(&Some(10_000)), Some(13_000)));
-        // Sub-millisecond noise on loopback is kept out by the floor.
-        assert!(damped(Some(&Some(100)), Some(900)));
-        assert!(!damped(Some(&Some(100)), None));
-        assert!(!damped(Some(&None), Some(100)));
-        assert!(damped(Some(&None), None));
-        assert!(!damped(None, None));
-    }
-
-    #[test]
-    fn only_newer_rows_are_stored_and_they_teach_the_servers_they_name() {
-        let mut m = Membership::new(k(1), &[k(2)]);
-        assert!(m.store_row(k(2), row(10, &[(1, Some(5)), (3, Some(7))])));
-        assert!(m.knows(&k(3)), "a server named in a row is learned");
-        assert!(!m.store_row(k(2), row(10, &[(1, None)])), "same seq");
-        assert!(!m.store_row(k(2), row(9, &[(1, None)])), "older seq");
-        assert_eq!(m.row(&k(2)).unwrap().seq, 10);
-        // This server's own row, echoed back, is never news to flood (before this server has
-        // measured anything it is adopted, so its tree matches everyone else's).
-        assert!(!m.store_row(k(1), row(99, &[])));
-        assert_eq!(m.my_row().map(|r| r.seq), Some(99));
-        // A tombstone keeps a deleted server out of rows and lists.
-        assert!(m.remove_server(&k(3)));
-        assert!(!m.store_row(k(3), row(11, &[])));
-        assert!(m.add_servers([k(3)]).is_empty());
-        assert!(m.store_row(k(4), row(1, &[(3, Some(1))])));
-        assert!(!m.knows(&k(3)), "not re-learned from a row");
-        m.undelete(&k(3));
-        assert_eq!(m.add_servers([k(3)]), vec![k(3)]);
-    }
-
-    #[test]
-    fn own_measurements_publish_only_real_changes_with_increasing_seq() {
-        let mut m = Membership::new(k(1), &[k(2), k(3)]);
-        let first = m
-            .apply_measurements(&[(k(2), Some(10_000)), (k(3), None)], 1_000)
-            .expect("first row");
-        assert_eq!(first.seq, 1_000);
-        assert_eq!(m.dead_in_my_row(), vec![k(3)]);
-        assert_eq!(m.to_measure(), vec![k(2)]);
-        // Jitter: nothing to publish.
-        assert!(m
-            .apply_measurements(&[(k(2), Some(10_500))], 2_000)
-            .is_none());
-        // A revival is always news, even with a clock that went backwards.
-        let v = m.version();
-        assert!(m
-            .apply_measurements(&[(k(2), Some(10_400))], 2_500)
-            .is_none());
-        assert_eq!(m.version(), v, "nothing published, nothing to recompute");
-        let next = m.apply_measurements(&[(k(3), Some(300))], 500).unwrap();
-        assert!(m.version() > v);
-        assert_eq!(next.seq, 1_001);
-        assert!(m.dead_in_my_row().is_empty());
-    }
-
-    #[test]
-    fn after_a_restart_our_rows_go_past_the_ones_we_published_before() {
-        // Before the restart this server published seq 5,000; its clock now says 1,000.
-        let mut m = Membership::new(k(1), &[k(2)]);
-        let first = m
-            .apply_measurements(&[(k(2), Some(10_000))], 1_000)
-            .unwrap();
-        assert_eq!(first.seq, 1_000);
-        assert!(
-            !m.store_row(k(1), row(5_000, &[(2, Some(10_000))])),
-            "never stored"
-        );
-        // The next round republishes past it even though nothing changed.
-        let again = m
-            .apply_measurements(&[(k(2), Some(10_000))], 1_001)
-            .unwrap();
-        assert_eq!(again.seq, 5_001);
-        assert!(m
-            .apply_measurements(&[(k(2), Some(10_000))], 1_002)
-            .is_none());
-    }
-
-    #[test]
-    fn the_graph_has_an_edge_for_each_pair_the_rows_call_alive() {
-        let mut m = Membership::new(k(1), &[k(2), k(3)]);
-        m.apply_measurements(&[(k(2), Some(10)), (k(3), Some(20))], 1);
-        m.store_row(k(2), row(1, &[(1, Some(15)), (3, None)]));
-        let g = m.graph();
-        let tree = crate::mst::minimum_spanning_tree(&g);
-        assert_eq!(tree.len(), 2, "{tree:?}");
-        assert!(tree.contains(&(k(1), k(2))) && tree.contains(&(k(1), k(3))));
-        assert_eq!(m.edge_to(&k(2)), Edge::Alive(15));
-        assert!(m.both_measured(&k(2)) && !m.both_measured(&k(3)));
-    }
-
-    #[test]
-    fn servers_only_named_by_others_are_forgotten_unless_they_show_up() {
-        let mut m = Membership::new(k(0), &[k(1)]);
-        m.add_servers([k(2), k(3), k(4)]);
-        let t = tokio::time::Instant::now();
-        let age = std::time::Duration::from_secs(600);
-        assert!(m.expire_unproven(t, age).is_empty());
-        // k(2) publishes a row, k(3) answers our probe; k(4) never shows up.
-        assert!(m.store_row(k(2), row(5, &[(0, Some(100))])));
-        m.apply_measurements(&[(k(3), Some(200)), (k(4), None)], 1);
-        assert_eq!(m.expire_unproven(t + age, age), vec![k(4)]);
-        assert!(!m.knows(&k(4)));
-        // The config's peer is proven by the admin who named it, even if silent.
-        assert!(m.knows(&k(1)) && m.knows(&k(2)) && m.knows(&k(3)));
-    }
-
-    #[test]
-    fn rows_round_trip_through_update_rtts() {
-        let r = row(
-            42,
-            &[
-                (2, Some(1500)),
-                (3, None),
-                (4, Some(1)),
-                (5, Some(123_456_789)),
-            ],
-        );
-        let (who, back) = row_of(&row_message(&k(1), &r, None));
-        // The signed bytes survive the wire's milliseconds, so a forwarded row still verifies.
-        assert_eq!(row_bytes(&who, &back), row_bytes(&k(1), &r));
-        assert_eq!((who, back), (k(1), r));
-    }
-
-    #[test]
-    fn no_peer_can_grow_the_server_list_or_the_rows_without_bound() {
-        let mut m = Membership::new(k(0), &[]);
-        let many = (1..=MAX_SERVERS as u16 + 50).map(|i| ("x".to_owned(), i));
-        let added = m.add_servers(many);
-        assert_eq!(m.servers().len(), MAX_SERVERS);
-        assert_eq!(added.len(), MAX_SERVERS - 1);
-        assert!(m.is_full());
-        // A row of a server not yet known cannot make room for itself.
-        assert!(!m.store_row(("y".into(), 1), row(1, &[])));
-        // An oversized row is refused whole.
-        let mut huge = Row {
-            seq: 5,
-            ..Row::default()
-        };
-        for i in 0..=MAX_SERVERS as u16 {
-            huge.rtts.insert(("z".into(), i), Some(1));
-        }
-        assert!(!m.store_row(("x".into(), 1), huge));
-    }
-}
+mod tests;

@@ -5,8 +5,9 @@
 //! spec's figure) so a crashed registration cannot hold it forever. Only that one id is locked,
 //! never the whole server (the spec: "to prevent DoS we will only lock a particular ID").
 //!
-//! Federation extends [`crate::Node::reserve_uid`] to take the same lock on every reachable
-//! server before granting the id; this module is the per-server lock table both use.
+//! [`Registration::reserve`](super::Registration::reserve) takes the same lock on every
+//! reachable server before granting the id; this module is the per-server lock table both the
+//! local reservation and a peer's `lockUID` use.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

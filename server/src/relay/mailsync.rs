@@ -29,18 +29,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use gossip_common::codec::encode_frame as encode;
 use gossip_common::message as m;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::encode;
+use super::{valid_id, Relay};
+use crate::federation::LinkTx;
 use crate::mailbox::{Digest, MAX_GONE, MAX_HELD};
-use crate::relay::valid_id;
-use crate::Node;
 
 /// The word a `serverID` carries to offer this exchange.
-pub(super) const OFFER: &str = "mailbox1";
+pub(crate) const OFFER: &str = "mailbox1";
 
 /// Ids per `mailboxIds` frame: 33 KB of text.
 pub(super) const IDS_PER_FRAME: usize = 1_000;
@@ -50,7 +48,7 @@ pub(super) const IDS_PER_FRAME: usize = 1_000;
 pub(super) const MAX_LISTED: usize = MAX_HELD + MAX_GONE + 10 * IDS_PER_FRAME;
 
 /// Whether a `serverID`'s `sync` field offers this exchange.
-pub(super) fn offered(sync: Option<&str>) -> bool {
+pub(crate) fn offered(sync: Option<&str>) -> bool {
     sync.is_some_and(|s| s.split_whitespace().any(|w| w == OFFER))
 }
 
@@ -97,7 +95,7 @@ pub(super) enum Ignored {
 
 /// One link's exchange, as its reader sees it (pure: the caller looks things up and sends).
 #[derive(Debug, Default)]
-pub(super) struct MailSync {
+pub(crate) struct MailSync {
     digest_answered: bool,
     /// Hashes of our messages the peer's list named so far (as held or as delivered).
     seen: HashSet<u128>,
@@ -170,44 +168,44 @@ impl MailSync {
 }
 
 /// Starts the exchange at link-up: our digest if the peer offers it, else the whole mailbox.
-pub(super) fn start(node: &Arc<Node>, peer_offers: bool, bulk: &mpsc::Sender<(Instant, Bytes)>) {
+pub(crate) fn start(relay: &Arc<Relay>, peer_offers: bool, bulk: &LinkTx) {
     if peer_offers {
         // Queued behind whatever the resync queued first, never dropped: without it the peer
         // would never answer with what it holds.
-        let (node, bulk) = (Arc::clone(node), bulk.clone());
-        node.tasks.clone().spawn(async move {
-            let frame = encode(digest_message(node.mailbox.digest()));
+        let (relay, bulk) = (Arc::clone(relay), bulk.clone());
+        relay.tasks.clone().spawn(async move {
+            let frame = encode(digest_message(relay.mailbox.digest()));
             let _ = bulk.send((Instant::now(), frame)).await;
         });
     } else {
-        send_messages(node, bulk, Vec::new(), node.mailbox.ids());
+        send_messages(relay, bulk, Vec::new(), relay.mailbox.ids());
     }
 }
 
 /// The peer's digest: our list goes out if the digests differ.
-pub(super) fn answer_digest(
-    node: &Arc<Node>,
+pub(crate) fn answer_digest(
+    relay: &Arc<Relay>,
     mail: &mut MailSync,
     theirs: &m::MailboxDigest,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
+    bulk: &LinkTx,
 ) {
-    match mail.on_digest(node.mailbox.digest(), theirs) {
+    match mail.on_digest(relay.mailbox.digest(), theirs) {
         Ok(true) => {
-            node.metrics.mailbox_lists_sent.inc();
-            send_ids(node, bulk);
+            relay.metrics.mailbox_lists_sent.inc();
+            send_ids(relay, bulk);
         }
-        Ok(false) => node.metrics.mailbox_equal.inc(),
+        Ok(false) => relay.metrics.mailbox_equal.inc(),
         Err(why) => tracing::info!(%why, "mailboxDigest ignored"),
     }
 }
 
 /// A part of the peer's list: notes which of our messages and notices it names, sends the
 /// notices of listed held messages known delivered, and on the last part what it lacked.
-pub(super) fn answer_ids(
-    node: &Arc<Node>,
+pub(crate) fn answer_ids(
+    relay: &Arc<Relay>,
     mail: &mut MailSync,
     part: &m::MailboxIds,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
+    bulk: &LinkTx,
 ) {
     let ids = match mail.on_ids(part) {
         Ok(ids) => ids,
@@ -216,7 +214,7 @@ pub(super) fn answer_ids(
             return;
         }
     };
-    let (held, mut notices) = node.mailbox.named(&ids);
+    let (held, mut notices) = relay.mailbox.named(&ids);
     mail.saw(held);
     mail.saw_notices(notices.iter().map(|d| crate::mailbox::id_hash(&d.id)));
     if part.delivered.is_some() {
@@ -226,19 +224,19 @@ pub(super) fn answer_ids(
     let mut lacked = Vec::new();
     if part.last != 0 {
         let (seen, seen_notices) = mail.finish();
-        lacked = node.mailbox.ids_except(&seen);
-        notices.extend(node.mailbox.notices_except(&seen_notices));
+        lacked = relay.mailbox.ids_except(&seen);
+        notices.extend(relay.mailbox.notices_except(&seen_notices));
     }
-    send_messages(node, bulk, notices, lacked);
+    send_messages(relay, bulk, notices, lacked);
 }
 
 /// Sends our list: the ids of the messages held, then of the notices known (a task of its own,
 /// by the bulk queue).
-fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
-    let (node, bulk) = (Arc::clone(node), bulk.clone());
-    node.tasks.clone().spawn(async move {
-        let held = node.mailbox.ids();
-        let noticed = node.mailbox.noticed_ids();
+fn send_ids(relay: &Arc<Relay>, bulk: &LinkTx) {
+    let (relay, bulk) = (Arc::clone(relay), bulk.clone());
+    relay.tasks.clone().spawn(async move {
+        let held = relay.mailbox.ids();
+        let noticed = relay.mailbox.noticed_ids();
         let mut parts: Vec<(bool, &[String])> = held
             .chunks(IDS_PER_FRAME)
             .map(|p| (false, p))
@@ -264,30 +262,25 @@ fn send_ids(node: &Arc<Node>, bulk: &mpsc::Sender<(Instant, Bytes)>) {
 
 /// Sends `notices`, then the messages `ids` that are still held (a task of its own, by the
 /// bulk queue, one message at a time: nothing is copied up front).
-fn send_messages(
-    node: &Arc<Node>,
-    bulk: &mpsc::Sender<(Instant, Bytes)>,
-    notices: Vec<m::Delivered>,
-    ids: Vec<String>,
-) {
+fn send_messages(relay: &Arc<Relay>, bulk: &LinkTx, notices: Vec<m::Delivered>, ids: Vec<String>) {
     if notices.is_empty() && ids.is_empty() {
         return;
     }
-    let (node, bulk) = (Arc::clone(node), bulk.clone());
-    node.tasks.clone().spawn(async move {
+    let (relay, bulk) = (Arc::clone(relay), bulk.clone());
+    relay.tasks.clone().spawn(async move {
         for d in notices {
             if bulk.send((Instant::now(), encode(d))).await.is_err() {
                 return;
             }
         }
         for id in ids {
-            let Some(r) = node.mailbox.get(&id) else {
+            let Some(r) = relay.mailbox.get(&id) else {
                 continue; // delivered or expired meanwhile
             };
             if bulk.send((Instant::now(), encode(r))).await.is_err() {
                 return;
             }
-            node.metrics.mailbox_resent.inc();
+            relay.metrics.mailbox_resent.inc();
         }
     });
 }

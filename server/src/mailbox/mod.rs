@@ -1,0 +1,311 @@
+//! The mailbox: relayed messages (`relay`) kept by every server until the recipient's client
+//! has them (`delivered`), so a message reaches its recipient wherever and whenever they log in,
+//! and survives the death of any one server (`docs/messaging.md`).
+//!
+//! Like the replicated wills, every server holds every undelivered message: the sender's
+//! server stores it, floods it along the tree, and answers the sender once one other server
+//! has stored it too. A server that is logged in to by the recipient pushes it; the
+//! recipient's client answers `delivered`, which is flooded and drops the message everywhere.
+//! Servers see only the envelope (who, to whom, when, how big): the body is the sender's
+//! end-to-end ciphertext.
+//!
+//! Bounds: a body of at most [`MAX_BODY`] bytes (base64), [`MAX_PER_RECIPIENT`] messages and
+//! [`MAX_BYTES_PER_RECIPIENT`] bytes waiting per recipient, [`MAX_HELD`] in all, and
+//! [`TTL`] (30 days) after which an undelivered message is dropped.
+//!
+//! `mailbox.log` (JSON lines: `{"put":…}`, `{"done":<delivered notice>}`, `{"receipt":…}`,
+//! `{"told":<uid>}`) is appended and `fdatasync`ed
+//! in batches before a put is acknowledged, replayed at start (expired messages dropped), and
+//! rewritten with the live messages when it holds four times more lines than that.
+
+mod log;
+mod table;
+
+use std::collections::HashMap;
+use std::io::{self, BufRead};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossip_common::message::{Delivered, Relay};
+use gossip_common::UserId;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use log::{Line, Pending};
+pub use table::{MailTable, MAX_RECEIPTS_PER_SENDER};
+
+/// Largest body, base64: 64 KiB (≈ 48 KiB of ciphertext).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Messages waiting for one recipient at most.
+pub const MAX_PER_RECIPIENT: usize = 1_000;
+/// Bytes of bodies waiting for one recipient at most.
+pub const MAX_BYTES_PER_RECIPIENT: usize = 8 * 1024 * 1024;
+/// Messages held in all.
+pub const MAX_HELD: usize = 1_000_000;
+/// An undelivered message is dropped after this.
+pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Delivered ids remembered (so a late copy of a delivered message is not stored again).
+pub const MAX_GONE: usize = 100_000;
+
+const FILE: &str = "mailbox.log";
+
+/// Why a message was not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The body is over [`MAX_BODY`].
+    #[error("the message body is over {MAX_BODY} bytes")]
+    TooLarge,
+    /// The recipient's mailbox is full.
+    #[error("the recipient has too many undelivered messages; try again later")]
+    MailboxFull,
+    /// The server holds [`MAX_HELD`] messages.
+    #[error("this server holds too many undelivered messages; try again later")]
+    Full,
+    /// Older than [`TTL`] (or from too far in the future).
+    #[error("the message is expired or dated in the future")]
+    Expired,
+    /// The disk write failed.
+    #[error("the server could not store the message; try again")]
+    Unstored,
+}
+
+/// The mailbox in brief: the held messages and the delivery notices known, each as a count
+/// and the wrapping sum of their ids' 128-bit xxh3 hashes. Servers holding the same messages
+/// and knowing the same notices have the same digest, whatever order things came in; kept up
+/// to date on every change, so a link-up compares mailboxes in O(1) (`federation::mailsync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digest {
+    /// Messages held.
+    pub count: u64,
+    /// Sum of [`id_hash`] over them.
+    pub sum: u128,
+    /// Delivered messages whose signed notice is known (the last [`MAX_GONE`]).
+    pub delivered: u64,
+    /// Sum of [`id_hash`] over them.
+    pub delivered_sum: u128,
+}
+
+/// A message id's hash, as [`Digest`] sums it.
+pub fn id_hash(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// A held message's write to `mailbox.log`, to wait for.
+pub struct DiskWrite {
+    wait: oneshot::Receiver<bool>,
+    id: String,
+    table: Arc<Mutex<MailTable>>,
+}
+
+impl DiskWrite {
+    /// Waits until the message is on disk; if the write failed, it is dropped from memory too.
+    pub async fn done(self) -> Result<(), Refused> {
+        if self.wait.await == Ok(true) {
+            Ok(())
+        } else {
+            self.table.lock().remove(&self.id);
+            Err(Refused::Unstored)
+        }
+    }
+}
+
+/// The mailbox and its file.
+pub struct Mailbox {
+    table: Arc<Mutex<MailTable>>,
+    file: mpsc::Sender<Pending>,
+    /// Sends waiting for a peer's `stored`, by message id (closed ones are swept).
+    stored_waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Mailbox {
+    /// Replays `mailbox.log` in `dir`, rewrites it with the live messages, starts its writer.
+    pub fn open(
+        dir: &Path,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> io::Result<Mailbox> {
+        let path = dir.join(FILE);
+        let mut table = MailTable::default();
+        let now = now_ms();
+        if let Ok(f) = std::fs::File::open(&path) {
+            for line in io::BufReader::new(f).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Line>(&line) {
+                    Ok(Line::Put(r)) => {
+                        let _ = table.put(r, now);
+                    }
+                    Ok(Line::Gone(id)) => {
+                        table.delivered(&id, None);
+                    }
+                    Ok(Line::Done(d)) => {
+                        table.delivered(&d.id.clone(), Some(d));
+                    }
+                    Ok(Line::Receipt(at, d)) => table.add_receipt(d, at),
+                    Ok(Line::Told(uid)) => {
+                        table.take_receipts(uid);
+                    }
+                    Err(_) => continue, // a torn last line
+                }
+            }
+        }
+        let table = Arc::new(Mutex::new(table));
+        log::rewrite(&path, &table.lock())?;
+        let (file, rx) = mpsc::channel(4096);
+        tasks.spawn(log::writer(path, rx, Arc::clone(&table), shutdown.clone()));
+        Ok(Mailbox {
+            table,
+            file,
+            stored_waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Holds `r` (the caller checked its signature) and queues it for the disk. `Ok(None)`:
+    /// already held or delivered. `Ok(Some(disk))`: new; `disk` says when it is on disk
+    /// (`true`) or could not be written (`false`, and it is dropped again). Callers forward a
+    /// new message at once and wait for `disk` only before they vouch for it.
+    pub fn hold(&self, r: Relay) -> Result<Option<DiskWrite>, Refused> {
+        let id = r.id.clone();
+        let line = Line::Put(r.clone()).bytes();
+        if !self.table.lock().put(r, now_ms())? {
+            return Ok(None);
+        }
+        let (done, wait) = oneshot::channel();
+        if self.file.try_send((line, Some(done))).is_err() {
+            self.table.lock().remove(&id);
+            return Err(Refused::Unstored);
+        }
+        Ok(Some(DiskWrite {
+            wait,
+            id,
+            table: Arc::clone(&self.table),
+        }))
+    }
+
+    /// [`Self::hold`], then waits for the disk. `Ok(true)`: new and durable.
+    pub async fn put(&self, r: Relay) -> Result<bool, Refused> {
+        match self.hold(r)? {
+            None => Ok(false),
+            Some(disk) => disk.done().await.map(|()| true),
+        }
+    }
+
+    /// A receiver that fires when a peer says it stored message `id` (see `stored`).
+    pub fn await_stored(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.stored_waiters.lock();
+        w.retain(|_, tx| !tx.is_closed());
+        w.insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// A peer stored message `id`.
+    pub fn stored(&self, id: &str) {
+        if let Some(tx) = self.stored_waiters.lock().remove(id) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Message `id` was delivered: dropped here (and from the file). Returns whether that is
+    /// news, and the message if it was held.
+    pub fn delivered(&self, d: &Delivered) -> (bool, Option<Relay>) {
+        let r = self.table.lock().delivered(&d.id, Some(d.clone()));
+        if r.0 {
+            let _ = self.file.try_send((Line::Done(d.clone()).bytes(), None));
+        }
+        r
+    }
+
+    /// The signed delivery notice of message `id`, if it was delivered.
+    pub fn notice(&self, id: &str) -> Option<Delivered> {
+        self.table.lock().notice(id).cloned()
+    }
+
+    /// Keeps delivery notice `d` for its sender, who is not here to be told now.
+    pub fn keep_receipt(&self, d: Delivered) {
+        let now = now_ms();
+        let line = Line::Receipt(now, d.clone()).bytes();
+        self.table.lock().add_receipt(d, now);
+        let _ = self.file.try_send((line, None));
+    }
+
+    /// Takes the delivery notices kept for `from` (who is being told now).
+    pub fn take_receipts(&self, from: UserId) -> Vec<Delivered> {
+        let taken = self.table.lock().take_receipts(from);
+        if !taken.is_empty() {
+            let _ = self.file.try_send((Line::Told(from).bytes(), None));
+        }
+        taken
+    }
+
+    /// Messages waiting for `to`.
+    pub fn for_recipient(&self, to: UserId) -> Vec<Relay> {
+        self.table.lock().for_recipient(to)
+    }
+
+    /// The held set in brief (see [`Digest`]).
+    pub fn digest(&self) -> Digest {
+        self.table.lock().digest()
+    }
+
+    /// The ids of every held message.
+    pub fn ids(&self) -> Vec<String> {
+        self.table.lock().ids()
+    }
+
+    /// The ids of held messages whose hash is not in `seen` (what a peer's list lacked).
+    pub fn ids_except(&self, seen: &std::collections::HashSet<u128>) -> Vec<String> {
+        self.table.lock().ids_except(seen)
+    }
+
+    /// Of `ids` (a part of a peer's list), the hashes of those held here, and the delivery
+    /// notices of those known delivered. One lock for the lot.
+    pub fn named(&self, ids: &[&str]) -> (Vec<u128>, Vec<Delivered>) {
+        let t = self.table.lock();
+        let mut held = Vec::new();
+        let mut notices = Vec::new();
+        for id in ids {
+            if t.get(id).is_some() {
+                held.push(id_hash(id));
+            } else if let Some(d) = t.notice(id) {
+                notices.push(d.clone());
+            }
+        }
+        (held, notices)
+    }
+
+    /// The ids of the delivered messages whose notice is known.
+    pub fn noticed_ids(&self) -> Vec<String> {
+        self.table.lock().noticed_ids()
+    }
+
+    /// The known notices whose id's hash is not in `seen` (what a peer's list lacked).
+    pub fn notices_except(&self, seen: &std::collections::HashSet<u128>) -> Vec<Delivered> {
+        self.table.lock().notices_except(seen)
+    }
+
+    /// Message `id`, if held.
+    pub fn get(&self, id: &str) -> Option<Relay> {
+        self.table.lock().get(id).cloned()
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! A client session's I/O: the reader (frames in, idle and login deadlines, pings) and the
+//! writer (the bounded outbound queue drained into the socket in vectored writes).
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gossip_common::codec::write_frames;
+use gossip_common::message as m;
+use gossip_common::secure::{SecureReader, SecureWriter};
+use gossip_common::{ErrorCode, Message, XmlFrameCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+
+/// Drains the outbound queue into the socket: whatever is queued goes out in one vectored
+/// write, straight from the shared frames. No write buffer is kept per connection (an idle
+/// client costs no buffer memory, and a push encoded once is never copied per recipient).
+pub(super) async fn write_loop(
+    mut wr: SecureWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Bytes>,
+    kill: CancellationToken,
+    tap: Option<crate::trace::Tap>,
+    stall: std::time::Duration,
+) {
+    /// Frames per write; more stay queued for the next one.
+    const BATCH: usize = 32;
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            _ = kill.cancelled() => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+        };
+        batch.push(frame);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        if let Some(tap) = &tap {
+            for f in &batch {
+                tap.record(crate::trace::Dir::Out, f);
+            }
+        }
+        // A write that makes no progress for `stall` (a client that stopped reading) ends the
+        // connection; the kill wakes the session's read loop too.
+        let written = tokio::select! {
+            _ = kill.cancelled() => break,
+            w = tokio::time::timeout(stall, write_frames(&mut wr, &batch)) => {
+                w.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            }
+        };
+        // Dropped, not cleared: an idle connection holds no batch memory.
+        batch = Vec::new();
+        if written.is_err() {
+            kill.cancel();
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+impl Session {
+    pub(super) async fn read_loop(
+        &mut self,
+        rd: SecureReader<tokio::net::tcp::OwnedReadHalf>,
+        shutdown: &CancellationToken,
+    ) -> &'static str {
+        let cfg = &self.door.settings;
+        let (keepalive, idle) = (cfg.keepalive, cfg.idle_timeout);
+        let mut frames = FramedRead::with_capacity(rd, XmlFrameCodec::new(cfg.max_frame), 1024);
+        let mut last_rx = Instant::now();
+        let mut pinged = false;
+        let login_deadline = cfg.login_deadline;
+        let login_by = Instant::now() + login_deadline;
+        loop {
+            let ping_at = last_rx + keepalive;
+            let anonymous = self.logged_in().is_none();
+            tokio::select! {
+                _ = shutdown.cancelled() => return "server shutting down",
+                _ = tokio::time::sleep_until(login_by), if anonymous => {
+                    tracing::info!(?login_deadline, "no login in time; closing");
+                    let text = format!("log in within {:.0} s of connecting", login_deadline.as_secs_f64());
+                    self.error(None, ErrorCode::NotAuthenticated, text, None).await;
+                    return "no login in time";
+                }
+                _ = self.kill.cancelled() => return "disconnected (slow consumer or write error)",
+                _ = tokio::time::sleep_until(ping_at), if !pinged => {
+                    pinged = true;
+                    self.send(m::Ping {}).await;
+                }
+                _ = tokio::time::sleep_until(last_rx + idle) => {
+                    tracing::info!(idle = ?idle, "client silent too long; treating it as gone");
+                    return "idle timeout";
+                }
+                item = frames.next() => {
+                    last_rx = Instant::now();
+                    pinged = false;
+                    match item {
+                        None => return "connection closed by client",
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "fatal protocol error");
+                            self.error(None, e.code(), e.to_string(), None).await;
+                            return "fatal protocol error";
+                        }
+                        Some(Ok(Err(e))) => {
+                            tracing::info!(error = %e, "frame refused");
+                            self.error(None, e.code(), e.to_string(), None).await;
+                        }
+                        Some(Ok(Ok(frame))) => {
+                            if let Some(t) = &self.door.trace {
+                                t.record(crate::trace::Dir::In, self.peer, "client", &frame);
+                            }
+                            match Message::decode(&frame) {
+                                Ok(msg) => {
+                                    tracing::trace!(msgtype = msg.msgtype(), "received");
+                                    self.door.metrics.messages_in.add(msg.msgtype(), 1);
+                                    // Boxed: handling a message needs a large future
+                                    // (store writes, registration locks); boxing it keeps
+                                    // that memory out of every idle connection's task.
+                                    if Box::pin(self.handle(msg)).await.is_break() {
+                                        return "client disconnected";
+                                    }
+                                    // Silence is counted while reading: a request that took
+                                    // long (a registration waiting on the network lock) is
+                                    // not the client's silence.
+                                    last_rx = Instant::now();
+                                }
+                                Err(e) => {
+                                    tracing::info!(error = %e, "message refused");
+                                    self.error(None, e.code(), e.to_string(), None).await;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
