@@ -4,6 +4,9 @@
 //! The receiver checks the signature against the sender's key from the sender's UserInfo
 //! (which it holds for its contacts) and that the message is addressed to it; anything else is
 //! dropped and logged.
+//!
+//! The client's side of it ([`GossipClient::send_message`], [`GossipClient::listen_direct`])
+//! is here too, as one `impl GossipClient` block.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,7 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::Event;
+use std::sync::Mutex;
+
+use crate::state::State;
+use crate::{ClientError, Event, GossipClient};
 
 /// How long delivery may take before the contact counts as unreachable.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,4 +127,83 @@ pub(crate) async fn listen(
         }
     });
     Ok(DirectListener { addr, task })
+}
+
+impl GossipClient {
+    /// Sends a signed chat message directly to a contact, at the address in their UserInfo.
+    /// If they cannot be reached they are marked offline locally and an
+    /// [`Event::Unreachable`] is emitted.
+    pub async fn send_message(&self, to: UserId, text: &str) -> Result<(), ClientError> {
+        let from = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        let target = {
+            let state = self.state.lock().expect("lock");
+            state.contacts.get(&to).cloned()
+        };
+        let target = match target {
+            Some(t) => t,
+            None => self
+                .fetch_users(&[to])
+                .await?
+                .pop()
+                .ok_or(ClientError::Unreachable {
+                    uid: to,
+                    reason: "unknown user".into(),
+                })?,
+        };
+        let (Some(ip), Some(port)) = (target.ip_addr, target.port) else {
+            return Err(ClientError::Unreachable {
+                uid: to,
+                reason: "no direct address (offline)".into(),
+            });
+        };
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let record = Signed::sign(
+            ChatMessage {
+                from,
+                to,
+                sent_ms,
+                text: text.to_owned(),
+            },
+            &self.key,
+        )?;
+        let addr = SocketAddr::new(gossip_common::user_id::to_canonical(ip), port);
+        if let Err(reason) = deliver(addr, record).await {
+            self.state.lock().expect("lock").unreachable.insert(to);
+            let _ = self.events_tx.send(Event::Unreachable(to)).await;
+            return Err(ClientError::Unreachable { uid: to, reason });
+        }
+        Ok(())
+    }
+
+    /// Starts accepting direct messages on `bind` (port 0 picks one). Incoming messages are
+    /// verified against the sender's key and appear as [`Event::Message`].
+    pub async fn listen_direct(&self, bind: SocketAddr) -> Result<DirectListener, ClientError> {
+        let uid = self.uid().ok_or(ClientError::NotLoggedIn)?;
+        listen(bind, uid, self.state_handle(), self.events_tx.clone())
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: bind.to_string(),
+                source,
+            })
+    }
+
+    fn state_handle(&self) -> Arc<dyn KeyLookup> {
+        Arc::new(StateKeys(Arc::clone(&self.state)))
+    }
+}
+
+struct StateKeys(Arc<Mutex<State>>);
+
+impl KeyLookup for StateKeys {
+    fn key_of(&self, uid: UserId) -> Option<gossip_common::PublicKey> {
+        self.0
+            .lock()
+            .expect("lock")
+            .contacts
+            .get(&uid)
+            .map(|u| u.public_key)
+    }
 }

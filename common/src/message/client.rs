@@ -1,0 +1,134 @@
+//! Client ↔ server messages: registration (`register`, `userID`, `newuser`), login
+//! (`authenticate`, `challenge`, `challengeResponse`), the user's records (`UserInfo`,
+//! `ChangeCL`, `lastWill`) and the queries and pushes about them (`reqUserInfo`,
+//! `reqContactList`, `contactlist`), server notices (`servermsg`), and the client ↔ client
+//! chat message `txt`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{PublicKey, Signature};
+use crate::record::{ChatMessage, ContactList, Signed, UserInfo};
+use crate::user_id::UserId;
+
+// ---------------------------------------------------------------------------------------------
+// Client -> server
+
+/// `authenticate` (client→server): "I am this user"; the server answers with a `challenge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticate {
+    /// The user logging in.
+    pub uid: UserId,
+}
+
+/// `challenge` (server→client): a fresh nonce to sign, naming the server so a response cannot be
+/// replayed to another server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// 32 random bytes, hex.
+    pub nonce: String,
+    /// The server's canonical identity, `host:port`.
+    pub server: String,
+}
+
+/// `challengeResponse` (client→server): the signature over the login challenge, see
+/// [`crate::login_challenge_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// The user logging in (must match the `authenticate`).
+    pub uid: UserId,
+    /// Signature with the user's key.
+    pub signature: Signature,
+}
+
+/// `register` (client→server): asks for a new UserID for this public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// The new user's public key.
+    pub publickey: PublicKey,
+}
+
+/// `userID` (server→client): the UserID reserved (locked network-wide) for a registration.
+/// The client signs its first UserInfo with it and sends `newuser` before `expires_s` passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIdGrant {
+    /// The reserved UserID.
+    pub uid: UserId,
+    /// Seconds the reservation lasts.
+    pub expires_s: u64,
+}
+
+/// `newuser`: the first UserInfo of a new user (client→server to complete a registration,
+/// server→server to announce it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    /// The signed record; its key becomes bound to the UserID.
+    pub record: Signed<UserInfo>,
+}
+
+/// `UserInfo`: a signed user record — an update (client→server), a presence push
+/// (server→client) or propagation (server→server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfoMsg {
+    /// The signed record.
+    pub record: Signed<UserInfo>,
+}
+
+/// `ChangeCL`: a signed contact list — an update (client→server) or propagation
+/// (server→server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeCl {
+    /// The signed list.
+    pub record: Signed<ContactList>,
+}
+
+/// `lastWill` (client→server): a pre-signed UserInfo (status offline, next event count) the
+/// server publishes if the connection drops before the client publishes something newer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastWill {
+    /// The signed record to publish on disconnect.
+    pub record: Signed<UserInfo>,
+}
+
+/// `reqUserInfo` (client→server): asks for the stored UserInfo of these users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReqUserInfo {
+    /// The users asked about.
+    #[serde(rename = "uid", default)]
+    pub uids: Vec<UserId>,
+}
+
+/// `reqContactList` (client→server): asks for the own contact list (answered by `contactlist`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReqContactList {}
+
+// ---------------------------------------------------------------------------------------------
+// Server -> client
+
+/// `contactlist` (server→client): the user's own signed contact list and the UserInfo of every
+/// contact the server knows (IP and port are in the records of those online).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactListMsg {
+    /// The owner's list, if they ever stored one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own: Option<Signed<ContactList>>,
+    /// One record per known contact.
+    #[serde(rename = "contact", default)]
+    pub contacts: Vec<Signed<UserInfo>>,
+}
+
+/// `servermsg` (server→client): a notice from the server or its admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMsg {
+    /// The notice.
+    pub text: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client -> client
+
+/// `txt` (client→client): a chat message, signed by the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txt {
+    /// The signed message.
+    pub record: Signed<ChatMessage>,
+}
