@@ -5,6 +5,7 @@ mod chat;
 mod docs;
 mod durability;
 mod federation;
+mod layout;
 mod messaging;
 mod operators;
 mod presence;

@@ -7,6 +7,8 @@
 
 mod dispatch;
 mod handshake;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::net::SocketAddr;

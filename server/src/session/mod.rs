@@ -15,6 +15,8 @@ mod admission;
 mod io;
 mod login;
 mod requests;
+#[cfg(test)]
+mod tests;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
