@@ -86,19 +86,15 @@ fn looks_like_xml(b: u8) -> bool {
 
 /// The plaintext refusal a plaintext peer gets before the connection closes.
 fn plaintext_refusal() -> Vec<u8> {
-    let mut out = crate::Message::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        crate::message::Error {
-            code: crate::ErrorCode::UnsupportedVersion,
-            text: "this port accepts only encrypted connections (Noise); \
-                   upgrade your client or server"
-                .to_owned(),
-            current: None,
-        },
-    )
-    .to_xml()
-    .into_bytes();
-    out.push(b'\n');
+    let mut out = crate::codec::encode_frame(crate::message::Error {
+        code: crate::ErrorCode::UnsupportedVersion,
+        text: "this port accepts only encrypted connections (Noise); \
+               upgrade your client or server"
+            .to_owned(),
+        current: None,
+    })
+    .to_vec();
+    out.extend_from_slice(crate::codec::FRAME_END);
     out
 }
 

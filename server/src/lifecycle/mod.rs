@@ -150,19 +150,45 @@ fn store_error(config: &Config) -> impl FnOnce(std::io::Error) -> StartError + '
     }
 }
 
-/// The parts every node opens in its data directory: the wills, the keys, the mailbox.
-fn open_parts(
-    config: &Config,
-    store: &Store,
+/// What a node runs with besides its data directory: how it is reached and watched.
+struct Surroundings {
+    base_port: u16,
+    blacklist: Arc<Blacklist>,
+    trace: Option<Arc<Trace>>,
+    lab_clock: Option<Arc<LabClock>>,
+    transport: Arc<dyn federation::Transport>,
+}
+
+/// Opens what every node keeps in its data directory besides the store (the wills, the keys,
+/// the mailbox), assembles the node and starts its services, spawning into `tasks`.
+fn open_node(
+    config: Config,
+    store: Arc<Store>,
+    around: Surroundings,
     tasks: &Tasks,
-) -> Result<(Wills, ServerKeys, Mailbox), StartError> {
+) -> Result<Arc<Node>, StartError> {
     let (tracker, shutdown) = (tasks.tracker(), tasks.shutdown());
-    let wills =
-        Wills::open(&config.data_dir, store, tracker, shutdown).map_err(store_error(config))?;
-    let keys = ServerKeys::load_or_create(&config.data_dir).map_err(store_error(config))?;
-    let mailbox =
-        Mailbox::open(&config.data_dir, tracker, shutdown).map_err(store_error(config))?;
-    Ok((wills, keys, mailbox))
+    let dir = &config.data_dir;
+    let wills = Wills::open(dir, &store, tracker, shutdown).map_err(store_error(&config))?;
+    let keys = ServerKeys::load_or_create(dir).map_err(store_error(&config))?;
+    let mailbox = Mailbox::open(dir, tracker, shutdown).map_err(store_error(&config))?;
+    let node = assemble(
+        NodeParts {
+            base_port: around.base_port,
+            config,
+            store,
+            blacklist: around.blacklist,
+            trace: around.trace,
+            lab_clock: around.lab_clock,
+            transport: around.transport,
+            wills,
+            keys,
+            mailbox,
+        },
+        tasks,
+    );
+    start_services(&node);
+    Ok(node)
 }
 
 fn load_blacklist(config: &Config) -> Result<Arc<Blacklist>, StartError> {
@@ -185,23 +211,14 @@ pub(crate) fn start_headless(
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tasks = Tasks::new(tracker.clone(), shutdown.clone());
-    let (wills, keys, mailbox) = open_parts(&config, &store, &tasks)?;
-    let node = assemble(
-        NodeParts {
-            base_port: config.base_port,
-            config,
-            store,
-            blacklist,
-            trace: None,
-            lab_clock: None,
-            transport,
-            wills,
-            keys,
-            mailbox,
-        },
-        &tasks,
-    );
-    start_services(&node);
+    let around = Surroundings {
+        base_port: config.base_port,
+        blacklist,
+        trace: None,
+        lab_clock: None,
+        transport,
+    };
+    let node = open_node(config, store, around, &tasks)?;
     // Links the transport hands over.
     let (door, stop, t) = (
         Arc::clone(&node.peers),
@@ -265,28 +282,19 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tasks = Tasks::new(tracker.clone(), shutdown.clone());
-    let (wills, keys, mailbox) = open_parts(&config, &store, &tasks)?;
     let transport = Arc::new(federation::Tcp {
         bind: config.bind,
         blacklist: Arc::clone(&blacklist),
         lab: config.lab.clone(),
     });
-    let node = assemble(
-        NodeParts {
-            base_port: listeners.base_port,
-            config,
-            store,
-            blacklist,
-            trace,
-            lab_clock,
-            transport,
-            wills,
-            keys,
-            mailbox,
-        },
-        &tasks,
-    );
-    start_services(&node);
+    let around = Surroundings {
+        base_port: listeners.base_port,
+        blacklist,
+        trace,
+        lab_clock,
+        transport,
+    };
+    let node = open_node(config, store, around, &tasks)?;
     tracing::info!(
         identity = %node.identity(),
         key = %server_keys::fingerprint(&node.keys.public()),
