@@ -74,6 +74,8 @@ mod membership;
 mod operator;
 mod probe;
 mod rows;
+#[cfg(test)]
+mod tests;
 mod topology;
 pub mod transport;
 
