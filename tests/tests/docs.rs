@@ -201,15 +201,15 @@ fn kebab_case(ident: &str) -> String {
     out
 }
 
-/// The variants of `ErrorCode`, read from its definition in `common/src/message.rs` (the enum is
+/// The variants of `ErrorCode`, read from its definition in `common/src/message/error.rs` (the enum is
 /// `#[non_exhaustive]` and has no list of its variants at run time).
 fn error_code_variants() -> Vec<String> {
-    let src = read_repo_file("common/src/message.rs");
+    let src = read_repo_file("common/src/message/error.rs");
     let body = src
         .split("pub enum ErrorCode {")
         .nth(1)
         .and_then(|rest| rest.split("\n}").next())
-        .expect("`pub enum ErrorCode {` … `}` not found in common/src/message.rs");
+        .expect("`pub enum ErrorCode {` … `}` not found in common/src/message/error.rs");
     body.lines()
         .map(str::trim)
         .filter_map(|l| l.strip_suffix(','))
@@ -280,7 +280,7 @@ fn every_error_code_variant_is_in_the_protocol_md_table() {
     let variants = error_code_variants();
     assert!(
         variants.len() >= 5,
-        "read only {variants:?} as ErrorCode variants from common/src/message.rs: has its \
+        "read only {variants:?} as ErrorCode variants from common/src/message/error.rs: has its \
          layout changed?"
     );
     let table = codes_in_error_table(&read_repo_file("docs/protocol.md"));
