@@ -234,8 +234,7 @@ impl Relay {
             tracing::info!(id = %r.id, "relayed message refused: bad id");
             return PeerAnswer::Nothing;
         }
-        let every = Duration::from_millis(50);
-        if !self.store.await_user(r.from, SENDER_WAIT, every).await {
+        if !self.store.await_user(r.from, SENDER_WAIT).await {
             tracing::info!(id = %r.id, from = %r.from, "relayed message refused: its sender's record never came");
             return PeerAnswer::Nothing;
         }

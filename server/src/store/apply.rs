@@ -171,6 +171,9 @@ impl Store {
             );
             (done, previous.map(|p| p.0))
         };
+        if previous.is_none() {
+            self.user_added.notify_waiters();
+        }
         announce(&record);
         self.await_durable(done, uid, &record, previous.clone(), USER, |s| {
             (&mut s.users, &mut s.fp)

@@ -168,6 +168,8 @@ pub struct Store {
     compacting: AtomicBool,
     /// Set by the simulator: see [`Store::on_paused_clock`].
     paused_clock: AtomicBool,
+    /// Woken whenever a user not stored before is stored (see [`Store::await_user`]).
+    user_added: tokio::sync::Notify,
     dir: PathBuf,
 }
 
@@ -241,6 +243,7 @@ impl Store {
             thread: Mutex::new(Some(thread)),
             compacting: AtomicBool::new(false),
             paused_clock: AtomicBool::new(false),
+            user_added: tokio::sync::Notify::new(),
             dir: dir.to_owned(),
         });
         Ok((store, report))

@@ -29,24 +29,22 @@ impl Store {
         self.state.read().lists.get(&uid).map(|s| s.record.clone())
     }
 
-    /// Waits (at most `limit`, looking every `every`) until user `uid`'s record is held here;
-    /// whether it is. For what may overtake a new user's first record on another path (a
-    /// relayed message, a held will): it waits for the record rather than being refused.
-    pub async fn await_user(
-        &self,
-        uid: UserId,
-        limit: std::time::Duration,
-        every: std::time::Duration,
-    ) -> bool {
+    /// Waits (at most `limit`) until user `uid`'s record is held here; whether it is. For what
+    /// may overtake a new user's first record on another path (a relayed message, a held
+    /// will): it waits for the record rather than being refused. Woken by each new user's
+    /// store, not by polling.
+    pub async fn await_user(&self, uid: UserId, limit: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Made before the check: a user stored between the two still wakes it.
+            let added = self.user_added.notified();
             if self.contains_user(uid) {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+            tokio::select! {
+                _ = added => {}
+                _ = tokio::time::sleep_until(deadline) => return self.contains_user(uid),
             }
-            tokio::time::sleep(every).await;
         }
     }
 

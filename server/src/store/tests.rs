@@ -506,3 +506,40 @@ async fn range_fingerprints_follow_every_write_and_a_reopen() {
     check(&store);
     assert_eq!(store.digest(), digest);
 }
+
+#[tokio::test]
+async fn a_wait_for_a_user_ends_when_the_user_is_stored_or_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let key = Keypair::generate();
+    let waiter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let found = store
+                .await_user(UserId(7), std::time::Duration::from_secs(20))
+                .await;
+            (found, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    store
+        .apply_user_info(info(&key, 7, 1, "online"), Mode::Create, "test")
+        .await
+        .unwrap();
+    let (found, waited) = waiter.await.unwrap();
+    assert!(found);
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "woken, not timed out: {waited:?}"
+    );
+    // Stored already: at once. Never stored: false at the deadline.
+    assert!(store.await_user(UserId(7), std::time::Duration::ZERO).await);
+    let started = std::time::Instant::now();
+    assert!(
+        !store
+            .await_user(UserId(8), std::time::Duration::from_millis(100))
+            .await
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+}

@@ -167,9 +167,7 @@ impl LastWills {
         let (this, peer) = (Arc::clone(self), peer.clone());
         self.tasks.spawn(async move {
             let uid = h.record.user_id;
-            this.store
-                .await_user(uid, UNKNOWN_USER_WAIT, Duration::from_millis(10))
-                .await;
+            this.store.await_user(uid, UNKNOWN_USER_WAIT).await;
             this.hold_from_peer(h, &peer);
             drop(slot);
         });
