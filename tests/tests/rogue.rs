@@ -533,3 +533,85 @@ async fn a_refused_key_is_cut_at_once_and_stays_out_and_a_pinned_name_cannot_be_
     .await;
     assert!(said.iter().any(|l| l.contains("<serverlist")), "{said:?}");
 }
+
+/// TCP sockets some process holds open whose local port is `port` (the server's side of its
+/// connections: listeners and orphaned sockets a process let go of are not counted).
+fn held_sockets(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let listening = cols.get(3) == Some(&"0A");
+            let orphaned = cols.get(9) == Some(&"0");
+            local_port == Some(port) && !listening && !orphaned
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cut_for_not_reading_lose_their_sockets_and_their_places() {
+    const N: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path(), 0);
+    config.max_clients = N;
+    config.idle_timeout = Duration::from_secs(1);
+    let node = gossip_server::start(config).await.unwrap();
+    let addr = node.client_addr();
+    // N clients that send pings and never read a pong: the server's queue to each fills, its
+    // reply waits out the idle timeout, and the session is cut.
+    let mut floods = Vec::new();
+    for _ in 0..N {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut s, _) = gossip_common::secure::connect(
+            stream,
+            gossip_common::secure::Purpose::Client,
+            &gossip_common::secure::Identity::anonymous(),
+        )
+        .await
+        .unwrap();
+        let ping = gossip_common::codec::encode_frame(m::Ping {});
+        let pings = vec![ping; 512];
+        floods.push(tokio::spawn(async move {
+            // Writes until the server stops reading (or closes); the socket is kept open and
+            // never read, as a stalled client's would be.
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                while gossip_common::codec::write_frames(&mut s, &pings)
+                    .await
+                    .is_ok()
+                {}
+            })
+            .await;
+            s
+        }));
+    }
+    wait_for("every session open", Duration::from_secs(10), || {
+        (held_sockets(addr.port()) == N).then_some(())
+    })
+    .await;
+    // The server must let go of each cut session's socket, bounded, though the client never
+    // reads what is left in it.
+    wait_for(
+        "the cut sessions' sockets closed on the server's side",
+        Duration::from_secs(20),
+        || (held_sockets(addr.port()) == 0).then_some(()),
+    )
+    .await;
+    // The places are back: a new client is admitted and served.
+    let mut fresh = gossip_tests::RawConn::connect(addr).await;
+    let id = fresh.send(m::Ping {}).await;
+    let replies = fresh.until_final(id).await;
+    assert!(matches!(
+        replies.last().map(|m| &m.body),
+        Some(Body::Pong(_))
+    ));
+    for f in floods {
+        drop(f.await.unwrap());
+    }
+    node.stop().await.unwrap();
+}

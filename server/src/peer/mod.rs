@@ -183,7 +183,12 @@ async fn serve(
     } else {
         Duration::from_secs(2)
     };
-    let _ = tokio::time::timeout(linger, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(linger, &mut writer).await.is_err() {
+        // Its socket goes with it: a link's end frees its descriptor, bounded.
+        writer.abort();
+        let _ = writer.await;
+    }
     fed.link_down(&peer, id);
     tracing::info!("server link down");
     door.registration.link_lost(&peer);

@@ -61,8 +61,17 @@ pub(super) async fn write_loop(
             break;
         }
     }
-    let _ = wr.shutdown().await;
+    // A goodbye still buffered goes out if the client reads it soon; a client cut for not
+    // reading gets no wait at all. Either way the socket is closed when this returns (the
+    // encrypted stream's shutdown drains first, which a client that never reads would hold
+    // forever).
+    if !kill.is_cancelled() {
+        let _ = tokio::time::timeout(CLOSE_DRAIN, wr.shutdown()).await;
+    }
 }
+
+/// How long a session's writer drains what is left before it closes the socket anyway.
+pub(super) const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Session {
     pub(super) async fn read_loop(

@@ -186,8 +186,7 @@ pub(crate) async fn serve(
             );
             session.error(None, ErrorCode::ServerFull, text, None).await;
             drop(session);
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-            kill.cancel();
+            close(writer, io::CLOSE_DRAIN, &kill).await;
             return;
         }
         let live = door.admission.live();
@@ -204,8 +203,7 @@ pub(crate) async fn serve(
         }
         drop(session);
         // Let the writer drain what is queued (bounded by the idle timeout), then stop it.
-        let _ = tokio::time::timeout(door.settings.idle_timeout, writer).await;
-        kill.cancel();
+        close(writer, door.settings.idle_timeout, &kill).await;
     }
     .instrument(span)
     .await
@@ -355,6 +353,19 @@ impl Session {
             }
         }
     }
+}
+
+/// Lets a session's writer drain for at most `drain`, then ends it, and returns only once it
+/// has ended: its socket is closed when this returns, so the connection's place among
+/// `max_clients` (held by the caller) counts a socket, not a session.
+async fn close(mut writer: tokio::task::JoinHandle<()>, drain: Duration, kill: &CancellationToken) {
+    if tokio::time::timeout(drain, &mut writer).await.is_err() {
+        kill.cancel();
+        // Stuck in a write the client never reads: abandoned with its socket.
+        writer.abort();
+        let _ = writer.await;
+    }
+    kill.cancel();
 }
 
 /// Refuses a connection when the server is full: one `error`, then close.
