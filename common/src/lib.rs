@@ -13,6 +13,7 @@ pub mod codec;
 pub mod crypto;
 pub mod event_count;
 pub mod message;
+pub mod name;
 pub mod record;
 pub mod rtt;
 pub mod secure;

@@ -10,6 +10,35 @@ use clap::{Parser, Subcommand};
 use gossip_common::admin::{AdminRequest, AdminResponse};
 use serde_json::Value;
 
+/// Prints a line with every control character but the layout's own (newline, tab) shown as an
+/// escape: names and texts come from the server, and from strangers before it, and must not
+/// drive the operator's terminal.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        println!("{}", terminal_safe(&format!($($arg)*)))
+    };
+}
+
+/// [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print!("{}", terminal_safe(&format!($($arg)*)))
+    };
+}
+
+/// `s` with every control character but newline and tab escaped.
+fn terminal_safe(s: &str) -> String {
+    s.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(|part| gossip_common::name::printable(part).into_owned())
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Administer a running gossipd through its local admin socket.
 ///
 /// Talks JSON lines to DATA_DIR/admin.sock (mode 0600, every command) or, for read-only
@@ -201,38 +230,39 @@ fn main() -> anyhow::Result<()> {
     };
     let data = call(&args.socket, &req)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+        outln!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
     if let Cmd::Metrics = args.command {
-        print!("{}", data["text"].as_str().unwrap_or(""));
+        out!("{}", data["text"].as_str().unwrap_or(""));
         return Ok(());
     }
     match &args.command {
         Cmd::Status => {
-            println!(
+            outln!(
                 "server    {} (base port {})",
                 data["identity"].as_str().unwrap_or("?"),
                 data["base_port"]
             );
-            println!("key       {}", data["key"].as_str().unwrap_or("?"));
-            println!("federation {}", data["federation"].as_str().unwrap_or("?"));
-            println!("uptime    {} s", data["uptime_s"]);
-            println!(
+            outln!("key       {}", data["key"].as_str().unwrap_or("?"));
+            outln!("federation {}", data["federation"].as_str().unwrap_or("?"));
+            outln!("uptime    {} s", data["uptime_s"]);
+            outln!(
                 "users     {} (contact lists {})",
-                data["users"], data["contact_lists"]
+                data["users"],
+                data["contact_lists"]
             );
-            println!("clients   {}", data["clients"]);
-            println!("digest    {}", data["digest"].as_str().unwrap_or("?"));
+            outln!("clients   {}", data["clients"]);
+            outln!("digest    {}", data["digest"].as_str().unwrap_or("?"));
             print_peers(&data["peers"]);
             print_tree(&data["mst"]);
         }
         Cmd::Servers => print_peers(&data),
         Cmd::Rtt => {
-            println!("{:<24} {:<24} {:>10}", "FROM", "TO", "RTT (ms)");
+            outln!("{:<24} {:<24} {:>10}", "FROM", "TO", "RTT (ms)");
             for row in data["matrix"].as_array().into_iter().flatten() {
                 for cell in row["rtts"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<24} {:<24} {:>10}",
                         row["from"].as_str().unwrap_or("?"),
                         cell["to"].as_str().unwrap_or("?"),
@@ -243,13 +273,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Mst => {
             print_tree(&data["mst"]);
-            println!("neighbours: {}", join(&data["neighbours"]));
-            println!("linked:     {}", join(&data["links"]));
+            outln!("neighbours: {}", join(&data["neighbours"]));
+            outln!("linked:     {}", join(&data["links"]));
         }
         Cmd::Users => {
-            println!("{:<22} {:<16} {:<10} EVENTS", "UID", "NICK", "STATUS");
+            outln!("{:<22} {:<16} {:<10} EVENTS", "UID", "NICK", "STATUS");
             for u in data.as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{:<22} {:<16} {:<10} {}",
                     u["uid"],
                     u["nick"].as_str().unwrap_or(""),
@@ -259,23 +289,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::User { .. } => {
-            println!("uid              {}", data["uid"]);
-            println!(
+            outln!("uid              {}", data["uid"]);
+            outln!(
                 "event count      {} (rollover {})",
-                data["event_count"], data["rollover"]
+                data["event_count"],
+                data["rollover"]
             );
-            println!("signature valid  {}", data["signature_valid"]);
-            println!("contact list     {}", data["contact_list"]);
-            println!("record           {}", data["record"].as_str().unwrap_or(""));
+            outln!("signature valid  {}", data["signature_valid"]);
+            outln!("contact list     {}", data["contact_list"]);
+            outln!("record           {}", data["record"].as_str().unwrap_or(""));
         }
         Cmd::Blacklist {
             action: BlacklistCmd::List,
         } => {
             for n in data.as_array().into_iter().flatten() {
-                println!("{}", n.as_str().unwrap_or(""));
+                outln!("{}", n.as_str().unwrap_or(""));
             }
         }
-        _ => println!("{}", serde_json::to_string(&data)?),
+        _ => outln!("{}", serde_json::to_string(&data)?),
     }
     Ok(())
 }
@@ -306,10 +337,10 @@ fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
         results.push(serde_json::json!({"server": server, "result": data}));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for r in results {
-            println!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
+            outln!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
         }
     }
     Ok(())
@@ -368,7 +399,7 @@ fn diagnostics(socket: &PathBuf, out: &PathBuf) -> anyhow::Result<()> {
         .collect();
     add("recent.log", (log.join("\n") + "\n").into_bytes())?;
     tar.into_inner()?.finish()?;
-    println!("wrote {} ({} log lines)", out.display(), log.len());
+    outln!("wrote {} ({} log lines)", out.display(), log.len());
     Ok(())
 }
 
@@ -447,7 +478,7 @@ fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
         out.push(serde_json::json!({"msgtype": t, "in": r.frames_in, "out": r.frames_out, "replies": r.latencies_ms.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"lines": lines, "unreadable": unreadable, "dropped_by_server": dropped, "types": out})
@@ -455,16 +486,22 @@ fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<18} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "MSGTYPE", "IN", "OUT", "REPLIES", "P50 ms", "P99 ms", "MAX ms"
+        "MSGTYPE",
+        "IN",
+        "OUT",
+        "REPLIES",
+        "P50 ms",
+        "P99 ms",
+        "MAX ms"
     );
     let f = |v: &Value| {
         v.as_f64()
             .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
     };
     for r in &out {
-        println!(
+        outln!(
             "{:<18} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
             r["msgtype"].as_str().unwrap_or(""),
             r["in"],
@@ -475,7 +512,7 @@ fn summarize(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             f(&r["max_ms"])
         );
     }
-    println!("{lines} lines, {unreadable} unreadable, {dropped} frames dropped by the server while tracing");
+    outln!("{lines} lines, {unreadable} unreadable, {dropped} frames dropped by the server while tracing");
     Ok(())
 }
 
@@ -496,12 +533,15 @@ fn join(v: &Value) -> String {
 }
 
 fn print_peers(peers: &Value) {
-    println!(
+    outln!(
         "{:<24} {:>10} {:<6} {:<6} KEY",
-        "PEER", "RTT (ms)", "ALIVE", "LINKED"
+        "PEER",
+        "RTT (ms)",
+        "ALIVE",
+        "LINKED"
     );
     for p in peers.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{:<24} {:>10} {:<6} {:<6} {}",
             p["id"].as_str().unwrap_or("?"),
             ms(&p["rtt_ms"]),
@@ -513,9 +553,9 @@ fn print_peers(peers: &Value) {
 }
 
 fn print_tree(mst: &Value) {
-    println!("spanning tree:");
+    outln!("spanning tree:");
     for e in mst.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {} — {}",
             e[0].as_str().unwrap_or("?"),
             e[1].as_str().unwrap_or("?")

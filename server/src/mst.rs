@@ -44,6 +44,9 @@ pub fn parse_id(s: &str) -> Result<ServerId, &'static str> {
     if host.is_empty() {
         return Err("empty host");
     }
+    if !gossip_common::name::is_host(host) {
+        return Err("not a host name or IP address");
+    }
     Ok((host.to_owned(), port))
 }
 

@@ -615,3 +615,48 @@ async fn clients_cut_for_not_reading_lose_their_sockets_and_their_places() {
     }
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_names_with_control_characters_are_refused_and_never_listed() {
+    let (_dir, a, b) = pair().await;
+    let mallory = Keypair::generate();
+    let (_lines, mut wr) = attach(a.base_port() + 1, &mallory, ("192.0.2.67", 4000)).await;
+    for host in [
+        "evil\u{1b}]0;owned\u{7}.example",
+        "nul\0.example",
+        "two\nlines.example",
+        "<b>markup</b>",
+    ] {
+        let add = m::AddServer {
+            host: host.into(),
+            port: 4001,
+            key: None,
+        };
+        wr.write_all(&frame(add)).await.unwrap();
+    }
+    // An honest name after them: once it is learned, the others were read.
+    let honest = m::AddServer {
+        host: "honest.example".into(),
+        port: 4002,
+        key: None,
+    };
+    wr.write_all(&frame(honest)).await.unwrap();
+    wr.flush().await.unwrap();
+    for (node, which) in [(&a, "a"), (&b, "the neighbour")] {
+        let servers = wait_for(
+            &format!("{which} to learn the honest name"),
+            Duration::from_secs(10),
+            || {
+                let s = node.node.federation.status().servers;
+                s.iter().any(|x| x == "honest.example:4002").then_some(s)
+            },
+        )
+        .await;
+        assert!(
+            servers.iter().all(|s| gossip_common::name::is_host(
+                s.rsplit_once(':').map_or(s.as_str(), |(h, _)| h)
+            )),
+            "{which} lists a name that is not a host: {servers:?}"
+        );
+    }
+}

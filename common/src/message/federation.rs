@@ -262,3 +262,33 @@ pub struct UnlockUid {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
 }
+
+impl super::Body {
+    /// Refuses a server-to-server message that names a host which is not one (a control
+    /// character, markup, an endless name…): it would reach logs, operators' tables and other
+    /// servers' lists. See [`crate::name`].
+    pub(super) fn check_names(&self) -> Result<(), super::ProtocolError> {
+        use super::Body;
+        let hosts: Vec<&str> = match self {
+            Body::ServerId(m) => vec![&m.host],
+            Body::ServerList(l) => l.servers.iter().map(|s| s.host.as_str()).collect(),
+            Body::AddServer(a) => vec![&a.host],
+            Body::DeleteServer(d) => vec![&d.host],
+            Body::UpdateRtts(u) => std::iter::once(u.host.as_str())
+                .chain(u.rtts.iter().map(|e| e.host.as_str()))
+                .collect(),
+            Body::HeldWill(h) => vec![&h.host],
+            _ => return Ok(()),
+        };
+        match hosts.into_iter().find(|h| !crate::name::is_host(h)) {
+            None => Ok(()),
+            Some(bad) => Err(super::ProtocolError::InvalidField {
+                msgtype: self.msgtype().to_owned(),
+                detail: format!(
+                    "host {:?} is not a host name or IP address",
+                    crate::name::printable(&bad.chars().take(64).collect::<String>())
+                ),
+            }),
+        }
+    }
+}

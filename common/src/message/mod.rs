@@ -300,6 +300,7 @@ impl Message {
         let envelope = Envelope::scan(xml)?;
         let header = envelope.header()?;
         let body = Body::decode_as(&envelope.msgtype, xml)?;
+        body.check_names()?;
         Ok(Message { header, body })
     }
 }
