@@ -56,6 +56,7 @@ impl AdminServices {
             slow_consumers_dropped: self.presence.slow_consumers_dropped(),
             link_drops: fed.link_drops(),
             recomputations: fed.recomputations(),
+            refused_introductions: fed.refused_introductions(),
             clients: self.presence.session_count() as u64,
             users: self.store.user_count() as u64,
             contact_lists: self.store.list_count() as u64,

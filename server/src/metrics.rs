@@ -127,6 +127,8 @@ pub struct Readings {
     pub link_drops: u64,
     /// Times the spanning tree changed.
     pub recomputations: u64,
+    /// Servers a peer named that were not learned (its key had named too many unproven ones).
+    pub refused_introductions: u64,
     /// Logged-in client sessions.
     pub clients: u64,
     /// UserInfo records stored.
@@ -281,6 +283,11 @@ impl Metrics {
             "link_bytes_out_total",
             "Bytes sent on server links.",
             m.link_bytes_out.get(),
+        );
+        counter(
+            "refused_introductions_total",
+            "Servers a peer named that were not learned: its key had named too many that never showed themselves.",
+            node.refused_introductions,
         );
         counter(
             "mst_recomputations_total",

@@ -660,3 +660,48 @@ async fn server_names_with_control_characters_are_refused_and_never_listed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stranger_key_introduces_a_handful_of_servers_not_hundreds() {
+    let (_dir, a, b) = pair().await;
+    let before = (
+        a.node.federation.status().servers.len(),
+        b.node.federation.status().servers.len(),
+    );
+    let mallory = Keypair::generate();
+    let (_lines, mut wr) = attach(a.base_port() + 1, &mallory, ("192.0.2.68", 4000)).await;
+    const JUNK: usize = 301;
+    for i in 0..JUNK {
+        let add = m::AddServer {
+            host: format!("junk{i}.example"),
+            port: 4001,
+            key: None,
+        };
+        wr.write_all(&frame(add)).await.unwrap();
+    }
+    wr.flush().await.unwrap();
+    // A bound of 16 unproven names per introducing key: the rest are refused and counted.
+    wait_for("the junk refused", Duration::from_secs(10), || {
+        (a.node.federation.refused_introductions() >= (JUNK - 16) as u64).then_some(())
+    })
+    .await;
+    let grown = a.node.federation.status().servers.len() - before.0;
+    // Mallory's own name (it linked, so it showed itself) and 16 of its junk names.
+    assert!(grown <= 17, "a learned {grown} servers from one key");
+    assert!(
+        grown >= 16,
+        "a learned only {grown}: the bound is 16 per key"
+    );
+    // The neighbour learns them from a, whose key is held to the same bound: it gets what a
+    // forwards (at least 16 names), and no more.
+    let grown_b = wait_for(
+        "the neighbour to learn a's names",
+        Duration::from_secs(10),
+        || {
+            let grown = b.node.federation.status().servers.len() - before.1;
+            (grown >= 16).then_some(grown)
+        },
+    )
+    .await;
+    assert!(grown_b <= 17, "the neighbour learned {grown_b} servers");
+}

@@ -19,8 +19,8 @@ pub(crate) enum Control {
 
 impl Federation {
     /// A peer's `serverlist`.
-    pub(crate) fn on_server_list(&self, l: m::ServerList) {
-        self.learn_servers(l.servers);
+    pub(crate) fn on_server_list(&self, l: m::ServerList, from: &ServerId) {
+        self.learn_servers(l.servers, from);
     }
 
     /// A peer's `addServer`: learned, and forwarded if it named a new server.
@@ -30,7 +30,7 @@ impl Federation {
             port: a.port,
             key: a.key.clone(),
         };
-        if self.learn_servers([named]) > 0 {
+        if self.learn_servers([named], from) > 0 {
             self.flood(&encode(a), Some(from));
         }
     }

@@ -166,6 +166,7 @@ pub struct Federation {
     next_link: AtomicU64,
     recomputations: AtomicU64,
     link_drops: AtomicU64,
+    refused_introductions: AtomicU64,
     /// Whether the "server list full" warning was logged.
     warned_full: std::sync::atomic::AtomicBool,
     /// Where the keyring is saved; its lock serialises the saves.
@@ -212,6 +213,7 @@ impl Federation {
             next_link: AtomicU64::new(1),
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
+            refused_introductions: AtomicU64::new(0),
             warned_full: std::sync::atomic::AtomicBool::new(false),
             keys_file: Mutex::new(keys_file),
             signer,
@@ -301,10 +303,15 @@ impl Federation {
         self.recomputations.load(Ordering::Relaxed)
     }
 
-    /// Servers a peer names (`serverlist`, `addServer`): a key it carries is bound on first
-    /// sight; a server whose carried key contradicts the one bound here is not learned from
-    /// that message. Returns how many were new.
-    pub(crate) fn learn_servers(&self, servers: impl IntoIterator<Item = m::ServerAddr>) -> usize {
+    /// Servers peer `from` names (`serverlist`, `addServer`): a key it carries is bound on
+    /// first sight; a server whose carried key contradicts the one bound here is not learned
+    /// from that message; and `from`'s key may have introduced only a handful of servers that
+    /// never showed themselves ([`membership::introduced`]). Returns how many were new.
+    pub(crate) fn learn_servers(
+        &self,
+        servers: impl IntoIterator<Item = m::ServerAddr>,
+        from: &ServerId,
+    ) -> usize {
         let mut names = Vec::new();
         for s in servers {
             let name: ServerId = (s.host, s.port);
@@ -317,7 +324,21 @@ impl Federation {
             }
             names.push(name);
         }
-        self.add_servers(names).len()
+        let (added, refused, full) = {
+            let mut st = self.state.lock();
+            let (added, refused) = match st.keys.key_of(from).copied() {
+                Some(by) => st.members.add_introduced(names, &by),
+                None => (st.members.add_servers(names), 0),
+            };
+            (added, refused, st.members.is_full())
+        };
+        if refused > 0 {
+            self.refused_introductions
+                .fetch_add(refused as u64, Ordering::Relaxed);
+            tracing::info!(peer = %id_string(from), refused, "servers a peer named were not learned: its key named too many that never showed themselves");
+        }
+        self.after_adding(&added, full);
+        added.len()
     }
 
     fn add_servers(&self, servers: impl IntoIterator<Item = ServerId>) -> Vec<ServerId> {
@@ -326,6 +347,13 @@ impl Federation {
             let added = st.members.add_servers(servers);
             (added, st.members.is_full())
         };
+        self.after_adding(&added, full);
+        added
+    }
+
+    /// Servers were learned (`added`; `full`: the list is at its bound): the tree and the
+    /// measurements look again.
+    fn after_adding(&self, added: &[ServerId], full: bool) {
         if full && !self.warned_full.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 max = membership::MAX_SERVERS,
@@ -336,7 +364,12 @@ impl Federation {
             self.changed.notify_one();
             self.probe_now.notify_one();
         }
-        added
+    }
+
+    /// Servers a peer named that were not learned: its key had named too many that never
+    /// showed themselves.
+    pub fn refused_introductions(&self) -> u64 {
+        self.refused_introductions.load(Ordering::Relaxed)
     }
 
     fn remove_server(&self, key: &ServerId) -> bool {

@@ -57,7 +57,7 @@ pub(super) async fn dispatch(
             return Break(());
         }
         // The federation itself.
-        Body::ServerList(l) => fed.on_server_list(l),
+        Body::ServerList(l) => fed.on_server_list(l, peer),
         Body::ReqServerList(_) => {
             let servers = fed.server_list();
             let _ = link

@@ -110,6 +110,8 @@ pub(crate) struct Membership {
     proven: BTreeSet<ServerId>,
     /// When each unproven server was first seen unproven.
     unproven_since: HashMap<ServerId, tokio::time::Instant>,
+    /// Who introduced each unproven server learned from a peer's word.
+    introduced: introduced::Introductions,
 }
 
 impl Membership {
@@ -120,6 +122,7 @@ impl Membership {
         Membership {
             proven: servers.clone(),
             unproven_since: HashMap::new(),
+            introduced: Default::default(),
             me,
             servers,
             deleted: BTreeSet::new(),
@@ -191,10 +194,46 @@ impl Membership {
         added
     }
 
+    /// Learns servers a peer whose key is `by` named (`addServer`, `serverlist`): like
+    /// [`Self::add_servers`], but a name nobody has shown yet counts against `by`, which may
+    /// have at most [`introduced::MAX_INTRODUCED`] such names at once. Returns those learned
+    /// and how many were refused for that bound.
+    pub(crate) fn add_introduced(
+        &mut self,
+        servers: impl IntoIterator<Item = ServerId>,
+        by: &gossip_common::PublicKey,
+    ) -> (Vec<ServerId>, usize) {
+        let mut admitted = Vec::new();
+        let mut refused = 0;
+        for s in servers {
+            if self.servers.contains(&s) {
+                continue;
+            }
+            if self.introduced.admits(by) {
+                self.introduced.record(s.clone(), *by);
+                admitted.push(s);
+            } else {
+                refused += 1;
+            }
+        }
+        let added = self.add_servers(admitted.iter().cloned());
+        for s in admitted.iter().filter(|s| !added.contains(s)) {
+            self.introduced.settle(s); // tombstoned or full: not learned after all
+        }
+        (added, refused)
+    }
+
+    /// How many unproven servers `by` introduced and are still held.
+    #[cfg(test)]
+    pub(crate) fn introduced_by(&self, by: &gossip_common::PublicKey) -> usize {
+        self.introduced.count(by)
+    }
+
     /// `key` showed it exists (a link, a signed row, an answered probe, an admin).
     pub(crate) fn prove(&mut self, key: &ServerId) {
         if self.servers.contains(key) && self.proven.insert(key.clone()) {
             self.unproven_since.remove(key);
+            self.introduced.settle(key);
         }
     }
 
@@ -225,6 +264,7 @@ impl Membership {
             self.servers.remove(s);
             self.rows.remove(s);
             self.unproven_since.remove(s);
+            self.introduced.settle(s);
         }
         if !expired.is_empty() {
             self.version += 1;
@@ -250,6 +290,7 @@ impl Membership {
         let removed = self.servers.remove(key);
         self.proven.remove(key);
         self.unproven_since.remove(key);
+        self.introduced.settle(key);
         self.rows.remove(key);
         for row in self.rows.values_mut() {
             row.rtts.remove(key);
@@ -292,6 +333,7 @@ impl Membership {
         }
         self.proven.insert(measurer.clone());
         self.unproven_since.remove(&measurer);
+        self.introduced.settle(&measurer);
         self.rows.insert(measurer, row);
         self.version += 1;
         true
@@ -446,5 +488,6 @@ pub(crate) fn row_of(u: &m::UpdateRtts) -> (ServerId, Row) {
     ((u.host.clone(), u.port), row)
 }
 
+pub(crate) mod introduced;
 #[cfg(test)]
 mod tests;

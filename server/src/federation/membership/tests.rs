@@ -169,3 +169,37 @@ fn no_peer_can_grow_the_server_list_or_the_rows_without_bound() {
     }
     assert!(!m.store_row(("x".into(), 1), huge));
 }
+
+#[test]
+fn one_key_introduces_a_handful_of_unproven_servers_and_gets_places_back_as_they_show() {
+    use super::introduced::MAX_INTRODUCED;
+    let name = |n: &str| (n.to_owned(), 7000u16);
+    let mut m = Membership::new(name("me"), &[]);
+    let stranger = gossip_common::Keypair::generate().public();
+    let honest = gossip_common::Keypair::generate().public();
+    let junk: Vec<ServerId> = (0..300).map(|i| name(&format!("junk{i}"))).collect();
+    let (added, refused) = m.add_introduced(junk.clone(), &stranger);
+    assert_eq!(
+        (added.len(), refused),
+        (MAX_INTRODUCED, 300 - MAX_INTRODUCED)
+    );
+    assert_eq!(m.servers().len(), 1 + MAX_INTRODUCED);
+    // Another key is not held to the stranger's count; names known already cost nothing.
+    let (added, refused) = m.add_introduced([junk[0].clone(), name("real")], &honest);
+    assert_eq!((added, refused), (vec![name("real")], 0));
+    // A name that shows it exists frees its introducer's place.
+    m.prove(&junk[0]);
+    assert_eq!(m.introduced_by(&stranger), MAX_INTRODUCED - 1);
+    let (added, _) = m.add_introduced([name("one-more")], &stranger);
+    assert_eq!(added, vec![name("one-more")]);
+    // So does one that is forgotten.
+    let now = tokio::time::Instant::now();
+    m.expire_unproven(now, std::time::Duration::from_secs(600));
+    let gone = m.expire_unproven(
+        now + std::time::Duration::from_secs(601),
+        std::time::Duration::from_secs(600),
+    );
+    // Every unproven name but the proven one: the stranger's 16 and the honest key's one.
+    assert_eq!(gone.len(), MAX_INTRODUCED + 1);
+    assert_eq!(m.introduced_by(&stranger), 0);
+}
