@@ -408,3 +408,24 @@ fn unknown_error_codes_are_tolerated() {
     };
     assert_eq!(e.code, ErrorCode::Other);
 }
+
+#[test]
+fn characters_xml_forbids_are_refused_wherever_they_are() {
+    use gossip_common::{Message, ProtocolError};
+    for bad in [
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>a\u{0}b</text></servermsg>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>\u{1b}[2J</text></servermsg>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>\u{fffe}</text></servermsg>",
+        "<ping version=\"1\" ipaddr=\"::1\" id=\"1\u{7}\"/>",
+    ] {
+        match Message::decode(bad.as_bytes()) {
+            Err(ProtocolError::MalformedXml(why)) => {
+                assert!(why.contains("does not allow"), "{why}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Tab, newline and carriage return are XML's own.
+    let ok = "<servermsg version=\"1\" ipaddr=\"::1\"><text>a\tb\r\nc</text></servermsg>";
+    assert!(Message::decode(ok.as_bytes()).is_ok());
+}

@@ -76,6 +76,14 @@ pub struct FileConfig {
     /// Seconds a UserID reserved for a registration stays locked [default: 900].
     #[arg(long = "uid-lock", value_name = "SECS")]
     pub uid_lock_s: Option<u64>,
+    /// Frames a second one client connection may send (ten seconds' worth as a burst); a
+    /// client past it is sent an error and disconnected [default: 200].
+    #[arg(long = "client-frames-per-second", value_name = "N")]
+    pub client_frames_per_s: Option<f64>,
+    /// KiB a second one client connection may send (eight seconds' worth as a burst); a client
+    /// past it is sent an error and disconnected [default: 1024].
+    #[arg(long = "client-kib-per-second", value_name = "KIB")]
+    pub client_kib_per_s: Option<f64>,
     /// How links resync at link-up: `range` (range-based reconciliation, falling back to
     /// `eventCounts` for peers that do not offer it) or `event-counts` (the spec's full lists
     /// only) [default: range].
@@ -188,6 +196,8 @@ pub struct Config {
     pub login_deadline: Duration,
     /// Registrations per address per minute (and burst).
     pub registrations_per_minute: f64,
+    /// What one client connection may send a second.
+    pub client_inbound: crate::budget::InboundRate,
     /// How links resync at link-up.
     pub sync: SyncMethod,
     /// Servers to join at start.
@@ -311,6 +321,10 @@ impl Config {
             sync: f.sync.unwrap_or_default(),
             login_deadline: Duration::from_secs_f64(f.login_deadline_s.unwrap_or(60.0).max(0.1)),
             registrations_per_minute: f.registrations_per_minute.unwrap_or(30.0).max(1.0),
+            client_inbound: crate::budget::InboundRate::per_second(
+                f.client_frames_per_s.unwrap_or(200.0).max(1.0),
+                f.client_kib_per_s.unwrap_or(1024.0).max(1.0),
+            ),
         })
     }
 

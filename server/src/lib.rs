@@ -27,7 +27,7 @@
 mod admin;
 mod applog;
 pub mod blacklist;
-mod budget;
+pub mod budget;
 pub mod config;
 pub mod federation;
 mod lab;

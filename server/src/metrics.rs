@@ -113,6 +113,8 @@ pub struct Metrics {
     pub link_bytes_in: Counter,
     /// Bytes sent on server links.
     pub link_bytes_out: Counter,
+    /// Connections (client or server) cut for sending more than their inbound budget.
+    pub inbound_cut: Counter,
 }
 
 /// What the other services report for the exposition, read by the caller (the admin socket)
@@ -283,6 +285,11 @@ impl Metrics {
             "link_bytes_out_total",
             "Bytes sent on server links.",
             m.link_bytes_out.get(),
+        );
+        counter(
+            "inbound_cut_total",
+            "Connections (client or server) cut for sending more than their inbound budget.",
+            m.inbound_cut.get(),
         );
         counter(
             "refused_introductions_total",

@@ -124,3 +124,36 @@ mod tests {
         assert_eq!(l.len(), 1);
     }
 }
+
+/// One token bucket, for a budget that is its owner's alone (one connection's inbound).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    rate: Rate,
+    bucket: Bucket,
+}
+
+impl TokenBucket {
+    /// A full bucket of `rate`.
+    pub fn new(rate: Rate, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            bucket: Bucket {
+                tokens: rate.burst,
+                at: now,
+            },
+        }
+    }
+
+    /// Takes `n` tokens if the bucket holds them (refilled to `now` first); whether it did.
+    pub fn take(&mut self, n: f64, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.bucket.at).as_secs_f64();
+        self.bucket.tokens = (self.bucket.tokens + dt * self.rate.per_second).min(self.rate.burst);
+        self.bucket.at = now;
+        if self.bucket.tokens >= n {
+            self.bucket.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -561,6 +561,8 @@ async fn clients_cut_for_not_reading_lose_their_sockets_and_their_places() {
     let mut config = Config::for_tests(dir.path(), 0);
     config.max_clients = N;
     config.idle_timeout = Duration::from_secs(1);
+    // This test is about clients that do not read, not about floods: no inbound budget.
+    config.client_inbound = gossip_server::budget::InboundRate::per_second(1e9, 1e9);
     let node = gossip_server::start(config).await.unwrap();
     let addr = node.client_addr();
     // N clients that send pings and never read a pong: the server's queue to each fills, its
@@ -704,4 +706,43 @@ async fn one_stranger_key_introduces_a_handful_of_servers_not_hundreds() {
     )
     .await;
     assert!(grown_b <= 17, "the neighbour learned {grown_b} servers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_frames_is_cut_and_the_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = gossip_server::start(Config::for_tests(dir.path(), 0))
+        .await
+        .unwrap();
+    let addr = node.client_addr();
+    let mut honest = gossip_tests::RawConn::connect(addr).await;
+    let mut flooder = gossip_tests::RawConn::connect(addr).await;
+    // 20,000 pongs (what nobody asked for) in one go: past the default 200 a second with a
+    // burst of 2,000.
+    let pong = frame(m::Pong {});
+    let flood: Vec<u8> = pong
+        .iter()
+        .copied()
+        .cycle()
+        .take(pong.len() * 20_000)
+        .collect();
+    flooder.send_raw(&flood).await;
+    let mut refusal = None;
+    while let Some(msg) = flooder.recv().await {
+        if let Body::Error(e) = msg.body {
+            refusal = Some(e);
+        }
+    }
+    let refusal = refusal.expect("an error before the close");
+    assert_eq!(refusal.code, gossip_common::ErrorCode::NotAllowed);
+    assert!(refusal.text.contains("frames a second"), "{}", refusal.text);
+    assert_eq!(node.node.metrics.inbound_cut.get(), 1);
+    // The other connection is served as before.
+    let id = honest.send(m::Ping {}).await;
+    let replies = honest.until_final(id).await;
+    assert!(matches!(
+        replies.last().map(|m| &m.body),
+        Some(Body::Pong(_))
+    ));
+    node.stop().await.unwrap();
 }

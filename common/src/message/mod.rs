@@ -297,10 +297,36 @@ impl Message {
     pub fn decode(frame: &[u8]) -> Result<Message, ProtocolError> {
         let xml =
             std::str::from_utf8(frame).map_err(|e| ProtocolError::BadUtf8(e.valid_up_to()))?;
+        if let Some(at) = forbidden_char(frame) {
+            return Err(ProtocolError::MalformedXml(format!(
+                "a character XML does not allow at byte {at} (a control character, U+FFFE or U+FFFF)"
+            )));
+        }
         let envelope = Envelope::scan(xml)?;
         let header = envelope.header()?;
         let body = Body::decode_as(&envelope.msgtype, xml)?;
         body.check_names()?;
         Ok(Message { header, body })
     }
+}
+
+/// Where `xml` (valid UTF-8) holds a character XML 1.0 does not allow, raw or not: a control
+/// character other than tab, newline and carriage return, or U+FFFE/U+FFFF. One pass over the
+/// bytes; every frame is checked, so a NUL can neither reach a parser nor be stored.
+fn forbidden_char(xml: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < xml.len() {
+        match xml[i] {
+            b'\t' | b'\n' | b'\r' => {}
+            b if b < 0x20 => return Some(i),
+            0xEF if xml.get(i + 1) == Some(&0xBF)
+                && matches!(xml.get(i + 2), Some(0xBE | 0xBF)) =>
+            {
+                return Some(i)
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }

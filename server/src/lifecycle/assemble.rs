@@ -191,6 +191,7 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
             idle_timeout: config.idle_timeout,
             login_deadline: config.login_deadline,
             outbound_queue: config.outbound_queue,
+            inbound: config.client_inbound,
         },
         admission: Default::default(),
         tasks: tasks.clone(),

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Inbound, LINK_INBOUND};
 use crate::federation::transport::{BoxFuture, Conn};
 use crate::federation::{Federation, Hooks, LinkEnd, NewLink, BULK_QUEUE, LINK_QUEUE};
 use crate::lab::LabClock;
@@ -207,6 +207,7 @@ async fn read_loop(
     let idle = door.settings.idle.max(Duration::from_secs(10));
     let mut last_rx = Instant::now();
     let mut pinged = false;
+    let mut inbound = Inbound::new(LINK_INBOUND, last_rx);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -226,6 +227,18 @@ async fn read_loop(
             item = frames.next() => {
                 last_rx = Instant::now();
                 pinged = false;
+                let len = match &item {
+                    Some(Ok(Ok(frame))) => frame.len() + 1,
+                    _ => 1,
+                };
+                if let Err(e) = inbound.spend(len, last_rx) {
+                    tracing::warn!(over = %e, "peer over its inbound budget; closing the link");
+                    door.metrics.inbound_cut.inc();
+                    let text = format!("you sent {e}; closing this link");
+                    let refusal = m::Error { code: gossip_common::ErrorCode::NotAllowed, text, current: None };
+                    let _ = link.tx.try_send((Instant::now(), encode(refusal)));
+                    break;
+                }
                 let frame = match item {
                     None => break,
                     Some(Err(e)) => { tracing::info!(error = %e, "server link framing error"); break; }

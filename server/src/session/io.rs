@@ -86,6 +86,7 @@ impl Session {
         let mut pinged = false;
         let login_deadline = cfg.login_deadline;
         let login_by = Instant::now() + login_deadline;
+        let mut inbound = crate::budget::Inbound::new(cfg.inbound, Instant::now());
         loop {
             let ping_at = last_rx + keepalive;
             let anonymous = self.logged_in().is_none();
@@ -109,6 +110,19 @@ impl Session {
                 item = frames.next() => {
                     last_rx = Instant::now();
                     pinged = false;
+                    // Every frame, even a refused one, is spent from the connection's budget:
+                    // a flood is cut before it costs the server more than a few thousand frames.
+                    let len = match &item {
+                        Some(Ok(Ok(frame))) => frame.len() + 1,
+                        _ => 1,
+                    };
+                    if let Err(e) = inbound.spend(len, last_rx) {
+                        tracing::warn!(over = %e, "client over its inbound budget; disconnecting");
+                        self.door.metrics.inbound_cut.inc();
+                        let text = format!("you sent {e}; disconnecting");
+                        self.error(None, ErrorCode::NotAllowed, text, None).await;
+                        return "inbound over its budget";
+                    }
                     match item {
                         None => return "connection closed by client",
                         Some(Err(e)) => {

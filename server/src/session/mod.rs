@@ -59,6 +59,8 @@ pub(crate) struct SessionSettings {
     pub(crate) login_deadline: Duration,
     /// Frames queued to one client before it counts as a slow consumer.
     pub(crate) outbound_queue: usize,
+    /// What one client may send a second.
+    pub(crate) inbound: crate::budget::InboundRate,
 }
 
 /// The client door and the services a client's requests go to.
