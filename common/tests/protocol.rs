@@ -417,6 +417,10 @@ fn characters_xml_forbids_are_refused_wherever_they_are() {
         "<servermsg version=\"1\" ipaddr=\"::1\"><text>\u{1b}[2J</text></servermsg>",
         "<servermsg version=\"1\" ipaddr=\"::1\"><text>\u{fffe}</text></servermsg>",
         "<ping version=\"1\" ipaddr=\"::1\" id=\"1\u{7}\"/>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>&#1;</text></servermsg>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>&#x1b;[2J</text></servermsg>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>&#xFFFF;</text></servermsg>",
+        "<servermsg version=\"1\" ipaddr=\"::1\"><text>&#99999999999;</text></servermsg>",
     ] {
         match Message::decode(bad.as_bytes()) {
             Err(ProtocolError::MalformedXml(why)) => {
@@ -425,7 +429,22 @@ fn characters_xml_forbids_are_refused_wherever_they_are() {
             other => panic!("{bad:?}: {other:?}"),
         }
     }
-    // Tab, newline and carriage return are XML's own.
-    let ok = "<servermsg version=\"1\" ipaddr=\"::1\"><text>a\tb\r\nc</text></servermsg>";
+    // Tab, newline and carriage return are XML's own, raw or referenced.
+    let ok = "<servermsg version=\"1\" ipaddr=\"::1\"><text>a\tb\r\nc&#9;&#x41;</text></servermsg>";
     assert!(Message::decode(ok.as_bytes()).is_ok());
+    // What this side encodes never holds one: a notice with an escape sequence goes out with
+    // the character replaced, and decodes.
+    let notice = Message::new(
+        Ipv6Addr::UNSPECIFIED,
+        ServerMsg {
+            text: "maintenance\u{1b}[2J at 22:00\u{0}".into(),
+        },
+    );
+    let back = Message::decode(notice.to_xml().as_bytes()).expect("decodes");
+    match back.body {
+        gossip_common::Body::ServerMsg(m) => {
+            assert_eq!(m.text, "maintenance\u{fffd}[2J at 22:00\u{fffd}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -290,7 +290,7 @@ impl Message {
         out.push_str(&body[..split]);
         out.push_str(&attrs);
         out.push_str(&body[split..]);
-        out
+        xml_safe(out)
     }
 
     /// Decodes one frame.
@@ -310,9 +310,15 @@ impl Message {
     }
 }
 
-/// Where `xml` (valid UTF-8) holds a character XML 1.0 does not allow, raw or not: a control
-/// character other than tab, newline and carriage return, or U+FFFE/U+FFFF. One pass over the
-/// bytes; every frame is checked, so a NUL can neither reach a parser nor be stored.
+/// Whether XML 1.0 allows `c` in a document (its `Char` production).
+fn xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+/// Where `xml` (valid UTF-8) holds a character XML 1.0 does not allow, raw or as a character
+/// reference (`&#1;`, `&#x1b;`): a control character other than tab, newline and carriage
+/// return, or U+FFFE/U+FFFF. One pass over the bytes; every frame is checked, so such a
+/// character can neither reach a parser nor be stored.
 fn forbidden_char(xml: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < xml.len() {
@@ -324,9 +330,37 @@ fn forbidden_char(xml: &[u8]) -> Option<usize> {
             {
                 return Some(i)
             }
+            b'&' if xml.get(i + 1) == Some(&b'#') => {
+                let (digits, radix) = match xml.get(i + 2) {
+                    Some(b'x') => (&xml[(i + 3).min(xml.len())..], 16),
+                    _ => (&xml[i + 2..], 10),
+                };
+                let end = digits
+                    .iter()
+                    .position(|&b| b == b';')
+                    .unwrap_or(digits.len());
+                let code = std::str::from_utf8(&digits[..end.min(12)])
+                    .ok()
+                    .and_then(|d| u32::from_str_radix(d, radix).ok());
+                if code.is_none_or(|c| !xml_char(c)) {
+                    return Some(i);
+                }
+            }
             _ => {}
         }
         i += 1;
     }
     None
+}
+
+/// `xml` with every character XML 1.0 does not allow replaced by U+FFFD, so that no frame this
+/// side encodes is one its peer must refuse. Records cannot hold such characters (they are
+/// refused at signing); a message's own text (a notice, an error's explanation) could.
+fn xml_safe(xml: String) -> String {
+    if xml.chars().all(|c| xml_char(c as u32)) {
+        return xml;
+    }
+    xml.chars()
+        .map(|c| if xml_char(c as u32) { c } else { '\u{FFFD}' })
+        .collect()
 }
