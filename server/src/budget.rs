@@ -69,6 +69,23 @@ impl InboundRate {
     }
 }
 
+impl InboundRate {
+    /// What a connection may send before it logs in: a fiftieth of `self` (4 frames a second
+    /// with a burst of 40 by default). A login or a registration takes two or three frames, so
+    /// only a stranger that floods and reconnects is held to it, at the price of a handshake
+    /// for every 40 frames.
+    pub fn before_login(self) -> InboundRate {
+        let part = |r: Rate| Rate {
+            burst: r.burst / 50.0,
+            per_second: r.per_second / 50.0,
+        };
+        InboundRate {
+            frames: part(self.frames),
+            bytes: part(self.bytes),
+        }
+    }
+}
+
 /// A server link's inbound budget: far above what the fastest resync measured moves (about
 /// 30 MB/s and 600 frames/s of sync batches on a 2-vCPU machine), so only a flood reaches it.
 pub(crate) const LINK_INBOUND: InboundRate = InboundRate {

@@ -174,6 +174,13 @@ impl RawConn {
         self.framed.get_mut().flush().await.expect("send raw");
     }
 
+    /// Sends raw bytes, which the server may refuse to read to the end (a flood it cuts).
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.framed.get_mut().write_all(bytes).await?;
+        self.framed.get_mut().flush().await
+    }
+
     /// The next message (pings are answered and skipped), or `None` when the server closed.
     pub async fn recv(&mut self) -> Option<Message> {
         loop {

@@ -717,8 +717,8 @@ async fn a_client_flooding_frames_is_cut_and_the_others_are_served() {
     let addr = node.client_addr();
     let mut honest = gossip_tests::RawConn::connect(addr).await;
     let mut flooder = gossip_tests::RawConn::connect(addr).await;
-    // 20,000 pongs (what nobody asked for) in one go: past the default 200 a second with a
-    // burst of 2,000.
+    // 20,000 pongs (what nobody asked for) in one go: past what a connection may send before
+    // it logs in (4 frames a second, a burst of 40), and past the logged-in 200 a second.
     let pong = frame(m::Pong {});
     let flood: Vec<u8> = pong
         .iter()
@@ -726,17 +726,23 @@ async fn a_client_flooding_frames_is_cut_and_the_others_are_served() {
         .cycle()
         .take(pong.len() * 20_000)
         .collect();
-    flooder.send_raw(&flood).await;
+    // The server stops reading once it cuts the flooder, so the write may fail.
+    let _ = flooder.try_send_raw(&flood).await;
+    wait_for("the flooder cut", Duration::from_secs(10), || {
+        (node.node.metrics.inbound_cut.get() == 1).then_some(())
+    })
+    .await;
+    // It is told why, unless its unread flood made the close a reset that discarded it.
     let mut refusal = None;
     while let Some(msg) = flooder.recv().await {
         if let Body::Error(e) = msg.body {
             refusal = Some(e);
         }
     }
-    let refusal = refusal.expect("an error before the close");
-    assert_eq!(refusal.code, gossip_common::ErrorCode::NotAllowed);
-    assert!(refusal.text.contains("frames a second"), "{}", refusal.text);
-    assert_eq!(node.node.metrics.inbound_cut.get(), 1);
+    if let Some(e) = refusal {
+        assert_eq!(e.code, gossip_common::ErrorCode::NotAllowed);
+        assert!(e.text.contains("frames a second"), "{}", e.text);
+    }
     // The other connection is served as before.
     let id = honest.send(m::Ping {}).await;
     let replies = honest.until_final(id).await;

@@ -86,7 +86,11 @@ impl Session {
         let mut pinged = false;
         let login_deadline = cfg.login_deadline;
         let login_by = Instant::now() + login_deadline;
-        let mut inbound = crate::budget::Inbound::new(cfg.inbound, Instant::now());
+        // Strangers get a small budget until they log in, so reconnecting does not renew a
+        // flood's burst; a logged-in session gets the full one.
+        let full_rate = cfg.inbound;
+        let mut inbound = crate::budget::Inbound::new(full_rate.before_login(), Instant::now());
+        let mut full_budget = false;
         loop {
             let ping_at = last_rx + keepalive;
             let anonymous = self.logged_in().is_none();
@@ -116,6 +120,10 @@ impl Session {
                         Some(Ok(Ok(frame))) => frame.len() + 1,
                         _ => 1,
                     };
+                    if !full_budget && !anonymous {
+                        full_budget = true;
+                        inbound = crate::budget::Inbound::new(full_rate, last_rx);
+                    }
                     if let Err(e) = inbound.spend(len, last_rx) {
                         tracing::warn!(over = %e, "client over its inbound budget; disconnecting");
                         self.door.metrics.inbound_cut.inc();

@@ -104,6 +104,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let clients: Vec<Arc<GossipClient>> =
         clients.into_iter().map(|c| c.expect("logged in")).collect();
 
+    let flood = Flood::start(&addr, args.flooders);
     let mut order: Vec<usize> = (0..data.users).collect();
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed ^ 0xfa));
     let mut next = 0usize;
@@ -218,15 +219,89 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         report::rate(best_rate),
         report::rate(login_rate)
     );
+    let (flood_frames, flood_cuts) = flood.stop();
+    if args.flooders > 0 {
+        println!(
+            "  flood: {} connections sent {} frames nobody asked for and were cut {} times",
+            args.flooders,
+            report::rate(flood_frames as f64),
+            flood_cuts
+        );
+    }
     drop(clients);
     node.stop();
     let judged = !args.quick;
     Ok(json!({
         "scenario": "fanout",
         "params": {"users": data.users, "contacts_per_user": k, "login_concurrency": args.login_concurrency,
-                    "step_s": args.step_secs, "rates": args.rates},
+                    "step_s": args.step_secs, "rates": args.rates, "flooders": args.flooders},
+        "flood": {"frames": flood_frames, "cuts": flood_cuts},
         "results": {"steps": steps, "best_pushes_per_s_p99_under_10ms": best_rate, "setup_logins_per_s": login_rate},
         "targets": [report::target("pushes_per_s_p99_under_10ms", ">= 200,000/s with p99 < 10 ms",
             best_rate, "/s", ">=", 200_000.0, judged)],
     }))
+}
+
+/// Connections that flood the node with `pong`s nobody asked for, reconnecting whenever the
+/// node cuts them, until stopped.
+struct Flood {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    frames: Arc<std::sync::atomic::AtomicU64>,
+    cuts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Flood {
+    fn start(addr: &str, n: usize) -> Flood {
+        use std::sync::atomic::Ordering::Relaxed;
+        let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cuts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pong = gossip_common::codec::encode_frame(gossip_common::message::Pong {});
+        let batch = vec![pong; 1024];
+        let tasks = (0..n)
+            .map(|_| {
+                let (addr, frames, cuts, batch) = (
+                    addr.to_owned(),
+                    Arc::clone(&frames),
+                    Arc::clone(&cuts),
+                    batch.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let secured = gossip_common::secure::connect(
+                            stream,
+                            gossip_common::secure::Purpose::Client,
+                            &gossip_common::secure::Identity::anonymous(),
+                        )
+                        .await;
+                        let Ok((mut s, _)) = secured else { continue };
+                        while gossip_common::codec::write_frames(&mut s, &batch)
+                            .await
+                            .is_ok()
+                        {
+                            frames.fetch_add(batch.len() as u64, Relaxed);
+                        }
+                        cuts.fetch_add(1, Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Flood {
+            tasks,
+            frames,
+            cuts,
+        }
+    }
+
+    /// Stops the flood; the frames sent and the times the node cut a flooder.
+    fn stop(self) -> (u64, u64) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.frames.load(Relaxed), self.cuts.load(Relaxed))
+    }
 }

@@ -109,6 +109,11 @@ pub(crate) struct Args {
     /// fanout: seconds per rate step.
     #[arg(long, default_value_t = 3.0)]
     step_secs: f64,
+    /// fanout: connections that flood the node with frames nobody asked for throughout the
+    /// steps, reconnecting whenever they are cut (the inbound-budget check: honest pushes'
+    /// latency under a flood).
+    #[arg(long, default_value_t = 0)]
+    flooders: usize,
 
     /// federation: node counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
