@@ -26,6 +26,23 @@ macro_rules! out {
     };
 }
 
+/// JSON text with every control character that JSON leaves raw (DEL, C1) written as a JSON
+/// escape, so the output stays valid JSON and cannot drive a terminal.
+fn json_safe(json: String) -> String {
+    if !json.chars().any(|c| c.is_control() && c != '\n') {
+        return json;
+    }
+    json.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `s` with every control character but newline and tab escaped.
 fn terminal_safe(s: &str) -> String {
     s.split('\n')
@@ -230,7 +247,7 @@ fn main() -> anyhow::Result<()> {
     };
     let data = call(&args.socket, &req)?;
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&data)?);
+        println!("{}", json_safe(serde_json::to_string_pretty(&data)?));
         return Ok(());
     }
     if let Cmd::Metrics = args.command {
@@ -306,7 +323,7 @@ fn main() -> anyhow::Result<()> {
                 outln!("{}", n.as_str().unwrap_or(""));
             }
         }
-        _ => outln!("{}", serde_json::to_string(&data)?),
+        _ => println!("{}", json_safe(serde_json::to_string(&data)?)),
     }
     Ok(())
 }
@@ -337,7 +354,7 @@ fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
         results.push(serde_json::json!({"server": server, "result": data}));
     }
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&results)?);
+        println!("{}", json_safe(serde_json::to_string_pretty(&results)?));
     } else {
         for r in results {
             outln!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
@@ -560,5 +577,28 @@ fn print_tree(mst: &Value) {
             e[0].as_str().unwrap_or("?"),
             e[1].as_str().unwrap_or("?")
         );
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_printed_drives_a_terminal_and_json_stays_json() {
+        let hostile = "evil\u{1b}]0;owned\u{7}\u{9b}2J";
+        let table = terminal_safe(&format!("{hostile}\tok\nnext"));
+        assert!(
+            !table
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{table}"
+        );
+        assert!(table.contains("\tok\nnext"));
+        let json =
+            json_safe(serde_json::to_string(&serde_json::json!({ "name": hostile })).unwrap());
+        assert!(!json.chars().any(char::is_control), "{json}");
+        let back: serde_json::Value = serde_json::from_str(&json).expect("still JSON");
+        assert_eq!(back["name"], hostile);
     }
 }
