@@ -98,6 +98,28 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Like [`wait_for`], but a timeout's panic also says what `describe` reports then (the state
+/// a failure needs to be understood).
+pub async fn wait_for_or_describe<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; then:\n{}",
+            describe()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 use futures::{SinkExt, StreamExt};
 use gossip_common::secure::{self, SecureStream};
 use gossip_common::{Body, Message, XmlFrameCodec};

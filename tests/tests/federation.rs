@@ -11,6 +11,7 @@ use gossip_common::Keypair;
 use gossip_server::{Config, RunningNode};
 use gossip_tests::ports::reserve_base_ports;
 use gossip_tests::wait_for;
+use gossip_tests::wait_for_or_describe;
 
 const N: usize = 5;
 /// One-way delays: 3 ms along the chain n0-n1-n2-n3-n4, 25 ms between all other pairs.
@@ -205,7 +206,7 @@ async fn five_nodes_agree_on_the_tree_propagate_and_resync() {
         },
     )
     .await;
-    wait_for(
+    wait_for_or_describe(
         "identical databases on all five nodes",
         Duration::from_secs(30),
         || {
@@ -214,6 +215,30 @@ async fn five_nodes_agree_on_the_tree_propagate_and_resync() {
                 .map(|n| n.as_ref().unwrap().node.store.digest())
                 .collect();
             digests.iter().all(|d| *d == digests[0]).then_some(())
+        },
+        || {
+            nodes
+                .iter()
+                .flatten()
+                .map(|n| {
+                    let n = &n.node;
+                    let m = &n.metrics;
+                    format!(
+                        "{}: {} users, {} lists, digest {}, links {:?}, tree {:?}, sync rounds {}, fallbacks {}, records sent {} received {}",
+                        n.identity(),
+                        n.store.user_count(),
+                        n.store.list_count(),
+                        n.store.digest(),
+                        n.federation.status().links,
+                        n.federation.status().tree,
+                        m.sync_rounds.get(),
+                        m.sync_fallbacks.get(),
+                        m.sync_records_sent.get(),
+                        m.sync_records_received.get(),
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         },
     )
     .await;
