@@ -128,6 +128,20 @@ impl Inbound {
         }
     }
 
+    /// Spends what a decoder's `item` cost: a frame's bytes and its end, or one frame for a
+    /// frame refused (its bytes were skipped unbuffered).
+    pub(crate) fn spend_item<E1, E2>(
+        &mut self,
+        item: &Option<Result<Result<bytes::Bytes, E1>, E2>>,
+        now: Instant,
+    ) -> Result<(), Exceeded> {
+        let len = match item {
+            Some(Ok(Ok(frame))) => frame.len() + 1,
+            _ => 1,
+        };
+        self.spend(len, now)
+    }
+
     /// Spends one frame of `len` bytes (its end included).
     pub(crate) fn spend(&mut self, len: usize, now: Instant) -> Result<(), Exceeded> {
         if !self.frames.take(1.0, now) {

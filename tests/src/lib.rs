@@ -84,18 +84,8 @@ pub fn gossip_cli(home: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_or_describe(what, timeout, check, String::new).await
 }
 
 /// Like [`wait_for`], but a timeout's panic also says what `describe` reports then (the state
@@ -113,8 +103,10 @@ pub async fn wait_for_or_describe<T>(
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; then:\n{}",
-            describe()
+            "timed out after {timeout:?} waiting for {what}{}",
+            Some(describe())
+                .filter(|d| !d.is_empty())
+                .map_or(String::new(), |d| format!("; then:\n{d}"))
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -227,11 +227,7 @@ async fn read_loop(
             item = frames.next() => {
                 last_rx = Instant::now();
                 pinged = false;
-                let len = match &item {
-                    Some(Ok(Ok(frame))) => frame.len() + 1,
-                    _ => 1,
-                };
-                if let Err(e) = inbound.spend(len, last_rx) {
+                if let Err(e) = inbound.spend_item(&item, last_rx) {
                     tracing::warn!(over = %e, "peer over its inbound budget; closing the link");
                     door.metrics.inbound_cut.inc();
                     let text = format!("you sent {e}; closing this link");

@@ -116,15 +116,11 @@ impl Session {
                     pinged = false;
                     // Every frame, even a refused one, is spent from the connection's budget:
                     // a flood is cut before it costs the server more than a few thousand frames.
-                    let len = match &item {
-                        Some(Ok(Ok(frame))) => frame.len() + 1,
-                        _ => 1,
-                    };
                     if !full_budget && !anonymous {
                         full_budget = true;
                         inbound = crate::budget::Inbound::new(full_rate, last_rx);
                     }
-                    if let Err(e) = inbound.spend(len, last_rx) {
+                    if let Err(e) = inbound.spend_item(&item, last_rx) {
                         tracing::warn!(over = %e, "client over its inbound budget; disconnecting");
                         self.door.metrics.inbound_cut.inc();
                         let text = format!("you sent {e}; disconnecting");
