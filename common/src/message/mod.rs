@@ -317,7 +317,7 @@ fn xml_char(c: u32) -> bool {
 
 /// Where `xml` (valid UTF-8) holds a character XML 1.0 does not allow, raw or as a character
 /// reference (`&#1;`, `&#x1b;`): a control character other than tab, newline and carriage
-/// return, or U+FFFE/U+FFFF. One pass over the bytes; every frame is checked, so such a
+/// return, or U+FFFE/U+FFFF; or whitespace as a character reference (`&#9;`). One pass over the bytes; every frame is checked, so such a
 /// character can neither reach a parser nor be stored.
 fn forbidden_char(xml: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -342,7 +342,9 @@ fn forbidden_char(xml: &[u8]) -> Option<usize> {
                 let code = std::str::from_utf8(&digits[..end.min(12)])
                     .ok()
                     .and_then(|d| u32::from_str_radix(d, radix).ok());
-                if code.is_none_or(|c| !xml_char(c)) {
+                // Whitespace by reference is refused too: text is trimmed at its ends as it
+                // is read, so a referenced tab there would not survive being sent on.
+                if code.is_none_or(|c| !xml_char(c) || matches!(c, 0x9 | 0xA | 0xD | 0x20)) {
                     return Some(i);
                 }
             }
