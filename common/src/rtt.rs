@@ -1,9 +1,16 @@
 //! Network delay measurement (the spec's "network delay measurer", used by servers and clients)
 //! and the UDP echo responder that answers it on every server's port P+2.
 //!
-//! A probe packet is the spec's 8-bit sequence number, followed by the sender's identity
-//! (`host:port`, UTF-8); a reply is the packet with a zero byte appended (see [`udp_echo`]). The identity is only used by the lab link emulation, which must know
-//! who a reply goes to even on loopback where every node has the same address.
+//! A probe packet is the spec's 8-bit sequence number (1 to 255), followed by the sender's
+//! identity (`host:port`, UTF-8), `#` and a nonce of 64 random bits as 16 lowercase hex digits;
+//! a reply is the packet with a zero byte appended (see [`udp_echo`]). The identity is only used
+//! by the lab link emulation, which must know who a reply goes to even on loopback where every
+//! node has the same address.
+//!
+//! A reply counts only when it is exactly a probe still in flight plus the mark: its nonce
+//! cannot be guessed, so no one can answer a probe before it has arrived. A server (or anyone)
+//! can make itself look farther away by answering late, never nearer; only someone who sees the
+//! probe on its way (on the path) can answer it early.
 //!
 //! The prober measures many servers at once over one socket, as the spec's revised design asks:
 //! a packet to each live target every `interval`; a target is done after `replies` answers; when
@@ -111,7 +118,8 @@ pub async fn probe(
         name: String,
         addr: SocketAddr,
         seq: u8,
-        sent: HashMap<u8, Instant>,
+        /// Probes in flight by sequence number: the exact reply awaited and when it was sent.
+        sent: HashMap<u8, (Vec<u8>, Instant)>,
         rtts: Vec<Duration>,
     }
     let bind: SocketAddr = match (cfg.source, targets.values().next()) {
@@ -150,20 +158,26 @@ pub async fn probe(
             _ = tokio::time::sleep_until(deadline) => break,
             _ = ticker.tick(), if all_done_at.is_none() => {
                 for t in list.iter_mut().filter(|t| t.rtts.len() < cfg.replies) {
-                    t.seq = t.seq.wrapping_add(1);
+                    t.seq = next_seq(t.seq);
+                    let packet = probe_packet(t.seq, me, rand::random());
+                    let mut reply = packet.clone();
+                    reply.push(REPLY_MARK);
                     // The clock starts now: a lab delay on the way out is part of the RTT.
-                    t.sent.insert(t.seq, Instant::now());
-                    let mut packet = vec![t.seq];
-                    packet.extend_from_slice(me.as_bytes());
+                    t.sent.insert(t.seq, (reply, Instant::now()));
                     send_later(&socket, packet, t.addr, lab.to(&t.name));
                 }
             }
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 if n == 0 { continue; }
+                // Only the exact reply to a probe in flight counts; anything else (a guess at
+                // the next probe, a stale or altered reply) is ignored and leaves that probe
+                // waiting for its real answer.
                 if let Some(&i) = by_addr.get(&from) {
-                    if let Some(sent) = list[i].sent.remove(&buf[0]) {
-                        list[i].rtts.push(sent.elapsed());
+                    let t = &mut list[i];
+                    if t.sent.get(&buf[0]).is_some_and(|(want, _)| want[..] == buf[..n]) {
+                        let (_, sent) = t.sent.remove(&buf[0]).expect("present");
+                        t.rtts.push(sent.elapsed());
                     }
                 }
             }
@@ -182,11 +196,34 @@ pub async fn probe(
         .collect())
 }
 
+/// The sequence number after `seq`: 1 to 255 and round again. Zero is skipped, as the echo
+/// responders of earlier versions never answer a packet that holds a zero byte.
+fn next_seq(seq: u8) -> u8 {
+    seq % 255 + 1
+}
+
+/// A probe: `seq`, the sender's identity, `#`, the nonce in hex (never a zero byte, so it can
+/// never be taken for a reply).
+fn probe_packet(seq: u8, me: &str, nonce: u64) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(1 + me.len() + 17);
+    packet.push(seq);
+    packet.extend_from_slice(me.as_bytes());
+    packet.extend_from_slice(format!("#{nonce:016x}").as_bytes());
+    packet
+}
+
+/// The sender identity in a probe (for the lab emulation): the text after the sequence number,
+/// up to the nonce.
+fn probe_sender(packet: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(packet.get(1..)?).ok()?;
+    Some(text.split('#').next().unwrap_or(text))
+}
+
 /// The UDP echo responder for port P+2: returns each packet to its sender. One loop, so it
 /// measures the network rather than server load (spec); lab delays apply to replies, keyed by
 /// the identity in the packet.
 ///
-/// Every reply is the request plus [`REPLY_MARK`], and a packet carrying the mark is never
+/// Every reply is the request plus [`REPLY_MARK`], and a packet ending in the mark is never
 /// answered: otherwise one packet with a forged source (one server's echo port, sent to
 /// another's) would start an endless echo loop between two servers. Each source (address and
 /// port: one prober) gets at most [`ECHO_PER_SOURCE`] replies a second, each source address
@@ -208,7 +245,7 @@ pub async fn udp_echo(
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) if n > 0 => {
                     let packet = &buf[..n];
-                    if packet.contains(&REPLY_MARK)
+                    if packet.last() == Some(&REPLY_MARK)
                         || refused(from.ip())
                         || !limiter.allow(from, Instant::now())
                     {
@@ -217,7 +254,7 @@ pub async fn udp_echo(
                     let delay = if lab.is_empty() {
                         Duration::ZERO
                     } else {
-                        std::str::from_utf8(&packet[1..]).map(|who| lab.to(who)).unwrap_or_default()
+                        probe_sender(packet).map(|who| lab.to(who)).unwrap_or_default()
                     };
                     let mut reply = packet.to_vec();
                     reply.push(REPLY_MARK);
@@ -230,7 +267,7 @@ pub async fn udp_echo(
     }
 }
 
-/// Appended to every echo reply; never part of a request (whose identity is UTF-8 text).
+/// Appended to every echo reply; never the last byte of a request (which ends in hex digits).
 pub const REPLY_MARK: u8 = 0;
 /// Echo replies per source (address and port) per second: a prober sends one packet per target
 /// per interval (2 s by default, 20 ms in the tests).
@@ -353,6 +390,73 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    /// The attack of a member that wants to look near: answer each next probe before it is
+    /// due. Without the nonce, a reply to seq+1 sent as soon as seq arrived was taken as the
+    /// answer to seq+1, and a server 40 ms away measured at well under 1 ms. Now every guess is
+    /// ignored and the server is measured at its real distance.
+    #[tokio::test]
+    async fn a_reply_sent_before_its_probe_arrived_does_not_count() {
+        let fake = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = fake.local_addr().unwrap();
+        let responder = Arc::clone(&fake);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = responder.recv_from(&mut buf).await else { return };
+                let probe = buf[..n].to_vec();
+                // Guesses at the next probe: the old format, and this one's nonce with the
+                // next sequence number.
+                let mut old = vec![next_seq(probe[0])];
+                old.extend_from_slice(b"me:1");
+                old.push(REPLY_MARK);
+                let mut same_nonce = probe.clone();
+                same_nonce[0] = next_seq(probe[0]);
+                same_nonce.push(REPLY_MARK);
+                // Sent again and again around the time the next probe is due (every 10 ms),
+                // so one lands just after it left.
+                let s = Arc::clone(&responder);
+                tokio::spawn(async move {
+                    for _ in 0..12 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        for guess in [&old, &same_nonce] {
+                            let _ = s.send_to(guess, from).await;
+                        }
+                    }
+                });
+                // The honest answer, 40 ms late (the real distance).
+                let s = Arc::clone(&responder);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    let mut reply = probe;
+                    reply.push(REPLY_MARK);
+                    let _ = s.send_to(&reply, from).await;
+                });
+            }
+        });
+        let mut targets = BTreeMap::new();
+        targets.insert("rogue".to_owned(), addr);
+        let cfg = ProbeConfig {
+            interval: Duration::from_millis(10),
+            ..fast()
+        };
+        let out = probe(&targets, "me:1", &cfg, &LabDelays::default())
+            .await
+            .unwrap();
+        let ms = out["rogue"].ms().expect("measured alive");
+        assert!((40.0..80.0).contains(&ms), "measured {ms} ms, really 40 ms");
+    }
+
+    #[test]
+    fn probes_carry_a_fresh_nonce_and_skip_sequence_zero() {
+        assert_eq!(next_seq(255), 1);
+        assert_eq!(next_seq(0), 1);
+        let a = probe_packet(7, "me:1", 0xdead_beef);
+        assert_eq!(&a[..], b"\x07me:1#00000000deadbeef");
+        assert!(!a.contains(&REPLY_MARK));
+        assert_eq!(probe_sender(&a), Some("me:1"));
+        assert_eq!(probe_sender(b"\x07old:2"), Some("old:2"));
     }
 
     #[tokio::test]
