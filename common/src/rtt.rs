@@ -404,7 +404,9 @@ mod tests {
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
-                let Ok((n, from)) = responder.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = responder.recv_from(&mut buf).await else {
+                    return;
+                };
                 let probe = buf[..n].to_vec();
                 // Guesses at the next probe: the old format, and this one's nonce with the
                 // next sequence number.

@@ -217,6 +217,9 @@ fn samples() -> Vec<Body> {
             uid: UserId(8),
             holder: "a:1".into(),
             expires_s: 900,
+            issued: Some(1_795_430_400),
+            key: Some("ab".repeat(32)),
+            sig: Some("cd".repeat(64)),
         }
         .into(),
         LockResult {
@@ -228,6 +231,7 @@ fn samples() -> Vec<Body> {
         UnlockUid {
             uid: UserId(8),
             holder: Some("a:1".into()),
+            sig: Some("cd".repeat(64)),
         }
         .into(),
         Txt { record: chat }.into(),

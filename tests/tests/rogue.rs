@@ -367,45 +367,72 @@ async fn a_silent_peer_cannot_stop_registrations() {
     assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
 }
 
+/// A `lockUID` for `holder`, signed by `key` now (as a server signs its own).
+fn signed_lock(uid: u64, holder: String, key: &Keypair) -> m::LockUid {
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let uid = gossip_common::UserId(uid);
+    let sig = key.sign(
+        Domain::ServerControl,
+        &m::lock_bytes(uid, &holder, 900, issued),
+    );
+    m::LockUid {
+        uid,
+        holder,
+        expires_s: 900,
+        issued: Some(issued),
+        key: Some(key.public().to_string()),
+        sig: Some(sig.to_string()),
+    }
+}
+
+/// A member floods lock requests: half in its own name (held to its key's rate and share),
+/// half in the name of the server it floods, the squat that once took every honest server's
+/// share for 900 s. Registrations there still succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_flood_is_held_to_the_links_rate() {
+async fn a_lock_flood_is_held_to_its_senders_rate_and_cannot_squat_in_others_names() {
     let dir = tempfile::tempdir().unwrap();
     let a = gossip_server::start(config(dir.path(), None))
         .await
         .unwrap();
-    let (mut lines, mut wr) = attach(
-        a.base_port() + 1,
-        &Keypair::generate(),
-        ("192.0.2.66", 4000),
-    )
-    .await;
+    let rogue = Keypair::generate();
+    let (mut lines, mut wr) = attach(a.base_port() + 1, &rogue, ("192.0.2.66", 4000)).await;
     const FLOOD: u64 = 400;
     let mut burst = Vec::new();
     for i in 0..FLOOD {
-        burst.extend(frame(m::LockUid {
-            uid: gossip_common::UserId(1_000_000 + i),
-            holder: format!("192.0.2.66:4000/{i}"),
-            expires_s: 900,
-        }));
+        burst.extend(frame(signed_lock(
+            1_000_000 + i,
+            format!("192.0.2.66:4000/{i}"),
+            &rogue,
+        )));
+        burst.extend(frame(signed_lock(
+            2_000_000 + i,
+            format!("{}/{i}", id(&a)),
+            &rogue,
+        )));
     }
     wr.write_all(&burst).await.unwrap();
     wr.flush().await.unwrap();
     let mut answers = 0;
     let got = read_frames(&mut lines, |l| {
         answers += usize::from(l.contains("<lockResult"));
-        answers == FLOOD as usize
+        answers == 2 * FLOOD as usize
     })
     .await;
-    let granted = got
-        .iter()
-        .filter(|l| l.contains("<lockResult") && l.contains("<granted>1</granted>"))
-        .count();
-    assert_eq!(answers, FLOOD as usize, "every request is answered");
+    let granted = |prefix: &str| {
+        got.iter()
+            .filter(|l| l.contains("<granted>1</granted>") && l.contains(prefix))
+            .count()
+    };
+    assert_eq!(answers, 2 * FLOOD as usize, "every request is answered");
     // A burst of 100, plus what the rate refilled while they were read; never all.
-    assert!(
-        (100..=160).contains(&granted),
-        "granted {granted} of {FLOOD}"
-    );
+    let own = granted("<holder>192.0.2.66:4000/");
+    assert!((100..=160).contains(&own), "granted {own} of {FLOOD}");
+    let squatted = granted(&format!("<holder>{}/", id(&a)));
+    assert_eq!(squatted, 0, "locks taken in the name of the server flooded");
+    println!("lock flood: {own} of {FLOOD} own-name requests granted, {squatted} of {FLOOD} in the victim's name");
     // The flood took none of the honest registrations' share.
     let (client, _e) = GossipClient::connect(&a.client_addr().to_string(), Keypair::generate())
         .await

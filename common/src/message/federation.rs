@@ -237,6 +237,28 @@ pub struct LockUid {
     pub holder: String,
     /// Seconds until the lock expires by itself.
     pub expires_s: u64,
+    /// When the registering server made the request (Unix seconds): a request older than the
+    /// receiver's lock lifetime is refused, so a copy cannot be replayed long after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<u64>,
+    /// The registering server's identity key (hex), bound to the server the holder names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// That key's signature (hex, domain `gossip-server-control-v1`) over
+    /// [`lock_bytes`]: every server charges the lock to the server that signed it, so no one
+    /// can spend another server's share by naming it. Unsigned requests are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+/// The bytes a registering server signs for a `lockUID`.
+pub fn lock_bytes(uid: UserId, holder: &str, expires_s: u64, issued: u64) -> Vec<u8> {
+    format!("lock-uid\n{}\n{holder}\n{expires_s}\n{issued}\n", uid.0).into_bytes()
+}
+
+/// The bytes a registering server signs for an `unlockUID`.
+pub fn unlock_bytes(uid: UserId, holder: &str) -> Vec<u8> {
+    format!("unlock-uid\n{}\n{holder}\n", uid.0).into_bytes()
 }
 
 /// `lockResult`: a server's answer to `lockUID`.
@@ -261,6 +283,10 @@ pub struct UnlockUid {
     /// The holder whose lock is released (a lock held by someone else stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The signature (hex, domain `gossip-server-control-v1`) over [`unlock_bytes`] by the key
+    /// the lock was taken with: only the registering server releases its locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl super::Body {

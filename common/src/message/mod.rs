@@ -49,9 +49,9 @@ pub use self::client::{
 pub use self::control::{Disconnect, Ok, Ping, Pong};
 pub use self::error::{Error, ErrorCode, ProtocolError};
 pub use self::federation::{
-    AddServer, ChangedEntries, DeleteServer, EcEntry, EcList, EventCounts, HeldWill, LockResult,
-    LockUid, Reconcile, ReqServerList, RttEntry, ServerAddr, ServerIdMsg, ServerList, UnlockUid,
-    UpdateRtts,
+    lock_bytes, unlock_bytes, AddServer, ChangedEntries, DeleteServer, EcEntry, EcList,
+    EventCounts, HeldWill, LockResult, LockUid, Reconcile, ReqServerList, RttEntry, ServerAddr,
+    ServerIdMsg, ServerList, UnlockUid, UpdateRtts,
 };
 pub use self::generic::GenericMessage;
 pub use self::relay::{Delivered, MailboxDigest, MailboxIds, Relay, Stored};

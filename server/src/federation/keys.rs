@@ -54,6 +54,56 @@ impl Federation {
         verdict
     }
 
+    /// This server's identity key.
+    pub(crate) fn own_key(&self) -> gossip_common::PublicKey {
+        self.signer.public()
+    }
+
+    /// Signs a statement this server makes to the federation (domain `ServerControl`):
+    /// returns its key and the signature, both in hex.
+    pub(crate) fn sign_statement(&self, bytes: &[u8]) -> (String, String) {
+        let sig = self
+            .signer
+            .sign(gossip_common::Domain::ServerControl, bytes);
+        (self.signer.public().to_string(), sig.to_string())
+    }
+
+    /// Checks a statement `name` signed (domain `ServerControl`): against the key bound to
+    /// `name`, or against `carried`, which is bound on first sight as a row's key is. Returns
+    /// the key that signed it.
+    pub(crate) fn verify_statement(
+        &self,
+        name: &ServerId,
+        carried: Option<&str>,
+        bytes: &[u8],
+        sig: Option<&str>,
+    ) -> Result<gossip_common::PublicKey, &'static str> {
+        let key = if *name == self.me {
+            self.signer.public()
+        } else {
+            match carried {
+                Some(text) => {
+                    let key: gossip_common::PublicKey =
+                        text.parse().map_err(|_| "an invalid key")?;
+                    if !self.claim_key(name, &key).accepted() {
+                        return Err("signed by a key not bound to the server it names");
+                    }
+                    key
+                }
+                None => self
+                    .key_of(name)
+                    .ok_or("no key known for the server it names")?,
+            }
+        };
+        let sig: gossip_common::Signature = sig
+            .ok_or("unsigned")?
+            .parse()
+            .map_err(|_| "an invalid signature")?;
+        key.verify(gossip_common::Domain::ServerControl, bytes, &sig)
+            .map_err(|_| "the signature does not verify")?;
+        Ok(key)
+    }
+
     /// The key bound to `name`, if any.
     pub(crate) fn key_of(&self, name: &ServerId) -> Option<gossip_common::PublicKey> {
         self.state.lock().keys.key_of(name).copied()

@@ -71,6 +71,9 @@ mod keys;
 mod links;
 mod maintain;
 mod membership;
+
+/// Servers a server list holds at most.
+pub(crate) const MAX_SERVERS: usize = membership::MAX_SERVERS;
 mod operator;
 mod probe;
 mod rows;

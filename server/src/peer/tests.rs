@@ -77,61 +77,167 @@ async fn ping_is_answered_and_disconnect_ends_the_link() {
     n.stop().await.unwrap();
 }
 
+/// A `lockUID` from `holder` (`host:port/<random>`), signed by `key` now.
+fn lock(uid: UserId, holder: &str, key: &gossip_common::Keypair) -> m::LockUid {
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = key.sign(
+        gossip_common::Domain::ServerControl,
+        &m::lock_bytes(uid, holder, 60, issued),
+    );
+    m::LockUid {
+        uid,
+        holder: holder.to_owned(),
+        expires_s: 60,
+        issued: Some(issued),
+        key: Some(key.public().to_string()),
+        sig: Some(sig.to_string()),
+    }
+}
+
+/// An `unlockUID` of `holder`'s lock, signed by `key`.
+fn unlock(uid: UserId, holder: &str, key: &gossip_common::Keypair) -> m::UnlockUid {
+    let sig = key.sign(
+        gossip_common::Domain::ServerControl,
+        &m::unlock_bytes(uid, holder),
+    );
+    m::UnlockUid {
+        uid,
+        holder: Some(holder.to_owned()),
+        sig: Some(sig.to_string()),
+    }
+}
+
+/// The answer on the link to the last lock request: granted or not.
+async fn granted(rx: &mut LinkQueue, uid: UserId) -> bool {
+    match next(rx).await {
+        Body::LockResult(r) => {
+            assert_eq!(r.uid, uid);
+            r.granted == 1
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_lock_request_is_granted_once_and_released_by_its_holder() {
     let dir = tempfile::tempdir().unwrap();
     let n = node(&dir).await;
     let (mut link, mut rx, _bulk) = link(&n);
     let door = &n.node.peers;
+    let key = gossip_common::Keypair::generate();
     let uid = UserId(0x1234_5678_9abc);
     let holder = |h: &str| format!("{}:{}/{h}", PEER.0, PEER.1);
-    let ask = |h: &str| m::LockUid {
-        uid,
-        holder: holder(h),
-        expires_s: 60,
-    };
     // No other link: this server is the whole subtree, and answers at once.
-    let _ = dispatch(door, &mut link, msg(ask("a"))).await;
-    match next(&mut rx).await {
-        Body::LockResult(r) => assert_eq!((r.uid, r.granted), (uid, 1)),
-        other => panic!("{other:?}"),
-    }
+    let _ = dispatch(door, &mut link, msg(lock(uid, &holder("a"), &key))).await;
+    assert!(granted(&mut rx, uid).await);
     assert!(n.node.locks.is_locked(uid));
     // Another holder is refused while the first holds it.
-    let _ = dispatch(door, &mut link, msg(ask("b"))).await;
-    match next(&mut rx).await {
-        Body::LockResult(r) => assert_eq!((r.uid, r.granted), (uid, 0)),
-        other => panic!("{other:?}"),
+    let _ = dispatch(door, &mut link, msg(lock(uid, &holder("b"), &key))).await;
+    assert!(!granted(&mut rx, uid).await);
+    // An unlock not signed by the server the holder names (anyone on the path saw the holder)
+    // releases nothing; the signed one does.
+    let forger = gossip_common::Keypair::generate();
+    for forged in [
+        unlock(uid, &holder("a"), &forger),
+        m::UnlockUid {
+            sig: None,
+            ..unlock(uid, &holder("a"), &key)
+        },
+    ] {
+        let _ = dispatch(door, &mut link, msg(forged)).await;
+        assert!(
+            n.node.locks.is_locked(uid),
+            "a forged unlock released the lock"
+        );
     }
-    let unlock = m::UnlockUid {
-        uid,
-        holder: Some(holder("a")),
-    };
-    let _ = dispatch(door, &mut link, msg(unlock)).await;
+    let _ = dispatch(door, &mut link, msg(unlock(uid, &holder("a"), &key))).await;
     assert!(!n.node.locks.is_locked(uid));
     n.stop().await.unwrap();
 }
 
+/// A lock request counts only when signed, fresh, and by the key of the server its holder
+/// names: naming another server, unsigned, altered or stale requests lock nothing.
 #[tokio::test]
-async fn a_link_past_its_lock_rate_is_refused_without_locking() {
+async fn a_lock_request_in_another_servers_name_locks_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let n = node(&dir).await;
     let (mut link, mut rx, _bulk) = link(&n);
     let door = &n.node.peers;
-    let mut granted = 0;
+    let honest = gossip_common::Keypair::generate();
+    let rogue = gossip_common::Keypair::generate();
+    let holder = format!("{}:{}/x", PEER.0, PEER.1);
+    // The honest server's key is bound to its name (by its first request).
+    let _ = dispatch(door, &mut link, msg(lock(UserId(1), &holder, &honest))).await;
+    assert!(granted(&mut rx, UserId(1)).await);
+    let uid = UserId(2);
+    let stale = {
+        let mut l = lock(uid, &holder, &honest);
+        l.issued = Some(l.issued.unwrap() - 100_000);
+        l
+    };
+    let cases = [
+        ("another key", lock(uid, &holder, &rogue)),
+        (
+            "unsigned",
+            m::LockUid {
+                sig: None,
+                ..lock(uid, &holder, &honest)
+            },
+        ),
+        (
+            "altered",
+            m::LockUid {
+                expires_s: 61,
+                ..lock(uid, &holder, &honest)
+            },
+        ),
+        ("stale", stale),
+        (
+            "this server's own name",
+            lock(uid, "door.test:6000/x", &rogue),
+        ),
+    ];
+    for (what, l) in cases {
+        let _ = dispatch(door, &mut link, msg(l)).await;
+        assert!(!granted(&mut rx, uid).await, "{what} was granted");
+        assert!(!n.node.locks.is_locked(uid), "{what} took a lock");
+    }
+    n.stop().await.unwrap();
+}
+
+/// The lock rate is the requesting server's, counted by its key: a flood spends its own
+/// budget, not the link's, so another server's requests on the same link still pass.
+#[tokio::test]
+async fn a_server_past_its_lock_rate_is_refused_and_others_on_the_link_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&dir).await;
+    let (mut link, mut rx, _bulk) = link(&n);
+    let door = &n.node.peers;
+    let flooder = gossip_common::Keypair::generate();
+    let mut count = 0;
     for i in 0..150u64 {
-        let ask = m::LockUid {
-            uid: UserId(1_000 + i),
-            holder: format!("{}:{}/{i}", PEER.0, PEER.1),
-            expires_s: 60,
-        };
+        let uid = UserId(1_000 + i);
+        let ask = lock(uid, &format!("{}:{}/{i}", PEER.0, PEER.1), &flooder);
         let _ = dispatch(door, &mut link, msg(ask)).await;
-        if let Body::LockResult(r) = next(&mut rx).await {
-            granted += usize::from(r.granted);
-        }
+        count += usize::from(granted(&mut rx, uid).await);
     }
     // A burst of 100, then 20 a second: a loop this fast gets about the burst.
-    assert!((100..110).contains(&granted), "granted {granted} of 150");
+    assert!((100..110).contains(&count), "granted {count} of 150");
+    let other = gossip_common::Keypair::generate();
+    let uid = UserId(5_000);
+    let _ = dispatch(
+        door,
+        &mut link,
+        msg(lock(uid, "behind.test:7100/y", &other)),
+    )
+    .await;
+    assert!(
+        granted(&mut rx, uid).await,
+        "another server's request on the same link was refused"
+    );
     n.stop().await.unwrap();
 }
 

@@ -17,20 +17,16 @@ use parking_lot::Mutex;
 
 struct Lock {
     holder: String,
+    /// Who the lock is charged to: the key of the server that signed the request.
+    owner: String,
     expires: Instant,
 }
 
-/// Locks one origin server may hold here at once. The origin is the part of the holder before
-/// its first `/` (holders are `host:port/<random>`): a peer that floods lock requests fills
-/// its own share, never the table.
+/// Locks one server (by the key that signed its requests) may hold here at once: a server
+/// that floods lock requests fills its own share, never the table nor anyone else's.
 pub const MAX_LOCKS_PER_ORIGIN: usize = 256;
-/// Locks held here at once, all origins together.
+/// Locks held here at once, all servers together.
 pub const MAX_LOCKS: usize = 10_000;
-
-/// The server a holder names.
-fn origin(holder: &str) -> &str {
-    holder.split('/').next().unwrap_or(holder)
-}
 
 /// Per-server table of locked UserIDs.
 #[derive(Default)]
@@ -39,9 +35,16 @@ pub struct UidLocks {
 }
 
 impl UidLocks {
-    /// Locks `uid` for `holder` for `ttl`. Re-locking by the same holder extends the lock.
-    /// Refused with the current holder's name when someone else holds it.
-    pub fn try_lock(&self, uid: UserId, holder: &str, ttl: Duration) -> Result<(), String> {
+    /// Locks `uid` for `holder` for `ttl`, charged to `owner` (the requesting server's key).
+    /// Re-locking by the same holder extends the lock. Refused with the current holder's name
+    /// when someone else holds it.
+    pub fn try_lock(
+        &self,
+        uid: UserId,
+        holder: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(), String> {
         let now = Instant::now();
         let mut locks = self.inner.lock();
         if locks.len() > 1024 {
@@ -52,21 +55,21 @@ impl UidLocks {
             return Err(l.holder.clone());
         }
         if held.is_none() {
-            // A new lock (not an extension): within its origin's share and the table's bound.
-            let from = origin(holder);
+            // A new lock (not an extension): within its owner's share and the table's bound.
             let (mut all, mut mine) = (0, 0);
             for l in locks.values().filter(|l| l.expires > now) {
                 all += 1;
-                mine += usize::from(origin(&l.holder) == from);
+                mine += usize::from(l.owner == owner);
             }
             if all >= MAX_LOCKS || mine >= MAX_LOCKS_PER_ORIGIN {
-                return Err(format!("{from} holds too many UserID locks here"));
+                return Err(format!("{owner} holds too many UserID locks here"));
             }
         }
         locks.insert(
             uid,
             Lock {
                 holder: holder.to_owned(),
+                owner: owner.to_owned(),
                 expires: now + ttl,
             },
         );
@@ -94,39 +97,51 @@ impl UidLocks {
 mod tests {
     use super::*;
 
+    /// The share goes by who signed, not by the name a holder carries: a rogue that names an
+    /// honest server in its holders fills its own share.
     #[test]
-    fn one_origin_cannot_hold_more_than_its_share() {
+    fn one_owner_cannot_hold_more_than_its_share() {
         let locks = UidLocks::default();
         let ttl = Duration::from_secs(60);
         for i in 0..MAX_LOCKS_PER_ORIGIN as u64 {
             locks
-                .try_lock(UserId(i), &format!("rogue:1/{i}"), ttl)
+                .try_lock(UserId(i), &format!("honest:2/{i}"), "rogue-key", ttl)
                 .unwrap();
         }
         let err = locks
-            .try_lock(UserId(99_999), "rogue:1/more", ttl)
+            .try_lock(UserId(99_999), "honest:2/more", "rogue-key", ttl)
             .unwrap_err();
         assert!(err.contains("too many"), "{err}");
-        // Extending a held lock is not a new one; other origins still lock.
-        locks.try_lock(UserId(0), "rogue:1/0", ttl).unwrap();
-        locks.try_lock(UserId(99_999), "honest:2/x", ttl).unwrap();
+        // Extending a held lock is not a new one; other owners still lock.
+        locks
+            .try_lock(UserId(0), "honest:2/0", "rogue-key", ttl)
+            .unwrap();
+        locks
+            .try_lock(UserId(99_999), "honest:2/x", "honest-key", ttl)
+            .unwrap();
     }
 
     #[test]
     fn one_holder_at_a_time_and_expiry() {
         let locks = UidLocks::default();
         let uid = UserId(5);
-        locks.try_lock(uid, "a", Duration::from_secs(60)).unwrap();
+        locks
+            .try_lock(uid, "a", "k", Duration::from_secs(60))
+            .unwrap();
         assert_eq!(
-            locks.try_lock(uid, "b", Duration::from_secs(60)),
+            locks.try_lock(uid, "b", "k", Duration::from_secs(60)),
             Err("a".into())
         );
         locks.unlock(uid, "b");
         assert!(locks.is_locked(uid));
         locks.unlock(uid, "a");
-        locks.try_lock(uid, "b", Duration::from_millis(1)).unwrap();
+        locks
+            .try_lock(uid, "b", "k", Duration::from_millis(1))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(!locks.is_locked(uid));
-        locks.try_lock(uid, "c", Duration::from_secs(1)).unwrap();
+        locks
+            .try_lock(uid, "c", "k", Duration::from_secs(1))
+            .unwrap();
     }
 }

@@ -33,12 +33,27 @@ pub(crate) use network::LOCK_TIMEOUT;
 /// A link's lock-request budget (one bucket per link).
 pub(crate) type LockRate = Limiter<()>;
 
-/// Lock requests one link may bring: a burst of 100, then 20 a second (a registration costs
-/// one per link it crosses).
+/// Lock requests one link may bring, whoever signed them: a burst of 1,000, then 200 a second.
+/// This only bounds the signature checks a link can cause; a link carries the requests of
+/// every server behind it, so it must fit many servers' registrations at once.
 const LOCKS_PER_LINK: Rate = Rate {
+    burst: 1000.0,
+    per_second: 200.0,
+};
+
+/// Lock requests one server may make, by the key that signs them, as counted by every server
+/// they reach: a burst of 100, then 20 a second (a registration costs one). A flood past it
+/// fails only the flooder's registrations, on whatever links it travels.
+const LOCKS_PER_KEY: Rate = Rate {
     burst: 100.0,
     per_second: 20.0,
 };
+
+/// Requesting servers whose lock rate is tracked at once (the server list's bound).
+const RATE_TRACKED_KEYS: usize = crate::federation::MAX_SERVERS;
+
+/// How far ahead of this server's clock a lock request's `issued` may be (clock skew).
+const LOCK_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Addresses whose registration rate is tracked at once (each entry is a few dozen bytes).
 const RATE_TRACKED_ADDRESSES: usize = 100_000;
@@ -56,6 +71,10 @@ pub struct Registration {
     ttl: Duration,
     /// Registrations started per address.
     rate: Mutex<Limiter<IpAddr>>,
+    /// This server's key, which its own locks are charged to.
+    own_key: String,
+    /// Lock requests per requesting server (its key).
+    key_rate: Mutex<Limiter<gossip_common::PublicKey>>,
     tasks: Tasks,
 }
 
@@ -70,6 +89,7 @@ impl Registration {
         per_minute: f64,
         tasks: Tasks,
     ) -> Registration {
+        let own_key = federation.own_key().to_string();
         Registration {
             store,
             locks,
@@ -83,6 +103,8 @@ impl Registration {
                 },
                 RATE_TRACKED_ADDRESSES,
             )),
+            own_key,
+            key_rate: Mutex::new(Limiter::new(LOCKS_PER_KEY, RATE_TRACKED_KEYS)),
             tasks,
         }
     }
@@ -111,11 +133,7 @@ impl Registration {
     /// or the next second whose id is neither stored nor locked, locked here and on every
     /// reachable server.
     pub async fn reserve(&self, ip: IpAddr, holder: &str) -> Option<UserId> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut uid = UserId::allocate(now, ip);
+        let mut uid = UserId::allocate(unix_now(), ip);
         // Bounded well inside a client's request timeout: better "try again" than a hang.
         let give_up = std::time::Instant::now() + Duration::from_secs(15);
         for _ in 0..1_000 {
@@ -123,7 +141,10 @@ impl Registration {
                 break;
             }
             let free_here = !self.store.contains_user(uid)
-                && self.locks.try_lock(uid, holder, self.ttl).is_ok();
+                && self
+                    .locks
+                    .try_lock(uid, holder, &self.own_key, self.ttl)
+                    .is_ok();
             if free_here {
                 if self.lock_network(uid, holder, self.ttl).await {
                     return Some(uid);
@@ -146,9 +167,10 @@ impl Registration {
         self.unlock_network(uid, holder);
     }
 
-    /// A peer's `lockUID`: locked here (within the link's `rate`, if neither stored nor locked
-    /// by another holder) and asked of the subtree behind this server. Returns the answer to
-    /// send the peer now, or `None` when it comes once the subtree has answered.
+    /// A peer's `lockUID`: locked here (if signed by the server its holder names, recent, within
+    /// the link's and the signer's rates, and neither stored nor locked by another holder) and
+    /// asked of the subtree behind this server. Returns the answer to send the peer now, or
+    /// `None` when it comes once the subtree has answered.
     pub(crate) fn on_lock_request(
         self: &Arc<Self>,
         l: m::LockUid,
@@ -156,15 +178,16 @@ impl Registration {
         rate: &mut LockRate,
     ) -> Option<Bytes> {
         let ttl = Duration::from_secs(l.expires_s.clamp(1, self.ttl.as_secs().max(1)));
-        // Past its rate, a link's requests are refused: a flood only fails the flooder's own
-        // registrations.
-        let within_rate = rate.take(&(), Instant::now()).is_ok();
-        if !within_rate {
-            tracing::debug!(uid = %l.uid, "lock request over the link's rate; refused");
-        }
-        let local = within_rate
-            && !self.store.contains_user(l.uid)
-            && self.locks.try_lock(l.uid, &l.holder, ttl).is_ok();
+        let local = match self.check_lock_request(&l, rate) {
+            Ok(owner) => {
+                !self.store.contains_user(l.uid)
+                    && self.locks.try_lock(l.uid, &l.holder, &owner, ttl).is_ok()
+            }
+            Err(why) => {
+                tracing::debug!(uid = %l.uid, holder = %l.holder, peer = %peer.0, why, "lock request refused");
+                false
+            }
+        };
         let forwarded = local
             && self.send_lock_request(
                 &encode_frame(l.clone()),
@@ -198,6 +221,39 @@ impl Registration {
         None
     }
 
+    /// Whether a peer's `lockUID` may take a lock here, and whom it is charged to (the key of
+    /// the server that signed it). Past the link's rate nothing is checked: a flood costs the
+    /// flooder's link, not this server's CPU.
+    fn check_lock_request(
+        &self,
+        l: &m::LockUid,
+        rate: &mut LockRate,
+    ) -> Result<String, &'static str> {
+        let now = Instant::now();
+        rate.take(&(), now)
+            .map_err(|_| "over the link's lock rate")?;
+        let origin = holder_origin(&l.holder)?;
+        if origin == *self.federation.me() {
+            return Err("a request in this server's own name");
+        }
+        let issued = l.issued.ok_or("without its time")?;
+        let age = unix_now().saturating_sub(issued);
+        if age > self.ttl.as_secs() || issued > unix_now() + LOCK_CLOCK_SKEW.as_secs() {
+            return Err("too old, or from too far in the future");
+        }
+        let key = self.federation.verify_statement(
+            &origin,
+            l.key.as_deref(),
+            &m::lock_bytes(l.uid, &l.holder, l.expires_s, issued),
+            l.sig.as_deref(),
+        )?;
+        self.key_rate
+            .lock()
+            .take(&key, now)
+            .map_err(|_| "over its server's lock rate")?;
+        Ok(key.to_string())
+    }
+
     /// A peer's `lockResult`.
     pub(crate) fn on_lock_result(&self, r: m::LockResult, peer: &ServerId) {
         if let Some(holder) = r.holder {
@@ -205,11 +261,38 @@ impl Registration {
         }
     }
 
-    /// A peer's `unlockUID`: released here and passed on.
+    /// A peer's `unlockUID`: if signed by the server its holder names, released here and passed
+    /// on; otherwise dropped (only the registering server releases its locks).
     pub(crate) fn on_unlock(&self, u: m::UnlockUid, peer: &ServerId) {
-        if let Some(holder) = &u.holder {
-            self.locks.unlock(u.uid, holder);
+        let Some(holder) = &u.holder else { return };
+        let verified = holder_origin(holder).and_then(|origin| {
+            self.federation.verify_statement(
+                &origin,
+                None,
+                &m::unlock_bytes(u.uid, holder),
+                u.sig.as_deref(),
+            )
+        });
+        if let Err(why) = verified {
+            tracing::debug!(uid = %u.uid, %holder, peer = %peer.0, why, "unlock refused");
+            return;
         }
+        self.locks.unlock(u.uid, holder);
         self.federation.flood(&encode_frame(u), Some(peer));
     }
+}
+
+/// The server a lock holder names (`host:port/<random>`).
+fn holder_origin(holder: &str) -> Result<ServerId, &'static str> {
+    let (id, _) = holder
+        .split_once('/')
+        .ok_or("a holder without its server")?;
+    crate::mst::parse_id(id).map_err(|_| "a holder naming no server")
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -39,10 +39,17 @@ impl Registration {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (done, rx) = tokio::sync::oneshot::channel();
+        let (expires_s, issued) = (ttl.as_secs().max(1), super::unix_now());
+        let (key, sig) = self
+            .federation
+            .sign_statement(&m::lock_bytes(uid, holder, expires_s, issued));
         let msg = encode(m::LockUid {
             uid,
             holder: holder.to_owned(),
-            expires_s: ttl.as_secs().max(1),
+            expires_s,
+            issued: Some(issued),
+            key: Some(key),
+            sig: Some(sig),
         });
         if !self.send_lock_request(&msg, uid, holder, None, LockReply::Origin(done)) {
             return true; // nobody to ask: this server alone decides
@@ -68,6 +75,11 @@ impl Registration {
             &encode(m::UnlockUid {
                 uid,
                 holder: Some(holder.to_owned()),
+                sig: Some(
+                    self.federation
+                        .sign_statement(&m::unlock_bytes(uid, holder))
+                        .1,
+                ),
             }),
             None,
         );

@@ -99,6 +99,9 @@ async fn a_logged_in_session_may_not_speak_for_others_or_as_a_server() {
         uid,
         holder: "x/1".into(),
         expires_s: 1,
+        issued: None,
+        key: None,
+        sig: None,
     };
     let _ = s.handle(request(2, lock)).await;
     let r = reply(&mut rx).await;
