@@ -7,7 +7,8 @@
 //! by the lab link emulation, which must know who a reply goes to even on loopback where every
 //! node has the same address.
 //!
-//! A reply counts only when it is exactly a probe still in flight plus the mark: its nonce
+//! A reply counts only when it is exactly a probe still in flight plus the mark (or without it,
+//! as a plain echo service answers): its nonce
 //! cannot be guessed, so no one can answer a probe before it has arrived. A server (or anyone)
 //! can make itself look farther away by answering late, never nearer; only someone who sees the
 //! probe on its way (on the path) can answer it early.
@@ -175,7 +176,12 @@ pub async fn probe(
                 // waiting for its real answer.
                 if let Some(&i) = by_addr.get(&from) {
                     let t = &mut list[i];
-                    if t.sent.get(&buf[0]).is_some_and(|(want, _)| want[..] == buf[..n]) {
+                    // A plain echo service (RFC 862) answers without the mark: as good.
+                    let answer = &buf[..n];
+                    let matches = |want: &Vec<u8>| {
+                        answer == &want[..] || answer == &want[..want.len() - 1]
+                    };
+                    if t.sent.get(&buf[0]).is_some_and(|(want, _)| matches(want)) {
                         let (_, sent) = t.sent.remove(&buf[0]).expect("present");
                         t.rtts.push(sent.elapsed());
                     }

@@ -155,11 +155,13 @@ fn samples() -> Vec<Body> {
                     host: "a".into(),
                     port: 1,
                     key: None,
+                    seq: Some(17),
                 },
                 ServerAddr {
                     host: "b".into(),
                     port: 2,
                     key: Some("abababababababababababababababababababababababababababababababab".into()),
+                    seq: None,
                 },
             ],
         }

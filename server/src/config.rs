@@ -122,6 +122,11 @@ pub struct FileConfig {
     /// Seconds between RTT measurement rounds [default: 60].
     #[arg(long = "reprobe", value_name = "SECS")]
     pub reprobe_s: Option<f64>,
+    /// Seconds between repair checks: a short exchange of what each side holds with one
+    /// random server that is not a tree neighbour, so a server in the tree that does not
+    /// forward cannot cut the federation [default: 10]. 0 turns them off.
+    #[arg(long = "repair", value_name = "SECS")]
+    pub repair_s: Option<f64>,
     /// LAB ONLY: one-way delay in milliseconds added to everything sent to a peer
     /// (`"host:port" = ms`), to emulate WAN links in tests and demos. Never use in production.
     /// On the command line: `--lab-link-delay HOST:PORT=MS`.
@@ -216,6 +221,8 @@ pub struct Config {
     pub probe: gossip_common::rtt::ProbeConfig,
     /// Time between measurement rounds.
     pub reprobe: Duration,
+    /// Time between repair checks (zero: none).
+    pub repair: Duration,
     /// Lab link emulation (empty in production).
     pub lab: gossip_common::rtt::LabDelays,
 }
@@ -271,6 +278,10 @@ impl Config {
             source: Some(bind),
         };
         let reprobe = secs(f.reprobe_s, 60.0, "reprobe_s")?;
+        let repair = match f.repair_s {
+            Some(0.0) => Duration::ZERO,
+            s => secs(s, 10.0, "repair_s")?,
+        };
         let mut lab = std::collections::HashMap::new();
         for (peer, ms) in f.lab_link_delay_ms.unwrap_or_default() {
             let (host, port) = parse_server(&peer)?;
@@ -306,6 +317,7 @@ impl Config {
             peers,
             probe,
             reprobe,
+            repair,
             lab: gossip_common::rtt::LabDelays::new(lab),
             name,
             base_port,

@@ -6,6 +6,7 @@ mod docs;
 mod durability;
 mod federation;
 mod layout;
+mod members;
 mod messaging;
 mod operators;
 mod presence;

@@ -22,6 +22,11 @@ pub struct ServerAddr {
     /// no key bound to this name yet binds this one.
     #[serde(rename = "@key", default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The `seq` of the newest RTT row the sender holds from this server (`0`: none), sent on
+    /// a repair check's opening instead of the rows themselves: the receiver answers with the
+    /// rows it holds that are newer.
+    #[serde(rename = "@seq", default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl std::fmt::Display for ServerAddr {

@@ -29,6 +29,7 @@ impl Federation {
             host: a.host.clone(),
             port: a.port,
             key: a.key.clone(),
+            seq: None,
         };
         if self.learn_servers([named], from) > 0 {
             self.flood(&encode(a), Some(from));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectError, Federation, Hooks, LinkEnd};
+use super::{ConnectError, Federation, Hooks, LinkEnd, LinkKind};
 use crate::mst::{id_string, ServerId};
 
 /// Longest wait between reconnection attempts to a tree neighbour.
@@ -38,7 +38,10 @@ pub(super) async fn dial(
         }
         Some(Ok((stream, addr))) => {
             // Not raced against the stop: the link says its goodbye and ends by itself.
-            match hooks.run_link(stream, Some(peer.clone()), addr).await {
+            match hooks
+                .run_link(stream, Some(peer.clone()), addr, LinkKind::Tree)
+                .await
+            {
                 LinkEnd::WasUp => Ok(()),
                 LinkEnd::NotUp(why) => Err(why.to_owned()),
             }

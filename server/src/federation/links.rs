@@ -150,9 +150,23 @@ impl Federation {
         frames
     }
 
+    /// What a repair check is sent first: the server list with the `seq` of every row held,
+    /// so each end sends the other only the rows it lacks (not every row, as a link's opening
+    /// does).
+    pub(crate) fn check_opening_frames(&self) -> Vec<Bytes> {
+        vec![encode(m::ServerList {
+            servers: self.list_servers(true),
+        })]
+    }
+
     /// Every server known here with the key bound to it (ours for ourselves): what a peer's
     /// `reqServerList` and a client's get, so either can pin keys before first contact.
     pub(crate) fn server_list(&self) -> Vec<m::ServerAddr> {
+        self.list_servers(false)
+    }
+
+    /// The server list, with the `seq` of the row held from each server if `seqs`.
+    fn list_servers(&self, seqs: bool) -> Vec<m::ServerAddr> {
         let me = self.signer.public();
         let st = self.state.lock();
         st.members
@@ -167,6 +181,7 @@ impl Federation {
                     st.keys.key_of(s)
                 }
                 .map(|k| k.to_string()),
+                seq: seqs.then(|| st.members.row(s).map_or(0, |r| r.seq)),
             })
             .collect()
     }
@@ -219,6 +234,9 @@ impl Federation {
     /// Queues `frame` to every link except `except`. Never waits: a peer that cannot keep up
     /// is disconnected (and re-linked later) rather than holding up the others.
     pub(crate) fn flood(&self, frame: &Bytes, except: Option<&ServerId>) {
+        if self.withheld(except) {
+            return;
+        }
         let st = self.state.lock();
         for (key, link) in &st.links {
             if Some(key) == except {
@@ -245,6 +263,9 @@ impl Federation {
         frame: impl FnOnce() -> Bytes,
         except: Option<&ServerId>,
     ) {
+        if self.withheld(except) {
+            return;
+        }
         let targets: Vec<mpsc::Sender<Queued>> = {
             let st = self.state.lock();
             st.links

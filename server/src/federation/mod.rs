@@ -71,20 +71,22 @@ mod keys;
 mod links;
 mod maintain;
 mod membership;
-
-/// Servers a server list holds at most.
-pub(crate) const MAX_SERVERS: usize = membership::MAX_SERVERS;
 mod operator;
 mod probe;
+mod repair;
 mod rows;
 #[cfg(test)]
 mod tests;
 mod topology;
 pub mod transport;
 
+/// Servers a server list holds at most.
+pub(crate) const MAX_SERVERS: usize = membership::MAX_SERVERS;
+
 pub(crate) use control::Control;
 pub(crate) use keys::KEYRING_FILE;
 pub(crate) use links::{LinkQueue, LinkTx, NewLink, BULK_QUEUE, LINK_QUEUE};
+pub(crate) use repair::{CHECK_MAX, CHECK_QUIET, MAX_CHECKS_IN};
 pub use transport::{ConnectError, Tcp, Transport};
 
 use links::Link;
@@ -95,17 +97,27 @@ use membership::Membership;
 /// belong to other services, which the assembly plugs in here.
 pub(crate) trait Hooks: Send + Sync + 'static {
     /// Runs a server link on `conn` until it ends (`expect`: the server dialled, `None` for an
-    /// accepted connection).
+    /// accepted connection, whose kind its `serverID` says).
     fn run_link(
         &self,
         conn: transport::Conn,
         expect: Option<ServerId>,
         addr: SocketAddr,
+        kind: LinkKind,
     ) -> transport::BoxFuture<'static, LinkEnd>;
 
     /// This server judged `server` gone (its probes went unanswered, or it refuses
     /// connections): `why`, for the log.
     fn server_gone(&self, server: ServerId, why: &'static str);
+}
+
+/// What a connection between two servers is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    /// A link of the tree: in the link table, flooded over, kept while the tree wants it.
+    Tree,
+    /// A repair check ([`repair`]): the link-up exchange, then closed; never in the table.
+    Check,
 }
 
 /// How a link attempt ended.
@@ -156,6 +168,8 @@ pub struct Probing {
     pub probe: ProbeConfig,
     /// Time between measurement rounds.
     pub reprobe: Duration,
+    /// Time between repair checks ([`repair`]); zero: none.
+    pub repair: Duration,
 }
 
 /// The federation service of one node.
@@ -170,6 +184,12 @@ pub struct Federation {
     recomputations: AtomicU64,
     link_drops: AtomicU64,
     refused_introductions: AtomicU64,
+    /// Repair checks this server opened.
+    repair_checks: AtomicU64,
+    /// LAB ONLY: forward nothing (the rogue-member tests' withholding server).
+    withhold: std::sync::atomic::AtomicBool,
+    /// Repair checks accepted and running now (at most [`MAX_CHECKS_IN`]).
+    pub(crate) checks_in: std::sync::atomic::AtomicUsize,
     /// Whether the "server list full" warning was logged.
     warned_full: std::sync::atomic::AtomicBool,
     /// Where the keyring is saved; its lock serialises the saves.
@@ -217,6 +237,9 @@ impl Federation {
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
             refused_introductions: AtomicU64::new(0),
+            repair_checks: AtomicU64::new(0),
+            withhold: std::sync::atomic::AtomicBool::new(false),
+            checks_in: std::sync::atomic::AtomicUsize::new(0),
             warned_full: std::sync::atomic::AtomicBool::new(false),
             keys_file: Mutex::new(keys_file),
             signer,
@@ -299,6 +322,24 @@ impl Federation {
     /// Server links dropped because their queue was full.
     pub fn link_drops(&self) -> u64 {
         self.link_drops.load(Ordering::Relaxed)
+    }
+
+    /// LAB ONLY, for the rogue-member tests: from now on this server forwards nothing it
+    /// receives (records, wills, relayed messages, delivery notices, rows, lock requests) while
+    /// still publishing its own, answering its links and taking part in the tree: the member
+    /// that withholds. Never reachable from a configuration file or a flag.
+    pub fn lab_withhold_forwarding(&self, on: bool) {
+        self.withhold.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a flood that passes on what `except` sent is to be withheld (lab rogue).
+    fn withheld(&self, except: Option<&ServerId>) -> bool {
+        except.is_some() && self.withhold.load(Ordering::Relaxed)
+    }
+
+    /// Repair checks this server opened.
+    pub fn repair_checks(&self) -> u64 {
+        self.repair_checks.load(Ordering::Relaxed)
     }
 
     /// How many times the tree was recomputed with a different result.
@@ -410,6 +451,11 @@ pub(crate) fn start_loops(
         stop.clone(),
     ));
     tasks.spawn(probe::revival_loop(Arc::clone(fed), stop.clone()));
+    tasks.spawn(repair::repair_loop(
+        Arc::clone(fed),
+        Arc::clone(&hooks),
+        stop.clone(),
+    ));
     tasks.spawn(maintain::topology_loop(
         Arc::clone(fed),
         hooks,

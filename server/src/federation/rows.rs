@@ -81,6 +81,38 @@ impl Federation {
             .collect()
     }
 
+    /// The rows held that are newer than what a peer's `serverlist` says it holds (its
+    /// entries' `seq`; a measurer it does not list counts as `seq` 0), as `updateRTTs` frames.
+    /// Nothing when the list carries no `seq` at all (a link's ordinary list: the rows go
+    /// with the opening).
+    pub(crate) fn rows_newer_than(&self, list: &m::ServerList) -> Vec<Bytes> {
+        if list.servers.iter().all(|s| s.seq.is_none()) {
+            return Vec::new();
+        }
+        let theirs: std::collections::HashMap<(&str, u16), u64> = list
+            .servers
+            .iter()
+            .map(|s| ((s.host.as_str(), s.port), s.seq.unwrap_or(0)))
+            .collect();
+        let mine = self.signer.public();
+        let st = self.state.lock();
+        st.members
+            .rows()
+            .iter()
+            .filter(|(k, r)| {
+                r.sig.is_some() && theirs.get(&(k.0.as_str(), k.1)).copied().unwrap_or(0) < r.seq
+            })
+            .map(|(k, r)| {
+                let key = if *k == self.me {
+                    Some(&mine)
+                } else {
+                    st.keys.key_of(k)
+                };
+                encode(membership::row_message(k, r, key))
+            })
+            .collect()
+    }
+
     /// Stores a row if it is newer than the one held; returns whether it was.
     fn store_row(&self, measurer: ServerId, row: membership::Row) -> bool {
         if measurer == self.me {

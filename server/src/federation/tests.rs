@@ -47,6 +47,7 @@ fn federation(me: &str) -> Federation {
     let probing = Probing {
         probe: ProbeConfig::default(),
         reprobe: std::time::Duration::from_secs(60),
+        repair: std::time::Duration::ZERO,
     };
     Federation::new(
         id(me),

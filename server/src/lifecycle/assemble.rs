@@ -112,6 +112,7 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
         federation::Probing {
             probe: config.probe.clone(),
             reprobe: config.reprobe,
+            repair: config.repair,
         },
     ));
     let held = Arc::new(parts.wills);

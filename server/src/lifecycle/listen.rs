@@ -99,6 +99,7 @@ pub(super) fn serve_servers(node: &Arc<Node>, listener: tokio::net::TcpListener)
                     Box::new(stream),
                     None,
                     peer,
+                    crate::federation::LinkKind::Tree,
                 ));
             }
             std::future::ready(())

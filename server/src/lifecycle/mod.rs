@@ -231,7 +231,13 @@ pub(crate) fn start_headless(
                 _ = stop.cancelled() => return,
                 c = incoming.recv() => match c { Some(c) => c, None => return },
             };
-            t.spawn(peer::run_link(Arc::clone(&door), conn, None, peer));
+            t.spawn(peer::run_link(
+                Arc::clone(&door),
+                conn,
+                None,
+                peer,
+                crate::federation::LinkKind::Tree,
+            ));
         }
     });
     Ok(RunningNode {

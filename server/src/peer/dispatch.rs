@@ -57,7 +57,14 @@ pub(super) async fn dispatch(
             return Break(());
         }
         // The federation itself.
-        Body::ServerList(l) => fed.on_server_list(l, peer),
+        Body::ServerList(l) => {
+            // A repair check's list says which rows the peer holds: it gets those it lacks.
+            let now = Instant::now();
+            for row in fed.rows_newer_than(&l) {
+                let _ = link.tx.try_send((now, row));
+            }
+            fed.on_server_list(l, peer);
+        }
         Body::ReqServerList(_) => {
             let servers = fed.server_list();
             let _ = link

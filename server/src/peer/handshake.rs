@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::writer::refuse_link;
 use super::PeerDoor;
 use crate::federation::transport::Conn;
-use crate::federation::LinkEnd;
+use crate::federation::{LinkEnd, LinkKind};
 use crate::mst::{id_string, ServerId};
 use crate::relay::mailsync;
 use crate::replication::resync;
@@ -39,18 +39,25 @@ pub(super) struct Opened {
     pub(super) offers_range: bool,
     /// Whether it offers the link-up mailbox exchange.
     pub(super) offers_mailbox: bool,
+    /// A tree link or a repair check.
+    pub(super) kind: LinkKind,
     /// The link's frames in.
     pub(super) frames: Frames,
     /// The link's writing half.
     pub(super) wr: SecureWriter<WriteHalf<Conn>>,
 }
 
-/// What this server says in its `serverID`: who it is and which resyncs it offers.
-fn hello(door: &PeerDoor) -> bytes::Bytes {
+/// The word a dialler's `serverID` carries to open a repair check instead of a link.
+pub(super) const CHECK: &str = "check";
+
+/// What this server says in its `serverID`: who it is, which resyncs it offers, and whether
+/// this is a repair check.
+fn hello(door: &PeerDoor, kind: LinkKind) -> bytes::Bytes {
     let me = door.federation.me();
     let offers = [
         door.replication.offers_range().then_some(resync::OFFER),
         Some(mailsync::OFFER),
+        (kind == LinkKind::Check).then_some(CHECK),
     ];
     encode_frame(m::ServerIdMsg {
         host: me.0.clone(),
@@ -59,11 +66,13 @@ fn hello(door: &PeerDoor) -> bytes::Bytes {
     })
 }
 
-/// Opens a link on `stream` (`expect` = the peer we dialled, `None` for an accepted link).
+/// Opens a link on `stream` (`expect` = the peer we dialled for `kind`, `None` for an accepted
+/// connection, which is what the peer's `serverID` asks for).
 pub(super) async fn open(
     door: &PeerDoor,
     stream: Conn,
     expect: Option<&ServerId>,
+    kind: LinkKind,
     addr: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<Opened, LinkEnd> {
@@ -92,7 +101,7 @@ pub(super) async fn open(
     let (rd, mut wr) = stream.split_with(tokio::io::split);
     let mut frames = FramedRead::new(rd, XmlFrameCodec::new(door.settings.max_frame));
     // serverID first, both ways.
-    if write_frames(&mut wr, &[hello(door)]).await.is_err() {
+    if write_frames(&mut wr, &[hello(door, kind)]).await.is_err() {
         return Err(LinkEnd::NotUp("closed before the handshake"));
     }
     let first = tokio::select! {
@@ -145,9 +154,21 @@ pub(super) async fn open(
         refuse_link(&mut wr, &text).await;
         return Err(LinkEnd::NotUp("its key is refused"));
     }
+    let kind = match expect {
+        Some(_) => kind,
+        None if id
+            .sync
+            .as_deref()
+            .is_some_and(|s| s.split_whitespace().any(|w| w == CHECK)) =>
+        {
+            LinkKind::Check
+        }
+        None => LinkKind::Tree,
+    };
     Ok(Opened {
         peer,
         key,
+        kind,
         offers_range: resync::offers_range(id.sync.as_deref()),
         offers_mailbox: mailsync::offered(id.sync.as_deref()),
         frames,

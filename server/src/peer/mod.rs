@@ -26,7 +26,10 @@ use tracing::Instrument;
 
 use crate::budget::{Budgets, Inbound, LINK_INBOUND};
 use crate::federation::transport::{BoxFuture, Conn};
-use crate::federation::{Federation, Hooks, LinkEnd, NewLink, BULK_QUEUE, LINK_QUEUE};
+use crate::federation::{
+    Federation, Hooks, LinkEnd, LinkKind, NewLink, BULK_QUEUE, CHECK_MAX, CHECK_QUIET, LINK_QUEUE,
+    MAX_CHECKS_IN,
+};
 use crate::lab::LabClock;
 use crate::metrics::Metrics;
 use crate::mst::{id_string, ServerId};
@@ -76,8 +79,9 @@ impl Hooks for Arc<PeerDoor> {
         conn: Conn,
         expect: Option<ServerId>,
         addr: SocketAddr,
+        kind: LinkKind,
     ) -> BoxFuture<'static, LinkEnd> {
-        Box::pin(run_link(Arc::clone(self), conn, expect, addr))
+        Box::pin(run_link(Arc::clone(self), conn, expect, addr, kind))
     }
 
     fn server_gone(&self, server: ServerId, why: &'static str) {
@@ -85,22 +89,179 @@ impl Hooks for Arc<PeerDoor> {
     }
 }
 
-/// Runs one server link (`expect` = the peer we dialled, `None` for an accepted link).
+/// Runs one server link (`expect` = the peer we dialled for `kind`; `None` for an accepted
+/// connection, whose `serverID` says what it is for).
 pub(crate) async fn run_link(
     door: Arc<PeerDoor>,
     stream: Conn,
     expect: Option<ServerId>,
     addr: SocketAddr,
+    kind: LinkKind,
 ) -> LinkEnd {
     let shutdown = door.stop.clone();
-    let opened = match handshake::open(&door, stream, expect.as_ref(), addr, &shutdown).await {
+    let opened = match handshake::open(&door, stream, expect.as_ref(), kind, addr, &shutdown).await
+    {
         Ok(o) => o,
         Err(end) => return end,
     };
-    let span = tracing::info_span!("link", peer = %id_string(&opened.peer));
-    serve(door, opened, expect.is_some(), addr, shutdown)
-        .instrument(span)
-        .await
+    match opened.kind {
+        LinkKind::Tree => {
+            let span = tracing::info_span!("link", peer = %id_string(&opened.peer));
+            serve(door, opened, expect.is_some(), addr, shutdown)
+                .instrument(span)
+                .await
+        }
+        LinkKind::Check => {
+            let span = tracing::info_span!("check", peer = %id_string(&opened.peer));
+            check(door, opened, expect.is_some(), addr, shutdown)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// Counts an accepted repair check while it runs.
+struct CheckSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CheckSlot<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicUsize) -> Option<CheckSlot<'a>> {
+        use std::sync::atomic::Ordering;
+        let slot = CheckSlot(count);
+        (count.fetch_add(1, Ordering::AcqRel) < MAX_CHECKS_IN).then_some(slot)
+    }
+}
+
+impl Drop for CheckSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A repair check (`federation/repair.rs`) past its opening: the link-up exchange of a link —
+/// server lists with row seqs instead of every row, the resync, the mailbox exchange, each
+/// end's own sessions' wills — over a connection that is never entered in the link table, so
+/// nothing is flooded over it; it ends once quiet for [`CHECK_QUIET`], or after
+/// [`CHECK_MAX`]. What it brings is stored and flooded along the tree as if a link had.
+async fn check(
+    door: Arc<PeerDoor>,
+    opened: handshake::Opened,
+    dialled: bool,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> LinkEnd {
+    let handshake::Opened {
+        peer,
+        offers_range,
+        offers_mailbox,
+        mut frames,
+        mut wr,
+        ..
+    } = opened;
+    let Some(_slot) = (if dialled {
+        Some(None)
+    } else {
+        CheckSlot::take(&door.federation.checks_in).map(Some)
+    }) else {
+        tracing::info!("repair check refused: too many at once");
+        writer::refuse_link(&mut wr, "too many repair checks at once; try later").await;
+        return LinkEnd::NotUp("too many repair checks at once");
+    };
+    let fed = &door.federation;
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+    let kill = CancellationToken::new();
+    let writer = door.tasks.spawn(writer::link_writer(
+        wr,
+        (rx, bulk_rx),
+        writer_parts(&door, &peer, addr, &kill),
+    ));
+    let now = Instant::now();
+    for frame in fed.check_opening_frames() {
+        let _ = tx.send((now, frame)).await;
+    }
+    let mut link = link_up_exchange(&door, &peer, addr, offers_range, offers_mailbox, tx, bulk);
+    let ends = Ends {
+        quiet: Some(CHECK_QUIET),
+        by: Some(Instant::now() + CHECK_MAX),
+    };
+    read_loop(&door, &mut link, &mut frames, &kill, &shutdown, ends).await;
+    kill.cancel();
+    finish_writer(writer, &shutdown).await;
+    tracing::debug!("repair check done");
+    LinkEnd::WasUp
+}
+
+/// How a link's reader ends besides its peer, an idle timeout and the stop.
+#[derive(Default)]
+struct Ends {
+    /// Once nothing has arrived for this long.
+    quiet: Option<Duration>,
+    /// At this time.
+    by: Option<Instant>,
+}
+
+/// The writer's settings for a link to `peer`.
+fn writer_parts(
+    door: &PeerDoor,
+    peer: &ServerId,
+    addr: SocketAddr,
+    kill: &CancellationToken,
+) -> writer::WriterParts {
+    let settings = &door.settings;
+    writer::WriterParts {
+        delay: settings.lab.to(&id_string(peer)),
+        kill: kill.clone(),
+        tap: Tap::new(settings.trace.as_ref(), addr, "server"),
+        metrics: Arc::clone(&door.metrics),
+        clock: settings.clock.clone(),
+        stall: settings.idle.max(Duration::from_secs(10)),
+    }
+}
+
+/// Starts what every link and check runs after its opening frames — the resync (a range
+/// reconciliation, the smaller identity opening it, if both ends offer one, else our event
+/// counts), the mailbox exchange, our sessions' wills — and returns the link's state.
+fn link_up_exchange(
+    door: &Arc<PeerDoor>,
+    peer: &ServerId,
+    addr: SocketAddr,
+    offers_range: bool,
+    offers_mailbox: bool,
+    tx: crate::federation::LinkTx,
+    bulk: crate::federation::LinkTx,
+) -> LinkState {
+    let range =
+        (door.replication.offers_range() && offers_range).then(|| door.federation.me() < peer);
+    let resync = Resync::start(&door.replication, range, bulk.clone());
+    // The undelivered messages a peer that was away lacks.
+    mailsync::start(&door.relay, offers_mailbox, &bulk);
+    // The last wills of this server's sessions, so a peer that was away holds them too.
+    door.wills.announce_to(bulk.clone());
+    LinkState {
+        peer: peer.clone(),
+        addr,
+        tx,
+        bulk,
+        sync: SyncIn::new(),
+        resync,
+        locks: Registration::link_rate(),
+        mail: Default::default(),
+        budgets: Budgets::default(),
+    }
+}
+
+/// Lets the writer deliver what is queued (a goodbye), briefly at shutdown; then aborts it, so
+/// a link's end frees its socket, bounded.
+async fn finish_writer(mut writer: tokio::task::JoinHandle<()>, shutdown: &CancellationToken) {
+    let linger = if shutdown.is_cancelled() {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(2)
+    };
+    if tokio::time::timeout(linger, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = writer.await;
+    }
 }
 
 /// A link past its opening: registered, its link-up exchange queued, read until it ends.
@@ -118,6 +279,7 @@ async fn serve(
         offers_mailbox,
         mut frames,
         wr,
+        ..
     } = opened;
     let fed = &door.federation;
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
@@ -136,18 +298,10 @@ async fn serve(
         return LinkEnd::WasUp;
     };
     tracing::info!("server link up");
-    let settings = &door.settings;
     let writer = door.tasks.spawn(writer::link_writer(
         wr,
         (rx, bulk_rx),
-        writer::WriterParts {
-            delay: settings.lab.to(&id_string(&peer)),
-            kill: kill.clone(),
-            tap: Tap::new(settings.trace.as_ref(), addr, "server"),
-            metrics: Arc::clone(&door.metrics),
-            clock: settings.clock.clone(),
-            stall: settings.idle.max(Duration::from_secs(10)),
-        },
+        writer_parts(&door, &peer, addr, &kill),
     ));
     // Initial exchange: servers, every known row, and the resync.
     let now = Instant::now();
@@ -156,39 +310,19 @@ async fn serve(
             break;
         }
     }
-    // A range reconciliation (the smaller identity opens it) if both ends offer one, else our
-    // event counts. Either goes by the bulk queue.
-    let range = (door.replication.offers_range() && offers_range).then(|| *fed.me() < peer);
-    let resync = Resync::start(&door.replication, range, bulk.clone());
-    // The undelivered messages a peer that was away lacks.
-    mailsync::start(&door.relay, offers_mailbox, &bulk);
-    // The last wills of this server's sessions, so a peer that was away holds them too.
-    door.wills.announce_to(bulk.clone());
-    let mut link = LinkState {
-        peer: peer.clone(),
-        addr,
-        tx: tx.clone(),
-        bulk,
-        sync: SyncIn::new(),
-        resync,
-        locks: Registration::link_rate(),
-        mail: Default::default(),
-        budgets: Budgets::default(),
-    };
-    read_loop(&door, &mut link, &mut frames, &kill, &shutdown).await;
+    let mut link = link_up_exchange(&door, &peer, addr, offers_range, offers_mailbox, tx, bulk);
+    read_loop(
+        &door,
+        &mut link,
+        &mut frames,
+        &kill,
+        &shutdown,
+        Ends::default(),
+    )
+    .await;
     kill.cancel();
     // The writer delivers a queued goodbye; a stalled peer gets little time at shutdown.
-    let linger = if shutdown.is_cancelled() {
-        Duration::from_millis(300)
-    } else {
-        Duration::from_secs(2)
-    };
-    let mut writer = writer;
-    if tokio::time::timeout(linger, &mut writer).await.is_err() {
-        // Its socket goes with it: a link's end frees its descriptor, bounded.
-        writer.abort();
-        let _ = writer.await;
-    }
+    finish_writer(writer, &shutdown).await;
     fed.link_down(&peer, id);
     tracing::info!("server link down");
     door.registration.link_lost(&peer);
@@ -203,8 +337,10 @@ async fn read_loop(
     frames: &mut handshake::Frames,
     kill: &CancellationToken,
     shutdown: &CancellationToken,
+    ends: Ends,
 ) {
     let idle = door.settings.idle.max(Duration::from_secs(10));
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let mut last_rx = Instant::now();
     let mut pinged = false;
     let mut inbound = Inbound::new(LINK_INBOUND, last_rx);
@@ -222,6 +358,15 @@ async fn read_loop(
             }
             _ = tokio::time::sleep_until(last_rx + idle) => {
                 tracing::info!("server link silent too long; closing");
+                break;
+            }
+            _ = tokio::time::sleep_until(ends.quiet.map_or(far, |q| last_rx + q)) => {
+                let _ = link.tx.try_send((Instant::now(), encode(m::Disconnect { reason: Some("repair check done".into()) })));
+                break;
+            }
+            _ = tokio::time::sleep_until(ends.by.unwrap_or(far)) => {
+                tracing::info!("repair check took its longest; closing");
+                let _ = link.tx.try_send((Instant::now(), encode(m::Disconnect { reason: Some("repair check took its longest".into()) })));
                 break;
             }
             item = frames.next() => {
