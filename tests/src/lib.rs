@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod gossipd;
 pub mod ports;
 pub mod relay;
+pub mod scripted;
 pub mod tmux;
 
 use std::path::PathBuf;

@@ -199,3 +199,140 @@ async fn a_hub_that_forwards_nothing_delays_updates_but_cannot_cut_the_federatio
         n.stop().await.unwrap();
     }
 }
+
+/// A fresh user with its own key, as a rogue member makes them: its `newuser` record and key.
+fn sybil(uid: u64) -> (gossip_common::message::NewUser, Keypair) {
+    let key = Keypair::generate();
+    let mut info = gossip_common::UserInfo::new(UserId(uid), key.public());
+    info.nick_name = format!("sybil{uid}");
+    let record = gossip_common::Signed::sign(info, &key).unwrap();
+    (gossip_common::message::NewUser { record }, key)
+}
+
+/// A relayed message from `from` (signed by `key`) to `to`, with `body` bytes of body.
+fn relay(from: u64, key: &Keypair, to: UserId, body: usize) -> gossip_common::message::Relay {
+    let mut r = gossip_common::message::Relay {
+        id: format!("{:032x}", rand::random::<u128>()),
+        from: UserId(from),
+        to,
+        sent: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        body: "A".repeat(body),
+        sig: String::new(),
+        request: None,
+    };
+    r.sig = key
+        .sign(
+            gossip_common::Domain::Relay,
+            &gossip_common::relay_bytes(&r),
+        )
+        .to_string();
+    r
+}
+
+/// A member sends, over its link, what once locked a victim's mailbox and filled every
+/// server's disk and memory: 1,200 messages from 20 fresh non-contacts to the victim, and 60 KB
+/// messages to UserIDs that do not exist. The victim's contact still gets through, the junk
+/// to nobody is not kept, and the strangers hold only their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_fill_a_mailbox_or_store_mail_for_nobody() {
+    use gossip_tests::scripted::{attach, frame, read_frames};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::for_tests(dir.path(), 0);
+    c.repair = Duration::ZERO;
+    let node = gossip_server::start(c).await.unwrap();
+    let (alice, _alice_events, a) = user(&node, "alice").await;
+    let bob_key = Keypair::generate();
+    let (bob, _e) = GossipClient::connect(&node.client_addr().to_string(), bob_key.clone())
+        .await
+        .unwrap();
+    let b = bob.register(|u| u.nick_name = "bob".into()).await.unwrap();
+    bob.add_contacts(&[a]).await.unwrap();
+    bob.logout().await.unwrap();
+
+    let rogue = Keypair::generate();
+    let (mut lines, mut wr) = attach(node.base_port() + 1, &rogue, ("192.0.2.80", 4000)).await;
+    // Twenty-one fresh users, valid and correctly signed.
+    let mut sybils: Vec<(u64, Keypair)> = Vec::new();
+    for i in 0..21u64 {
+        let uid = 0x7000_0000_0000 + i;
+        let (newuser, key) = sybil(uid);
+        wr.write_all(&frame(newuser)).await.unwrap();
+        sybils.push((uid, key));
+    }
+    let mut burst = Vec::new();
+    for (uid, key) in &sybils[..20] {
+        for _ in 0..60 {
+            burst.extend(frame(relay(*uid, key, b, 200)));
+        }
+    }
+    // 60 KB bodies to 38 UserIDs nobody has.
+    let (junk_from, junk_key) = &sybils[20];
+    for i in 0..200u64 {
+        burst.extend(frame(relay(
+            *junk_from,
+            junk_key,
+            UserId(0x5000_0000 + i % 38),
+            60_000,
+        )));
+    }
+    wr.write_all(&burst).await.unwrap();
+    wr.flush().await.unwrap();
+    let mut answers = 0;
+    read_frames(&mut lines, |l| {
+        answers += usize::from(l.contains("<stored"));
+        answers >= 100
+    })
+    .await;
+    // Settle: the node has taken (or refused) everything the rogue sent.
+    let held_by_strangers = wait_for_or_describe(
+        "the node to have taken the strangers' share",
+        Duration::from_secs(20),
+        || {
+            let n = node.node.mailbox.for_recipient(b).len();
+            (n >= gossip_server::mailbox::MAX_STRANGERS_PER_RECIPIENT).then_some(n)
+        },
+        || {
+            format!(
+                "held for the victim: {}",
+                node.node.mailbox.for_recipient(b).len()
+            )
+        },
+    )
+    .await;
+    // The contact's message is taken and delivered.
+    let id = alice.send_relayed(b, b"from a real contact").await.unwrap();
+    let bytes = node.node.mailbox.bytes();
+    let (bob, mut bob_events) = GossipClient::connect(&node.client_addr().to_string(), bob_key)
+        .await
+        .unwrap();
+    bob.login(b).await.unwrap();
+    let (got, _) = seen(
+        "the contact's message at login",
+        &mut bob_events,
+        Duration::from_secs(10),
+        |ev| match ev {
+            Event::Relayed { message, .. } if message.from == a => Some(message),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(got.id, id);
+    println!(
+        "mailbox spam: {held_by_strangers} of 1,200 strangers' messages held for the victim; \
+         the contact's message delivered; with 200 × 60 KB sent to nobody, {} bytes held in all",
+        bytes
+    );
+    assert_eq!(
+        held_by_strangers,
+        gossip_server::mailbox::MAX_STRANGERS_PER_RECIPIENT
+    );
+    assert!(
+        bytes < 1 << 20,
+        "{bytes} bytes held: the junk to nobody was kept"
+    );
+    node.stop().await.unwrap();
+}

@@ -345,6 +345,8 @@ async fn a_link_up_sends_only_the_undelivered_messages_the_peer_lacks() {
     let bob = {
         let (c, _e) = GossipClient::connect(&addr, bob_key.clone()).await.unwrap();
         let uid = c.register(|u| u.nick_name = "bob".into()).await.unwrap();
+        // A contact: more than a stranger's ten messages may wait for him.
+        c.add_contacts(&[alice_uid]).await.unwrap();
         c.logout().await.unwrap();
         uid
     };

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use gossip_client::{ClientError, GossipClient};
 use gossip_common::message as m;
-use gossip_common::{Body, Domain, Keypair, Message};
+use gossip_common::{Body, Domain, Keypair};
 use gossip_server::{Config, RunningNode};
+use gossip_tests::scripted::{attach, frame, read_frames};
 use gossip_tests::wait_for;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -43,14 +44,6 @@ async fn pair() -> (tempfile::TempDir, RunningNode, RunningNode) {
     })
     .await;
     (dir, a, b)
-}
-
-fn frame(body: impl Into<Body>) -> Vec<u8> {
-    let mut v = Message::new(std::net::Ipv6Addr::LOCALHOST, body)
-        .to_xml()
-        .into_bytes();
-    v.push(b'\n');
-    v
 }
 
 /// A registration on `a` reaches `b`: the federation still works end to end.
@@ -141,31 +134,6 @@ async fn a_client_refuses_a_server_whose_key_changed() {
     );
     assert_eq!(mode & 0o777, 0o600);
     a.stop().await.unwrap();
-}
-
-/// The attacker's link: handshake with its own key, `serverID` in `name`'s name; returns the
-/// reader (lines) and writer.
-async fn attach(
-    port: u16,
-    key: &Keypair,
-    name: (&str, u16),
-) -> (
-    tokio::io::Lines<
-        BufReader<tokio::io::ReadHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>>,
-    >,
-    tokio::io::WriteHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>,
-) {
-    let (stream, _) = gossip_tests::server_link(port, key).await.unwrap();
-    let (rd, mut wr) = tokio::io::split(stream);
-    wr.write_all(&frame(m::ServerIdMsg {
-        host: name.0.into(),
-        port: name.1,
-        sync: None,
-    }))
-    .await
-    .unwrap();
-    wr.flush().await.unwrap();
-    (BufReader::new(rd).lines(), wr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,25 +283,6 @@ async fn admin(node: &RunningNode, request: &str) -> String {
     BufReader::new(s).read_line(&mut line).await.unwrap();
     assert!(line.contains("\"ok\":true"), "{request}: {line}");
     line
-}
-
-/// Reads frames from an attacker's link until `stop` says so or 10 s pass; returns them.
-async fn read_frames(
-    lines: &mut tokio::io::Lines<
-        BufReader<tokio::io::ReadHalf<gossip_common::secure::SecureStream<tokio::net::TcpStream>>>,
-    >,
-    mut stop: impl FnMut(&str) -> bool,
-) -> Vec<String> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
-        let done = stop(&line);
-        got.push(line);
-        if done {
-            break;
-        }
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,11 @@
 //! end-to-end ciphertext.
 //!
 //! Bounds: a body of at most [`MAX_BODY`] bytes (base64), [`MAX_PER_RECIPIENT`] messages and
-//! [`MAX_BYTES_PER_RECIPIENT`] bytes waiting per recipient, [`MAX_HELD`] in all, and
-//! [`TTL`] (30 days) after which an undelivered message is dropped.
+//! [`MAX_BYTES_PER_RECIPIENT`] bytes waiting per recipient, of which strangers (senders not in
+//! the recipient's contacts) may take [`MAX_STRANGERS_PER_RECIPIENT`] messages and
+//! [`MAX_STRANGER_BYTES_PER_RECIPIENT`] bytes, each stranger [`MAX_PER_STRANGER`];
+//! [`MAX_BYTES_PER_SENDER`] bytes per sender; [`MAX_HELD`] messages and [`MAX_BYTES`] in all;
+//! and [`TTL`] (30 days) after which an undelivered message is dropped.
 //!
 //! `mailbox.log` (JSON lines: `{"put":…}`, `{"done":<delivered notice>}`, `{"receipt":…}`,
 //! `{"told":<uid>}`) is appended and `fdatasync`ed
@@ -43,6 +46,27 @@ pub const MAX_PER_RECIPIENT: usize = 1_000;
 pub const MAX_BYTES_PER_RECIPIENT: usize = 8 * 1024 * 1024;
 /// Messages held in all.
 pub const MAX_HELD: usize = 1_000_000;
+/// Bytes of bodies held in all: 2 GiB.
+pub const MAX_BYTES: usize = 2 << 30;
+/// Bytes of bodies one sender may have waiting, all recipients together: 16 MiB.
+pub const MAX_BYTES_PER_SENDER: usize = 16 << 20;
+/// Messages from strangers (senders not in the recipient's contact list) waiting for one
+/// recipient, all strangers together; the rest of [`MAX_PER_RECIPIENT`] is kept for contacts.
+pub const MAX_STRANGERS_PER_RECIPIENT: usize = 100;
+/// Bytes from strangers waiting for one recipient; the rest of [`MAX_BYTES_PER_RECIPIENT`] is
+/// kept for contacts.
+pub const MAX_STRANGER_BYTES_PER_RECIPIENT: usize = 1 << 20;
+/// Messages one stranger may have waiting for one recipient.
+pub const MAX_PER_STRANGER: usize = 10;
+
+/// Who a message is from, as its recipient sees it: which share of their room it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// In the recipient's contact list.
+    Contact,
+    /// Anyone else (the message arrives marked as a request).
+    Stranger,
+}
 /// An undelivered message is dropped after this.
 pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Delivered ids remembered (so a late copy of a delivered message is not stored again).
@@ -59,6 +83,13 @@ pub enum Refused {
     /// The recipient's mailbox is full.
     #[error("the recipient has too many undelivered messages; try again later")]
     MailboxFull,
+    /// The recipient's room for messages from people not in their contacts is taken (or this
+    /// sender's part of it).
+    #[error("the recipient has too many undelivered messages from people who are not their contacts; ask them to add you, or try again later")]
+    StrangerQuota,
+    /// The sender has [`MAX_BYTES_PER_SENDER`] waiting.
+    #[error("you have too many undelivered bytes waiting; try again once some are delivered")]
+    SenderFull,
     /// The server holds [`MAX_HELD`] messages.
     #[error("this server holds too many undelivered messages; try again later")]
     Full,
@@ -171,10 +202,10 @@ impl Mailbox {
     /// already held or delivered. `Ok(Some(disk))`: new; `disk` says when it is on disk
     /// (`true`) or could not be written (`false`, and it is dropped again). Callers forward a
     /// new message at once and wait for `disk` only before they vouch for it.
-    pub fn hold(&self, r: Relay) -> Result<Option<DiskWrite>, Refused> {
+    pub fn hold(&self, r: Relay, sender: Sender) -> Result<Option<DiskWrite>, Refused> {
         let id = r.id.clone();
         let line = Line::Put(r.clone()).bytes();
-        if !self.table.lock().put(r, now_ms())? {
+        if !self.table.lock().put_as(r, now_ms(), sender)? {
             return Ok(None);
         }
         let (done, wait) = oneshot::channel();
@@ -191,10 +222,16 @@ impl Mailbox {
 
     /// [`Self::hold`], then waits for the disk. `Ok(true)`: new and durable.
     pub async fn put(&self, r: Relay) -> Result<bool, Refused> {
-        match self.hold(r)? {
+        match self.hold(r, Sender::Contact)? {
             None => Ok(false),
             Some(disk) => disk.done().await.map(|()| true),
         }
+    }
+
+    /// Whether message `id` is held here or known delivered.
+    pub fn knows(&self, id: &str) -> bool {
+        let t = self.table.lock();
+        t.get(id).is_some() || t.is_gone(id)
     }
 
     /// A receiver that fires when a peer says it stored message `id` (see `stored`).
@@ -299,6 +336,11 @@ impl Mailbox {
     /// Messages held.
     pub fn len(&self) -> usize {
         self.table.lock().len()
+    }
+
+    /// Bytes of bodies held.
+    pub fn bytes(&self) -> usize {
+        self.table.lock().bytes()
     }
 
     /// Whether none is held.

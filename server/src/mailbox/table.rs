@@ -6,8 +6,9 @@ use gossip_common::message::{Delivered, Relay};
 use gossip_common::UserId;
 
 use super::{
-    id_hash, Digest, Refused, MAX_BODY, MAX_BYTES_PER_RECIPIENT, MAX_GONE, MAX_HELD,
-    MAX_PER_RECIPIENT, TTL,
+    id_hash, Digest, Refused, Sender, MAX_BODY, MAX_BYTES, MAX_BYTES_PER_RECIPIENT,
+    MAX_BYTES_PER_SENDER, MAX_GONE, MAX_HELD, MAX_PER_RECIPIENT, MAX_PER_STRANGER,
+    MAX_STRANGERS_PER_RECIPIENT, MAX_STRANGER_BYTES_PER_RECIPIENT, TTL,
 };
 
 /// The held messages (pure: no I/O, time passed in).
@@ -19,6 +20,14 @@ pub struct MailTable {
     /// Recipient → ids in arrival order.
     by_to: HashMap<UserId, Vec<String>>,
     bytes_to: HashMap<UserId, usize>,
+    /// Bytes of bodies held, all together and per sender.
+    bytes: usize,
+    bytes_from: HashMap<UserId, usize>,
+    /// The held messages that came from someone not in the recipient's contacts, with what
+    /// they take of each recipient's room (messages, bytes) and per sender and recipient.
+    strangers: std::collections::HashSet<String>,
+    strangers_to: HashMap<UserId, (usize, usize)>,
+    stranger_pairs: HashMap<(UserId, UserId), usize>,
     /// Delivered ids (with their sender, for receipts), oldest first.
     pub(super) gone: BTreeMap<u64, String>,
     /// Delivered ids, with their signed notice when known (to hand a peer that still holds
@@ -36,9 +45,18 @@ pub struct MailTable {
 pub const MAX_RECEIPTS_PER_SENDER: usize = 1_000;
 
 impl MailTable {
-    /// Takes `r` if it is new, within bounds and not expired at `now_ms`. `Ok(false)`: already
-    /// held or already delivered.
+    /// [`Self::put_as`] for a message from a contact (or one taken before: a replayed log).
     pub fn put(&mut self, r: Relay, now_ms: u64) -> Result<bool, Refused> {
+        self.put_as(r, now_ms, Sender::Contact)
+    }
+
+    /// Takes `r` from `sender` if it is new, within bounds and not expired at `now_ms`.
+    /// `Ok(false)`: already held or already delivered. The bounds: the body's size, the
+    /// server's messages and bytes, the sender's bytes, the recipient's messages and bytes, and
+    /// for a stranger (not in the recipient's contacts) the strangers' share of the recipient's
+    /// room and the share of each stranger: whatever strangers send, most of a recipient's room
+    /// stays free for their contacts.
+    pub fn put_as(&mut self, r: Relay, now_ms: u64, sender: Sender) -> Result<bool, Refused> {
         if r.body.len() > MAX_BODY {
             return Err(Refused::TooLarge);
         }
@@ -49,16 +67,41 @@ impl MailTable {
         if self.by_id.contains_key(&r.id) || self.gone_set.contains_key(&r.id) {
             return Ok(false);
         }
-        if self.by_id.len() >= MAX_HELD {
+        let len = r.body.len();
+        if self.by_id.len() >= MAX_HELD || self.bytes + len > MAX_BYTES {
             return Err(Refused::Full);
+        }
+        if self.bytes_from.get(&r.from).copied().unwrap_or(0) + len > MAX_BYTES_PER_SENDER {
+            return Err(Refused::SenderFull);
         }
         let n = self.by_to.get(&r.to).map_or(0, Vec::len);
         let bytes = self.bytes_to.get(&r.to).copied().unwrap_or(0);
-        if n >= MAX_PER_RECIPIENT || bytes + r.body.len() > MAX_BYTES_PER_RECIPIENT {
+        if n >= MAX_PER_RECIPIENT || bytes + len > MAX_BYTES_PER_RECIPIENT {
             return Err(Refused::MailboxFull);
         }
+        if sender == Sender::Stranger {
+            let (count, taken) = self.strangers_to.get(&r.to).copied().unwrap_or((0, 0));
+            let pair = self
+                .stranger_pairs
+                .get(&(r.from, r.to))
+                .copied()
+                .unwrap_or(0);
+            if count >= MAX_STRANGERS_PER_RECIPIENT
+                || taken + len > MAX_STRANGER_BYTES_PER_RECIPIENT
+                || pair >= MAX_PER_STRANGER
+            {
+                return Err(Refused::StrangerQuota);
+            }
+            let share = self.strangers_to.entry(r.to).or_default();
+            share.0 += 1;
+            share.1 += len;
+            *self.stranger_pairs.entry((r.from, r.to)).or_default() += 1;
+            self.strangers.insert(r.id.clone());
+        }
         self.by_to.entry(r.to).or_default().push(r.id.clone());
-        *self.bytes_to.entry(r.to).or_default() += r.body.len();
+        *self.bytes_to.entry(r.to).or_default() += len;
+        *self.bytes_from.entry(r.from).or_default() += len;
+        self.bytes += len;
         self.sum = self.sum.wrapping_add(id_hash(&r.id));
         self.by_id.insert(r.id.clone(), r);
         Ok(true)
@@ -92,6 +135,11 @@ impl MailTable {
         (news, self.remove(id))
     }
 
+    /// Whether message `id` is known delivered.
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.gone_set.contains_key(id)
+    }
+
     /// The signed delivery notice of message `id`, if it was delivered and the notice is known.
     pub fn notice(&self, id: &str) -> Option<&Delivered> {
         self.gone_set.get(id).and_then(Option::as_ref)
@@ -106,10 +154,33 @@ impl MailTable {
                 self.by_to.remove(&r.to);
             }
         }
+        let len = r.body.len();
         if let Some(b) = self.bytes_to.get_mut(&r.to) {
-            *b -= r.body.len();
+            *b -= len;
             if *b == 0 {
                 self.bytes_to.remove(&r.to);
+            }
+        }
+        if let Some(b) = self.bytes_from.get_mut(&r.from) {
+            *b -= len;
+            if *b == 0 {
+                self.bytes_from.remove(&r.from);
+            }
+        }
+        self.bytes -= len;
+        if self.strangers.remove(id) {
+            if let Some(share) = self.strangers_to.get_mut(&r.to) {
+                share.0 -= 1;
+                share.1 -= len;
+                if share.0 == 0 {
+                    self.strangers_to.remove(&r.to);
+                }
+            }
+            if let Some(pair) = self.stranger_pairs.get_mut(&(r.from, r.to)) {
+                *pair -= 1;
+                if *pair == 0 {
+                    self.stranger_pairs.remove(&(r.from, r.to));
+                }
             }
         }
         Some(r)
@@ -209,6 +280,11 @@ impl MailTable {
             .filter(|(id, _)| !seen.contains(&id_hash(id)))
             .filter_map(|(_, n)| n.clone())
             .collect()
+    }
+
+    /// Bytes of bodies held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Messages held.

@@ -155,3 +155,85 @@ async fn a_message_survives_a_restart_until_delivered() {
     assert_eq!(ids, ["x"]);
     stop.cancel();
 }
+
+/// Strangers share a small part of a recipient's room, each stranger a small part of that;
+/// whatever they send, the contacts' room stays free, and every count is given back when a
+/// message goes.
+#[test]
+fn strangers_cannot_fill_a_mailbox_and_contacts_still_get_in() {
+    let mut t = MailTable::default();
+    let now = 1_000_000;
+    let from = |id: &str, sender: u64| Relay {
+        from: UserId(sender),
+        ..msg(id, 2, 10, now)
+    };
+    // One stranger: its own share first.
+    for i in 0..MAX_PER_STRANGER {
+        assert_eq!(
+            t.put_as(from(&format!("s{i}"), 100), now, Sender::Stranger),
+            Ok(true)
+        );
+    }
+    assert_eq!(
+        t.put_as(from("s-more", 100), now, Sender::Stranger),
+        Err(Refused::StrangerQuota)
+    );
+    // Many strangers: the strangers' share of the recipient, then nothing more from anyone
+    // not in the contacts.
+    let mut taken = MAX_PER_STRANGER;
+    'senders: for sender in 101..1_000 {
+        for i in 0..MAX_PER_STRANGER {
+            match t.put_as(
+                from(&format!("x{sender}-{i}"), sender),
+                now,
+                Sender::Stranger,
+            ) {
+                Ok(true) => taken += 1,
+                Err(Refused::StrangerQuota) => break 'senders,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(taken, MAX_STRANGERS_PER_RECIPIENT);
+    // A contact still gets in, up to the whole rest of the room.
+    for i in 0..MAX_PER_RECIPIENT - MAX_STRANGERS_PER_RECIPIENT {
+        assert_eq!(
+            t.put_as(from(&format!("c{i}"), 7), now, Sender::Contact),
+            Ok(true)
+        );
+    }
+    assert_eq!(
+        t.put_as(from("c-more", 7), now, Sender::Contact),
+        Err(Refused::MailboxFull)
+    );
+    // A stranger's message delivered gives its place back.
+    t.delivered("s0", None);
+    assert_eq!(
+        t.put_as(from("s-again", 100), now, Sender::Stranger),
+        Ok(true)
+    );
+}
+
+#[test]
+fn one_sender_and_the_server_are_bounded_in_bytes() {
+    let mut t = MailTable::default();
+    let now = 1_000_000;
+    let big = |id: &str, to: u64| Relay {
+        from: UserId(9),
+        ..msg(id, to, MAX_BODY, now)
+    };
+    let fit = MAX_BYTES_PER_SENDER / MAX_BODY;
+    // Spread over many recipients, so no recipient's bound is the one that holds.
+    for i in 0..fit {
+        assert_eq!(
+            t.put(big(&format!("b{i}"), 1_000 + i as u64), now),
+            Ok(true)
+        );
+    }
+    assert_eq!(t.put(big("b-more", 5), now), Err(Refused::SenderFull));
+    assert_eq!(t.bytes(), fit * MAX_BODY);
+    // Someone else still sends; the sender's bytes come back as its messages go.
+    assert_eq!(t.put(msg("other", 5, 10, now), now), Ok(true));
+    t.delivered("b0", None);
+    assert_eq!(t.put(big("b-again", 5), now), Ok(true));
+}

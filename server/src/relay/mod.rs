@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::budget::Budgets;
 use crate::federation::{Federation, LinkTx};
-use crate::mailbox::{Mailbox, Refused};
+use crate::mailbox::{Mailbox, Refused, Sender};
 use crate::metrics::Metrics;
 use crate::mst::ServerId;
 use crate::presence::Presence;
@@ -43,8 +43,11 @@ pub struct Relay {
     mailbox: Arc<Mailbox>,
     federation: Arc<Federation>,
     metrics: Arc<Metrics>,
-    /// Relayed messages sent per user.
+    /// Relayed messages sent per user, from this server's clients.
     rate: Mutex<Limiter<UserId>>,
+    /// The same rate for messages that arrive from peers: a member cannot send more in one
+    /// user's name than that user's own server would take.
+    peer_rate: Mutex<Limiter<UserId>>,
     tasks: Tasks,
 }
 
@@ -92,7 +95,11 @@ fn refused(e: Refused) -> (ErrorCode, String) {
     let code = match e {
         Refused::TooLarge => ErrorCode::TooLarge,
         Refused::Unstored => ErrorCode::Internal,
-        Refused::MailboxFull | Refused::Full | Refused::Expired => ErrorCode::NotAllowed,
+        Refused::MailboxFull
+        | Refused::StrangerQuota
+        | Refused::SenderFull
+        | Refused::Full
+        | Refused::Expired => ErrorCode::NotAllowed,
     };
     (code, e.to_string())
 }
@@ -118,6 +125,7 @@ impl Relay {
             federation,
             metrics,
             rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
+            peer_rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
             tasks,
         }
     }
@@ -152,7 +160,7 @@ impl Relay {
         budgets: &Budgets,
         tx: &LinkTx,
     ) -> ControlFlow<()> {
-        let slot = if self.store.public_key(r.from).is_some() {
+        let slot = if self.store.public_key(r.from).is_some() && self.store.contains_user(r.to) {
             let Ok(slot) = Arc::clone(&budgets.records).acquire_owned().await else {
                 return ControlFlow::Break(());
             };
@@ -160,7 +168,7 @@ impl Relay {
         } else {
             let kib = (r.body.len() / 1024).max(1) as u32;
             let Ok(slot) = Arc::clone(&budgets.parked).try_acquire_many_owned(kib) else {
-                tracing::info!(id = %r.id, "relayed message refused: too many wait for their sender's record");
+                tracing::info!(id = %r.id, "relayed message refused: too many wait for their users' records");
                 return ControlFlow::Continue(());
             };
             slot
@@ -208,7 +216,11 @@ impl Relay {
         verify(&self.store, &r)?;
         r.request = None;
         let second_copy = self.mailbox.await_stored(&r.id);
-        let Some(disk) = self.mailbox.hold(r.clone()).map_err(refused)? else {
+        let Some(disk) = self
+            .mailbox
+            .hold(r.clone(), self.sender_of(&r))
+            .map_err(refused)?
+        else {
             return Ok(()); // a retry of a message already held (or delivered)
         };
         // Forwarded at once; acknowledged only once it is on this disk and another.
@@ -238,6 +250,12 @@ impl Relay {
             tracing::info!(id = %r.id, from = %r.from, "relayed message refused: its sender's record never came");
             return PeerAnswer::Nothing;
         }
+        // A message to nobody is refused, not kept: no member can store its junk under
+        // UserIDs that do not exist.
+        if !self.store.await_user(r.to, SENDER_WAIT).await {
+            tracing::info!(id = %r.id, to = %r.to, "relayed message refused: no such recipient");
+            return PeerAnswer::Nothing;
+        }
         if verify(&self.store, &r).is_err() {
             tracing::info!(id = %r.id, "relayed message refused: bad signature");
             return PeerAnswer::Nothing;
@@ -248,7 +266,15 @@ impl Relay {
             return PeerAnswer::Delivered(notice);
         }
         r.request = None;
-        match self.mailbox.hold(r.clone()) {
+        // A new message from a peer spends its sender's rate here too (a copy of one held or
+        // delivered does not).
+        if !self.mailbox.knows(&r.id) {
+            if let Err(wait) = self.peer_rate.lock().take(&r.from, Instant::now()) {
+                tracing::info!(id = %r.id, from = %r.from, retry_in = ?wait, "relayed message refused: its sender is over the relay rate");
+                return PeerAnswer::Nothing;
+            }
+        }
+        match self.mailbox.hold(r.clone(), self.sender_of(&r)) {
             Ok(Some(disk)) => {
                 // Forwarded at once (each hop would otherwise add its fdatasync to the
                 // delivery); `stored` is answered only once it is on disk here.
@@ -281,13 +307,22 @@ impl Relay {
             .send_to_user(r.to, None, &frame(self.for_recipient(r.clone())));
     }
 
-    /// `r` as its recipient gets it: with `request` set when the sender is not a contact.
-    pub(crate) fn for_recipient(&self, mut r: RelayMsg) -> RelayMsg {
+    /// Who `r` is from, as its recipient sees it: a contact, or a stranger.
+    fn sender_of(&self, r: &RelayMsg) -> Sender {
         let contact = self
             .store
             .contact_list(r.to)
             .is_some_and(|cl| cl.contacts.contains(&r.from));
-        r.request = (!contact).then_some(1);
+        if contact {
+            Sender::Contact
+        } else {
+            Sender::Stranger
+        }
+    }
+
+    /// `r` as its recipient gets it: with `request` set when the sender is not a contact.
+    pub(crate) fn for_recipient(&self, mut r: RelayMsg) -> RelayMsg {
+        r.request = (self.sender_of(&r) == Sender::Stranger).then_some(1);
         r
     }
 
