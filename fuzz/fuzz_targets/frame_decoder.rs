@@ -11,7 +11,9 @@ use tokio_util::codec::Decoder;
 const MAX: usize = 4096;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut codec = XmlFrameCodec::new(MAX);
     let mut buf = BytesMut::new();
@@ -32,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => return, // fatal: the connection would close
             }
         }
-        assert!(buf.len() <= MAX + chunk + 16, "decoder buffered {} bytes", buf.len());
+        assert!(
+            buf.len() <= MAX + chunk + 16,
+            "decoder buffered {} bytes",
+            buf.len()
+        );
     }
 });

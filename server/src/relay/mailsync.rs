@@ -41,11 +41,11 @@ use crate::mailbox::{Digest, MAX_GONE, MAX_HELD};
 pub(crate) const OFFER: &str = "mailbox1";
 
 /// Ids per `mailboxIds` frame: 33 KB of text.
-pub(super) const IDS_PER_FRAME: usize = 1_000;
+pub const IDS_PER_FRAME: usize = 1_000;
 
 /// Ids a peer's list may hold: a server holds at most [`MAX_HELD`] messages and [`MAX_GONE`]
 /// notices; the slack covers what arrived while the list was being sent.
-pub(super) const MAX_LISTED: usize = MAX_HELD + MAX_GONE + 10 * IDS_PER_FRAME;
+pub const MAX_LISTED: usize = MAX_HELD + MAX_GONE + 10 * IDS_PER_FRAME;
 
 /// Whether a `serverID`'s `sync` field offers this exchange.
 pub(crate) fn offered(sync: Option<&str>) -> bool {
@@ -78,7 +78,7 @@ fn parse_digest(d: &m::MailboxDigest) -> Option<Digest> {
 
 /// Why a peer's `mailboxDigest` or `mailboxIds` was not acted on (for the log line).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum Ignored {
+pub enum Ignored {
     /// A second digest, or a list after the first was complete.
     #[error("already answered on this link")]
     Again,
@@ -95,7 +95,7 @@ pub(super) enum Ignored {
 
 /// One link's exchange, as its reader sees it (pure: the caller looks things up and sends).
 #[derive(Debug, Default)]
-pub(crate) struct MailSync {
+pub struct MailSync {
     digest_answered: bool,
     /// Hashes of our messages the peer's list named so far (as held or as delivered).
     seen: HashSet<u128>,
@@ -107,11 +107,7 @@ pub(crate) struct MailSync {
 
 impl MailSync {
     /// The peer's digest: whether to send it our ids (the digests differ). Answered once.
-    pub(super) fn on_digest(
-        &mut self,
-        ours: Digest,
-        theirs: &m::MailboxDigest,
-    ) -> Result<bool, Ignored> {
+    pub fn on_digest(&mut self, ours: Digest, theirs: &m::MailboxDigest) -> Result<bool, Ignored> {
         if std::mem::replace(&mut self.digest_answered, true) {
             return Err(Ignored::Again);
         }
@@ -121,7 +117,7 @@ impl MailSync {
 
     /// A part of the peer's list: its ids, checked against the bounds. The caller reports
     /// which of them it holds with [`Self::saw`], then calls [`Self::finish`] on the last part.
-    pub(super) fn on_ids<'a>(&mut self, part: &'a m::MailboxIds) -> Result<Vec<&'a str>, Ignored> {
+    pub fn on_ids<'a>(&mut self, part: &'a m::MailboxIds) -> Result<Vec<&'a str>, Ignored> {
         if self.list_done {
             return Err(Ignored::Again);
         }
@@ -146,19 +142,19 @@ impl MailSync {
     }
 
     /// Of the ids [`Self::on_ids`] returned, these (hashes) are messages held here.
-    pub(super) fn saw(&mut self, held: impl IntoIterator<Item = u128>) {
+    pub fn saw(&mut self, held: impl IntoIterator<Item = u128>) {
         self.seen.extend(held);
     }
 
     /// Of the ids [`Self::on_ids`] returned, these (hashes) are notices known here, or notices
     /// already sent to the peer.
-    pub(super) fn saw_notices(&mut self, known: impl IntoIterator<Item = u128>) {
+    pub fn saw_notices(&mut self, known: impl IntoIterator<Item = u128>) {
         self.seen_notices.extend(known);
     }
 
     /// The peer's list is complete: the hashes of our messages it named and of our notices it
     /// named (the rest it lacks).
-    pub(super) fn finish(&mut self) -> (HashSet<u128>, HashSet<u128>) {
+    pub fn finish(&mut self) -> (HashSet<u128>, HashSet<u128>) {
         self.list_done = true;
         (
             std::mem::take(&mut self.seen),

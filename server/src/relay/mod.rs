@@ -5,7 +5,7 @@
 //! sender's own server rate-limits and waits for a second copy before acknowledging. A link-up
 //! compares mailboxes ([`mailsync`]) so a server that was away gets what it missed.
 
-pub(crate) mod mailsync;
+pub mod mailsync;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
