@@ -23,6 +23,11 @@ impl GossipClient {
         };
         let mut info = UserInfo::new(grant.uid, self.key.public());
         fill(&mut info);
+        // The registering server's certificate: other servers admit a new user only with it.
+        if let Some(cert) = &grant.sponsor {
+            info.extra.retain(|(name, _)| name != "Sponsor");
+            info.extra.push(("Sponsor".into(), cert.clone()));
+        }
         info.user_id = grant.uid;
         info.public_key = self.key.public();
         info.event_count = EventCount::ZERO;

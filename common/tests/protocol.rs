@@ -65,6 +65,7 @@ fn samples() -> Vec<Body> {
         UserIdGrant {
             uid: UserId(77),
             expires_s: 900,
+            sponsor: Some(format!("a.example:1024 1795430400 {} {}", "ab".repeat(32), "cd".repeat(64))),
         }
         .into(),
         NewUser {

@@ -122,6 +122,10 @@ pub struct FileConfig {
     /// Seconds between RTT measurement rounds [default: 60].
     #[arg(long = "reprobe", value_name = "SECS")]
     pub reprobe_s: Option<f64>,
+    /// New users one sponsoring server may add to this one per minute (a burst of ten minutes'
+    /// worth); more are refused for now and offered again by later syncs [default: 60].
+    #[arg(long, value_name = "N")]
+    pub sponsored_users_per_minute: Option<f64>,
     /// Seconds between repair checks: a short exchange of what each side holds with one
     /// random server that is not a tree neighbour, so a server in the tree that does not
     /// forward cannot cut the federation [default: 10]. 0 turns them off.
@@ -201,6 +205,8 @@ pub struct Config {
     pub login_deadline: Duration,
     /// Registrations per address per minute (and burst).
     pub registrations_per_minute: f64,
+    /// New users admitted per sponsoring server per minute.
+    pub sponsored_users_per_minute: f64,
     /// What one client connection may send a second.
     pub client_inbound: crate::budget::InboundRate,
     /// How links resync at link-up.
@@ -333,6 +339,7 @@ impl Config {
             sync: f.sync.unwrap_or_default(),
             login_deadline: Duration::from_secs_f64(f.login_deadline_s.unwrap_or(60.0).max(0.1)),
             registrations_per_minute: f.registrations_per_minute.unwrap_or(30.0).max(1.0),
+            sponsored_users_per_minute: f.sponsored_users_per_minute.unwrap_or(60.0).max(1.0),
             client_inbound: crate::budget::InboundRate::per_second(
                 f.client_frames_per_s.unwrap_or(200.0).max(1.0),
                 f.client_kib_per_s.unwrap_or(1024.0).max(1.0),

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub refused_keys: Counter,
     /// RTT rows dropped: unsigned, badly signed, or signed by a key not bound to the measurer.
     pub refused_rows: Counter,
+    /// New users from peers not admitted: no valid registration certificate, or their sponsor
+    /// over its budget (offered again later).
+    pub refused_new_users: Counter,
     /// Relayed messages accepted from this server's clients.
     pub relayed: Counter,
     /// Link-up mailbox exchanges that found the peer holding the same messages (none sent).
@@ -194,6 +197,11 @@ impl Metrics {
             "mailbox_resent_total",
             "Relayed messages sent to a peer at link-up because its list lacked them.",
             m.mailbox_resent.get(),
+        );
+        counter(
+            "refused_new_users_total",
+            "New users from peers not admitted: no valid registration certificate, or their sponsor over its budget (offered again by later syncs).",
+            m.refused_new_users.get(),
         );
         counter(
             "refused_rows_total",

@@ -55,6 +55,12 @@ pub struct UserIdGrant {
     pub uid: UserId,
     /// Seconds the reservation lasts.
     pub expires_s: u64,
+    /// The registering server's certificate for this UserID and the registered key
+    /// (`host:port issued key signature`): the client puts it, verbatim, in its first record as
+    /// the UserInfo field `Sponsor` (and keeps it in every later one). Other servers admit a
+    /// new UserID only with it. Absent from servers that predate certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sponsor: Option<String>,
 }
 
 /// `newuser`: the first UserInfo of a new user (client→server to complete a registration,

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::peer::{LinkSettings, PeerDoor};
 use crate::presence::Presence;
 use crate::records::Records;
-use crate::registration::{Registration, UidLocks};
+use crate::registration::{Registration, Sponsors, UidLocks};
 use crate::relay::Relay;
 use crate::replication::Replication;
 use crate::server_keys::ServerKeys;
@@ -132,10 +132,15 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
         tasks.clone(),
     ));
     let locks = Arc::new(UidLocks::default());
+    let sponsors = Arc::new(Sponsors::new(
+        Arc::clone(&federation),
+        config.sponsored_users_per_minute,
+    ));
     let registration = Arc::new(Registration::new(
         Arc::clone(&store),
         Arc::clone(&locks),
         Arc::clone(&federation),
+        Arc::clone(&sponsors),
         config.uid_lock,
         config.registrations_per_minute,
         tasks.clone(),
@@ -152,6 +157,7 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
         Arc::clone(&store),
         Arc::clone(&records),
         Arc::clone(&federation),
+        sponsors,
         Arc::clone(&metrics),
         (config.max_frame, config.sync == SyncMethod::Range),
         tasks.clone(),

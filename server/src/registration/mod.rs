@@ -8,6 +8,7 @@
 pub mod local;
 pub(crate) mod lock_table;
 mod network;
+pub mod sponsor;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
@@ -29,6 +30,7 @@ use crate::tasks::Tasks;
 pub use local::{UidLocks, MAX_LOCKS, MAX_LOCKS_PER_ORIGIN};
 use lock_table::{LockReply, LockTable};
 pub(crate) use network::LOCK_TIMEOUT;
+pub use sponsor::Sponsors;
 
 /// A link's lock-request budget (one bucket per link).
 pub(crate) type LockRate = Limiter<()>;
@@ -73,6 +75,8 @@ pub struct Registration {
     rate: Mutex<Limiter<IpAddr>>,
     /// This server's key, which its own locks are charged to.
     own_key: String,
+    /// Registration certificates.
+    sponsors: Arc<Sponsors>,
     /// Lock requests per requesting server (its key).
     key_rate: Mutex<Limiter<gossip_common::PublicKey>>,
     tasks: Tasks,
@@ -85,6 +89,7 @@ impl Registration {
         store: Arc<Store>,
         locks: Arc<UidLocks>,
         federation: Arc<Federation>,
+        sponsors: Arc<Sponsors>,
         ttl: Duration,
         per_minute: f64,
         tasks: Tasks,
@@ -104,6 +109,7 @@ impl Registration {
                 RATE_TRACKED_ADDRESSES,
             )),
             own_key,
+            sponsors,
             key_rate: Mutex::new(Limiter::new(LOCKS_PER_KEY, RATE_TRACKED_KEYS)),
             tasks,
         }
@@ -117,6 +123,17 @@ impl Registration {
     /// The UserIDs locked here.
     pub fn locks(&self) -> &UidLocks {
         &self.locks
+    }
+
+    /// The certificate of this server's registration of `uid` with key `user` (the `Sponsor`
+    /// field the client puts in its first record).
+    pub fn certify(&self, uid: UserId, user: &gossip_common::PublicKey) -> String {
+        self.sponsors.certify(uid, user)
+    }
+
+    /// Whether `record` carries this server's certificate for its UserID and key.
+    pub fn is_certified_here(&self, record: &gossip_common::UserInfo) -> bool {
+        self.sponsors.is_ours(record)
     }
 
     /// A new link's lock-request budget.

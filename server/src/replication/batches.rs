@@ -107,6 +107,10 @@ pub(super) async fn apply_changed_entries(
     repl.metrics
         .sync_records_received
         .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
+    // New users only as their sponsors' budgets allow (a list whose owner is not admitted
+    // is refused by the store for want of its owner).
+    let mut ce = ce;
+    ce.userinfo.retain(|r| repl.admits(r, &peer));
     let done = repl
         .store
         .apply_replicated(ce.userinfo, ce.contactlists, &origin)

@@ -22,6 +22,7 @@ use crate::federation::{Federation, LinkTx};
 use crate::metrics::Metrics;
 use crate::mst::{id_string, ServerId};
 use crate::records::Records;
+use crate::registration::Sponsors;
 use crate::store::{Mode, Store, StoreError};
 use crate::tasks::Tasks;
 
@@ -34,6 +35,8 @@ pub(crate) struct Replication {
     store: Arc<Store>,
     records: Arc<Records>,
     federation: Arc<Federation>,
+    /// Who may add users here, and how many.
+    sponsors: Arc<Sponsors>,
     metrics: Arc<Metrics>,
     /// The frame limit: sync batches are filled to about 3/4 of it.
     max_frame: usize,
@@ -48,6 +51,7 @@ impl Replication {
         store: Arc<Store>,
         records: Arc<Records>,
         federation: Arc<Federation>,
+        sponsors: Arc<Sponsors>,
         metrics: Arc<Metrics>,
         (max_frame, range): (usize, bool),
         tasks: Tasks,
@@ -56,6 +60,7 @@ impl Replication {
             store,
             records,
             federation,
+            sponsors,
             metrics,
             max_frame,
             range,
@@ -187,6 +192,11 @@ impl Replication {
         from: Option<&ServerId>,
         origin: &str,
     ) {
+        if let Some(peer) = from {
+            if !self.admits(&record, peer) {
+                return;
+            }
+        }
         // Pushed and forwarded as soon as it is verified, not after this node's disk flush: a
         // flush per hop would add up along the tree (see `Store::apply_user_info_then`).
         match self
@@ -199,6 +209,23 @@ impl Replication {
             Ok(_) => {}
             Err(StoreError::Stale { .. }) => {}
             Err(e) => tracing::warn!(error = %e, %origin, "record from peer refused"),
+        }
+    }
+
+    /// Whether a UserInfo from `peer` may be stored: any record of a user held here; a new
+    /// user only as its sponsor's budget allows (`registration/sponsor.rs`). Refusals are
+    /// logged and counted.
+    pub(super) fn admits(&self, record: &Signed<UserInfo>, peer: &ServerId) -> bool {
+        if self.store.contains_user(record.user_id) {
+            return true;
+        }
+        match self.sponsors.admit(record, peer) {
+            Ok(()) => true,
+            Err(why) => {
+                self.metrics.refused_new_users.inc();
+                tracing::debug!(uid = %record.user_id, peer = %id_string(peer), %why, "new user not admitted");
+                false
+            }
         }
     }
 

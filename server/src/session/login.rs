@@ -177,7 +177,16 @@ impl Session {
                     expires: Instant::now() + self.door.registration.ttl(),
                 };
                 let expires_s = self.door.registration.ttl().as_secs();
-                self.reply(re, m::UserIdGrant { uid, expires_s }).await;
+                let sponsor = Some(self.door.registration.certify(uid, &key));
+                self.reply(
+                    re,
+                    m::UserIdGrant {
+                        uid,
+                        expires_s,
+                        sponsor,
+                    },
+                )
+                .await;
             }
             None => {
                 let text = "no free UserID could be reserved; try again".to_owned();
@@ -199,6 +208,13 @@ impl Session {
         if record.user_id != uid || record.public_key != key {
             let text =
                 format!("newuser must carry the granted UserID {uid} and the registered key");
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        if !self.door.registration.is_certified_here(&record) {
+            let text = format!(
+                "newuser must carry the `{}` field of the userID grant, verbatim (a client from before registration certificates: update it)",
+                crate::registration::sponsor::FIELD
+            );
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
         let holder = self.holder.clone();
