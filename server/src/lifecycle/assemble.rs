@@ -149,7 +149,7 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
         Arc::clone(&store),
         Arc::clone(&presence),
         Arc::clone(&mailbox),
-        Arc::clone(&federation),
+        (Arc::clone(&federation), Arc::clone(&sponsors)),
         Arc::clone(&metrics),
         tasks.clone(),
     ));

@@ -181,6 +181,38 @@ impl Sponsors {
                 .is_ok()
     }
 
+    /// The certificate `text` of `record`, checked: its server and the key that signed it.
+    fn verified(
+        &self,
+        record: &UserInfo,
+        text: &str,
+    ) -> Result<(Certificate, PublicKey), NotAdmitted> {
+        let cert = Certificate::parse(text).ok_or(NotAdmitted::BadCertificate)?;
+        let bytes = certificate_bytes(
+            record.user_id,
+            &record.public_key,
+            &id_string(&cert.server),
+            cert.issued,
+        );
+        let sponsor = self
+            .federation
+            .verify_statement(&cert.server, Some(&cert.key), &bytes, Some(&cert.sig))
+            .map_err(|_| NotAdmitted::BadCertificate)?;
+        Ok((cert, sponsor))
+    }
+
+    /// Which origin a user's mail counts against (`mailbox::MAX_BYTES_PER_ORIGIN`): a tag of
+    /// the key that sponsored their registration, checked here (a user cannot name another
+    /// server's key: the certificate binds their UserID and key), or
+    /// [`crate::mailbox::UNCERTIFIED`].
+    pub(crate) fn origin_of(&self, record: &UserInfo) -> crate::mailbox::Origin {
+        of(record)
+            .and_then(|text| self.verified(record, text).ok())
+            .map_or(crate::mailbox::UNCERTIFIED, |(_, key)| {
+                xxhash_rust::xxh3::xxh3_64(key.as_bytes()) | 1
+            })
+    }
+
     /// Whether a record of a UserID this server does not hold, from `peer`, may be stored:
     /// certified by a sponsor within its budget, or from before certificates within the peer's.
     pub(crate) fn admit(
@@ -199,17 +231,7 @@ impl Sponsors {
                 .take(peer, now)
                 .map_err(|_| NotAdmitted::OverBudget);
         };
-        let cert = Certificate::parse(text).ok_or(NotAdmitted::BadCertificate)?;
-        let bytes = certificate_bytes(
-            record.user_id,
-            &record.public_key,
-            &id_string(&cert.server),
-            cert.issued,
-        );
-        let sponsor = self
-            .federation
-            .verify_statement(&cert.server, Some(&cert.key), &bytes, Some(&cert.sig))
-            .map_err(|_| NotAdmitted::BadCertificate)?;
+        let (cert, sponsor) = self.verified(record, text)?;
         if cert.server == *self.federation.me() {
             return Ok(()); // our own registration, back from a peer
         }

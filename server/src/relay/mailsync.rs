@@ -270,7 +270,7 @@ fn send_messages(relay: &Arc<Relay>, bulk: &LinkTx, notices: Vec<m::Delivered>, 
             }
         }
         for id in ids {
-            let Some(r) = relay.mailbox.get(&id) else {
+            let Some(r) = relay.mailbox.get(&id).await else {
                 continue; // delivered or expired meanwhile
             };
             if bulk.send((Instant::now(), encode(r))).await.is_err() {

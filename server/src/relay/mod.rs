@@ -19,11 +19,12 @@ use tokio::time::Instant;
 
 use crate::budget::Budgets;
 use crate::federation::{Federation, LinkTx};
-use crate::mailbox::{Mailbox, Refused, Sender};
+use crate::mailbox::{Mailbox, Origin, Refused, Sender, UNCERTIFIED};
 use crate::metrics::Metrics;
 use crate::mst::ServerId;
 use crate::presence::Presence;
 use crate::ratelimit::{Limiter, Rate};
+use crate::registration::Sponsors;
 use crate::store::Store;
 use crate::tasks::Tasks;
 
@@ -42,6 +43,8 @@ pub struct Relay {
     presence: Arc<Presence>,
     mailbox: Arc<Mailbox>,
     federation: Arc<Federation>,
+    /// Which server's users a sender is one of (the mailbox's per-origin bound).
+    sponsors: Arc<Sponsors>,
     metrics: Arc<Metrics>,
     /// Relayed messages sent per user, from this server's clients.
     rate: Mutex<Limiter<UserId>>,
@@ -94,10 +97,12 @@ fn verify(store: &Store, r: &RelayMsg) -> Result<(), (ErrorCode, String)> {
 fn refused(e: Refused) -> (ErrorCode, String) {
     let code = match e {
         Refused::TooLarge => ErrorCode::TooLarge,
+        Refused::BadId => ErrorCode::Malformed,
         Refused::Unstored => ErrorCode::Internal,
         Refused::MailboxFull
         | Refused::StrangerQuota
         | Refused::SenderFull
+        | Refused::OriginFull
         | Refused::Full
         | Refused::Expired => ErrorCode::NotAllowed,
     };
@@ -114,7 +119,7 @@ impl Relay {
         store: Arc<Store>,
         presence: Arc<Presence>,
         mailbox: Arc<Mailbox>,
-        federation: Arc<Federation>,
+        (federation, sponsors): (Arc<Federation>, Arc<Sponsors>),
         metrics: Arc<Metrics>,
         tasks: Tasks,
     ) -> Relay {
@@ -123,6 +128,7 @@ impl Relay {
             presence,
             mailbox,
             federation,
+            sponsors,
             metrics,
             rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
             peer_rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
@@ -130,16 +136,21 @@ impl Relay {
         }
     }
 
-    /// What a user logging in here gets: the messages that waited for them, wherever they were
-    /// sent, then the deliveries of what they sent while they were away.
-    pub(crate) fn held_for(&self, uid: UserId) -> (Vec<RelayMsg>, Vec<m::Delivered>) {
-        let held = self
-            .mailbox
-            .for_recipient(uid)
-            .into_iter()
-            .map(|r| self.for_recipient(r))
-            .collect();
-        (held, self.mailbox.take_receipts(uid))
+    /// What a user logging in here gets: the ids of the messages that waited for them,
+    /// wherever they were sent (each read with [`Self::held_message`]), then the deliveries of
+    /// what they sent while they were away.
+    pub(crate) fn held_for(&self, uid: UserId) -> (Vec<String>, Vec<m::Delivered>) {
+        (
+            self.mailbox.for_recipient(uid),
+            self.mailbox.take_receipts(uid),
+        )
+    }
+
+    /// Held message `id` as its recipient gets it (read back from the mailbox's file), if it
+    /// is still held.
+    pub(crate) async fn held_message(&self, id: &str) -> Option<RelayMsg> {
+        let r = self.mailbox.get(id).await?;
+        Some(self.for_recipient(r))
     }
 
     /// A peer's `stored`: a copy of message `id` is on its disk.
@@ -218,7 +229,7 @@ impl Relay {
         let second_copy = self.mailbox.await_stored(&r.id);
         let Some(disk) = self
             .mailbox
-            .hold(r.clone(), self.sender_of(&r))
+            .hold(r.clone(), self.sender_of(&r), self.origin_of(&r))
             .map_err(refused)?
         else {
             return Ok(()); // a retry of a message already held (or delivered)
@@ -274,7 +285,10 @@ impl Relay {
                 return PeerAnswer::Nothing;
             }
         }
-        match self.mailbox.hold(r.clone(), self.sender_of(&r)) {
+        match self
+            .mailbox
+            .hold(r.clone(), self.sender_of(&r), self.origin_of(&r))
+        {
             Ok(Some(disk)) => {
                 // Forwarded at once (each hop would otherwise add its fdatasync to the
                 // delivery); `stored` is answered only once it is on disk here.
@@ -318,6 +332,13 @@ impl Relay {
         } else {
             Sender::Stranger
         }
+    }
+
+    /// Which origin `r`'s sender is of (the server that sponsored their registration).
+    fn origin_of(&self, r: &RelayMsg) -> Origin {
+        self.store
+            .user(r.from)
+            .map_or(UNCERTIFIED, |u| self.sponsors.origin_of(&u))
     }
 
     /// `r` as its recipient gets it: with `request` set when the sender is not a contact.

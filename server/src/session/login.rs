@@ -103,8 +103,10 @@ impl Session {
         // Messages that waited for this user, wherever they were sent.
         // And the deliveries of what this user sent while they were away.
         let (held, receipts) = self.door.relay.held_for(uid);
-        for r in held {
-            self.send(r).await;
+        for id in held {
+            if let Some(r) = self.door.relay.held_message(&id).await {
+                self.send(r).await;
+            }
         }
         for d in receipts {
             self.send(d).await;
