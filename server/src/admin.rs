@@ -62,6 +62,8 @@ impl AdminServices {
             contact_lists: self.store.list_count() as u64,
             uptime_s: self.uptime_s(),
             rtts: fed.status().rtts,
+            repair_checks: fed.repair_checks(),
+            repaired: fed.repaired(),
         })
     }
 }

@@ -144,6 +144,11 @@ pub struct Readings {
     pub uptime_s: u64,
     /// This server's published RTT to each peer, in milliseconds (`None`: dead).
     pub rtts: Vec<(String, Option<f64>)>,
+    /// Repair checks opened.
+    pub repair_checks: u64,
+    /// Items repair checks brought that the tree had not, in all and per tree neighbour they
+    /// should have come through.
+    pub repaired: (u64, Vec<(String, u64)>),
 }
 
 impl Metrics {
@@ -328,6 +333,15 @@ impl Metrics {
             for (t, n) in per.nonzero() {
                 let _ = writeln!(out, "gossip_messages_{dir}_total{{msgtype=\"{t}\"}} {n}");
             }
+        }
+        let _ = writeln!(out, "# HELP gossip_repair_checks_total Repair checks this server opened.\n# TYPE gossip_repair_checks_total counter\ngossip_repair_checks_total {}", node.repair_checks);
+        let _ = writeln!(out, "# HELP gossip_repair_learned_total Records and messages repair checks brought that the tree had not delivered.\n# TYPE gossip_repair_learned_total counter\ngossip_repair_learned_total {}", node.repaired.0);
+        let _ = writeln!(out, "# HELP gossip_repair_learned_via_total The same, by the tree neighbour they should have come through (a hint: see docs/federation.md).\n# TYPE gossip_repair_learned_via_total counter");
+        for (peer, n) in &node.repaired.1 {
+            let _ = writeln!(
+                out,
+                "gossip_repair_learned_via_total{{neighbour=\"{peer}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP gossip_peer_rtt_ms Last published RTT to each peer (absent when dead).\n# TYPE gossip_peer_rtt_ms gauge");
         for (peer, rtt) in &node.rtts {

@@ -191,9 +191,28 @@ async fn a_hub_that_forwards_nothing_delays_updates_but_cannot_cut_the_federatio
         + nodes[2].node.federation.repair_checks()
         - checks_before;
     assert!(checks > 0, "no repair check ran");
+    // Bob's server counts what it learned by repair against the hub, the neighbour it should
+    // have come through.
+    let fed = &nodes[2].node.federation;
+    let against_hub = || {
+        let (total, via) = fed.repaired();
+        let hub_n = via.iter().find(|(s, _)| *s == hub).map_or(0, |(_, n)| *n);
+        (total, hub_n)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while against_hub().1 < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Bob's server did not count the repaired items against the hub: {:?}",
+            fed.repaired()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (learned, via_hub) = against_hub();
     println!(
         "withholding hub: status push {withheld:?} (baseline {baseline:?}), relayed message {relayed:?}, \
-         {checks} repair checks meanwhile, repair interval {REPAIR:?}"
+         {checks} repair checks meanwhile, repair interval {REPAIR:?}; Bob's server learned \
+         {learned} items by repair, {via_hub} counted against the hub"
     );
     for n in nodes {
         n.stop().await.unwrap();

@@ -186,6 +186,8 @@ pub struct Federation {
     refused_introductions: AtomicU64,
     /// Repair checks this server opened.
     repair_checks: AtomicU64,
+    /// What repair checks brought that the tree had not.
+    repaired: Mutex<repair::Learned>,
     /// LAB ONLY: forward nothing (the rogue-member tests' withholding server).
     withhold: std::sync::atomic::AtomicBool,
     /// Repair checks accepted and running now (at most [`MAX_CHECKS_IN`]).
@@ -238,6 +240,7 @@ impl Federation {
             link_drops: AtomicU64::new(0),
             refused_introductions: AtomicU64::new(0),
             repair_checks: AtomicU64::new(0),
+            repaired: Mutex::new(repair::Learned::default()),
             withhold: std::sync::atomic::AtomicBool::new(false),
             checks_in: std::sync::atomic::AtomicUsize::new(0),
             warned_full: std::sync::atomic::AtomicBool::new(false),
@@ -340,6 +343,26 @@ impl Federation {
     /// Repair checks this server opened.
     pub fn repair_checks(&self) -> u64 {
         self.repair_checks.load(Ordering::Relaxed)
+    }
+
+    /// A repair check with `checked` brought `n` items (records, messages) this server did not
+    /// hold: counted, in all and against the tree neighbour toward `checked`, through which
+    /// they should have come.
+    pub(crate) fn note_repaired(&self, checked: &ServerId, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let via = repair::first_hop(&self.me, checked, &self.state.lock().tree);
+        if let Some(v) = &via {
+            tracing::debug!(via = %id_string(v), checked = %id_string(checked), n, "learned by repair what the tree had not brought");
+        }
+        self.repaired.lock().note(via, n);
+    }
+
+    /// Items learned by repair checks in all, and per tree neighbour they should have come
+    /// through.
+    pub fn repaired(&self) -> (u64, Vec<(String, u64)>) {
+        self.repaired.lock().readings()
     }
 
     /// How many times the tree was recomputed with a different result.

@@ -24,6 +24,7 @@
 //! (more are refused); a check lasts at most [`CHECK_MAX`]; link-ups, checks included, count
 //! against the key's link-up rate.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,75 @@ pub(crate) const CHECK_QUIET: Duration = Duration::from_secs(2);
 /// A check ends after this long whatever it is doing (a resync that needs longer finishes on
 /// the next check, or on a link).
 pub(crate) const CHECK_MAX: Duration = Duration::from_secs(60);
+
+/// Tree neighbours whose repair counts are kept (a federation's servers are bounded anyway;
+/// this bounds the map whatever the tree did over time).
+const MAX_BLAMED: usize = 4096;
+
+/// What repair checks brought that the tree had not delivered: in all, and per tree neighbour
+/// it should have come through (the first hop of the tree path toward the server checked).
+///
+/// The attribution is a hint, not proof: on a path A–H–R–B where R withholds, A counts
+/// against H (honest) and H against R. Only R's own neighbours count against R on every
+/// check, which is why an operator reads it across servers and why no edge is cut on it.
+#[derive(Debug, Default)]
+pub(crate) struct Learned {
+    total: u64,
+    via: HashMap<ServerId, u64>,
+}
+
+impl Learned {
+    /// `n` items learned from a check; `via`: the tree neighbour they should have come through.
+    pub(crate) fn note(&mut self, via: Option<ServerId>, n: u64) {
+        self.total += n;
+        if let Some(v) = via {
+            if self.via.len() < MAX_BLAMED || self.via.contains_key(&v) {
+                *self.via.entry(v).or_default() += n;
+            }
+        }
+    }
+
+    /// Items learned in all, and per neighbour (sorted by name).
+    pub(crate) fn readings(&self) -> (u64, Vec<(String, u64)>) {
+        let mut via: Vec<(String, u64)> =
+            self.via.iter().map(|(s, n)| (id_string(s), *n)).collect();
+        via.sort();
+        (self.total, via)
+    }
+}
+
+/// The first hop of the path from `me` to `to` along `tree`, if `to` is in `me`'s tree.
+pub(crate) fn first_hop(
+    me: &ServerId,
+    to: &ServerId,
+    tree: &[(ServerId, ServerId)],
+) -> Option<ServerId> {
+    // Breadth-first from `me`, remembering for each server reached the neighbour of `me` its
+    // path starts with.
+    let mut via: HashMap<&ServerId, &ServerId> = HashMap::new();
+    let mut queue = VecDeque::from([me]);
+    while let Some(at) = queue.pop_front() {
+        if at == to {
+            return via.get(at).map(|s| (*s).clone());
+        }
+        for (a, b) in tree {
+            let next = if a == at {
+                b
+            } else if b == at {
+                a
+            } else {
+                continue;
+            };
+            if next == me || via.contains_key(next) {
+                continue;
+            }
+            let start = if at == me { next } else { via[at] };
+            via.insert(next, start);
+            queue.push_back(next);
+        }
+    }
+    None
+}
 
 /// Who a server may check: servers its own row measures alive, other than itself, those it
 /// is linked to and its tree neighbours (their updates reach it along the tree anyway).
@@ -151,5 +221,27 @@ mod tests {
             candidates(&id(2), alive, |_| false, &tree),
             vec![id(4), id(5)]
         );
+    }
+
+    #[test]
+    fn news_from_a_check_is_counted_against_the_neighbour_it_should_have_come_through() {
+        // 1 - 2 - 3 - 4, and 5 hanging off 2.
+        let tree = vec![
+            (id(1), id(2)),
+            (id(3), id(2)),
+            (id(3), id(4)),
+            (id(5), id(2)),
+        ];
+        assert_eq!(first_hop(&id(1), &id(4), &tree), Some(id(2)));
+        assert_eq!(first_hop(&id(4), &id(5), &tree), Some(id(3)));
+        assert_eq!(first_hop(&id(2), &id(4), &tree), Some(id(3)));
+        assert_eq!(first_hop(&id(2), &id(5), &tree), Some(id(5)));
+        assert_eq!(first_hop(&id(2), &id(9), &tree), None, "not in the tree");
+        assert_eq!(first_hop(&id(2), &id(2), &tree), None, "itself");
+        let mut learned = Learned::default();
+        learned.note(first_hop(&id(1), &id(4), &tree), 3);
+        learned.note(first_hop(&id(1), &id(2), &tree), 1);
+        learned.note(None, 2);
+        assert_eq!(learned.readings(), (6, vec![(id_string(&id(2)), 4)]));
     }
 }

@@ -248,7 +248,9 @@ pub(super) async fn writer(
                     }
                     s.reader = Arc::new(r.reader);
                 }
-                Err(e) => tracing::error!(error = %e, "mailbox file rewrite failed; kept as it was"),
+                Err(e) => {
+                    tracing::error!(error = %e, "mailbox file rewrite failed; kept as it was")
+                }
             }
         }
     }

@@ -241,7 +241,12 @@ impl Mailbox {
             stranger: sender == Sender::Stranger,
         })
         .bytes();
-        if !self.state.lock().table.put_as(r, now_ms(), sender, origin)? {
+        if !self
+            .state
+            .lock()
+            .table
+            .put_as(r, now_ms(), sender, origin)?
+        {
             return Ok(None);
         }
         let (done, wait) = oneshot::channel();

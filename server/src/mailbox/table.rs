@@ -430,11 +430,7 @@ impl MailTable {
     /// known notices oldest first, the kept receipts.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            messages: self
-                .by_id
-                .iter()
-                .map(|(id, h)| (*id, h.clone()))
-                .collect(),
+            messages: self.by_id.iter().map(|(id, h)| (*id, h.clone())).collect(),
             notices: self
                 .gone
                 .values()

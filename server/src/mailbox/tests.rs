@@ -176,7 +176,12 @@ fn strangers_cannot_fill_a_mailbox_and_contacts_still_get_in() {
     // One stranger: its own share first.
     for i in 0..MAX_PER_STRANGER {
         assert_eq!(
-            t.put_as(from(&format!("s{i}"), 100), now, Sender::Stranger, UNCERTIFIED),
+            t.put_as(
+                from(&format!("s{i}"), 100),
+                now,
+                Sender::Stranger,
+                UNCERTIFIED
+            ),
             Ok(true)
         );
     }
@@ -282,7 +287,10 @@ fn one_origin_is_bounded_in_bytes() {
         from: UserId(99),
         ..msg("again", 100_000, MAX_BODY, now)
     };
-    assert_eq!(t.restore(&r, now, (Sender::Contact, sybils), place), Ok(true));
+    assert_eq!(
+        t.restore(&r, now, (Sender::Contact, sybils), place),
+        Ok(true)
+    );
 }
 
 #[test]
@@ -397,7 +405,11 @@ async fn a_torn_last_line_is_cut_off() {
         if round == 0 {
             assert_eq!(m.put(msg("b", 2, 5, now)).await, Ok(true));
         }
-        assert_eq!(m.for_recipient(UserId(2)), [h("a"), h("b")], "round {round}");
+        assert_eq!(
+            m.for_recipient(UserId(2)),
+            [h("a"), h("b")],
+            "round {round}"
+        );
         assert_eq!(m.get(&h("b")).await, Some(msg("b", 2, 5, now)));
         stop.cancel();
         tasks.close();

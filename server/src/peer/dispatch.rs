@@ -37,6 +37,8 @@ pub(crate) struct LinkState {
     pub(crate) mail: MailSync,
     /// What the link may have in flight.
     pub(crate) budgets: Budgets,
+    /// Whether this is a repair check (what it brings is counted as learned by repair).
+    pub(crate) check: bool,
 }
 
 /// Routes `msg` from the link's peer to its owner. Breaks when the link is to end.
@@ -108,7 +110,7 @@ pub(super) async fn dispatch(
         Body::Relay(r) => {
             return door
                 .relay
-                .on_relay_from_peer(r, peer, &link.budgets, &link.tx)
+                .on_relay_from_peer(r, peer, (&link.budgets, &link.tx), link.check)
                 .await;
         }
         Body::Stored(s) => door.relay.on_stored(&s.id),

@@ -180,6 +180,7 @@ async fn check(
         let _ = tx.send((now, frame)).await;
     }
     let mut link = link_up_exchange(&door, &peer, addr, offers_range, offers_mailbox, tx, bulk);
+    link.check = true;
     let ends = Ends {
         quiet: Some(CHECK_QUIET),
         by: Some(Instant::now() + CHECK_MAX),
@@ -247,6 +248,7 @@ fn link_up_exchange(
         locks: Registration::link_rate(),
         mail: Default::default(),
         budgets: Budgets::default(),
+        check: false,
     }
 }
 
@@ -410,7 +412,7 @@ async fn on_frame(
     if replication::is_changed_entries(&frame) {
         return door
             .replication
-            .on_batch(frame, &link.peer, &link.budgets)
+            .on_batch(frame, &link.peer, &link.budgets, link.check)
             .await;
     }
     match Message::decode(&frame) {

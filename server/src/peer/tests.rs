@@ -39,6 +39,7 @@ fn link(node: &RunningNode) -> (LinkState, LinkQueue, LinkQueue) {
         locks: Registration::link_rate(),
         mail: Default::default(),
         budgets: Budgets::default(),
+        check: false,
     };
     (state, rx, bulk_rx)
 }

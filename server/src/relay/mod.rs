@@ -60,8 +60,8 @@ const SECOND_COPY_WAIT: Duration = Duration::from_secs(2);
 
 /// What a server answers a peer that relayed it a message.
 enum PeerAnswer {
-    /// `stored`: this server has it on disk (now or before).
-    Stored,
+    /// `stored`: this server has it on disk (`true`: stored now, it was news here).
+    Stored(bool),
     /// The message was delivered already: its signed notice.
     Delivered(m::Delivered),
     /// Nothing (refused, or the disk failed).
@@ -163,13 +163,14 @@ impl Relay {
     /// bounded like records; a message whose sender this server does not know yet waits for
     /// the sender's record (the link-up resync, or its `newuser` handled beside this frame),
     /// off the reader and bounded in bytes, so the records can still arrive. Breaks only when
-    /// the link is ending.
+    /// the link is ending. `check`: the link is a repair check (a new message is counted as
+    /// learned by repair).
     pub(crate) async fn on_relay_from_peer(
         self: &Arc<Self>,
         r: RelayMsg,
         peer: &ServerId,
-        budgets: &Budgets,
-        tx: &LinkTx,
+        (budgets, tx): (&Budgets, &LinkTx),
+        check: bool,
     ) -> ControlFlow<()> {
         let slot = if self.store.public_key(r.from).is_some() && self.store.contains_user(r.to) {
             let Ok(slot) = Arc::clone(&budgets.records).acquire_owned().await else {
@@ -188,7 +189,12 @@ impl Relay {
         self.tasks.spawn(async move {
             let id = r.id.clone();
             let answer = match this.receive(r, &peer).await {
-                PeerAnswer::Stored => Some(frame(m::Stored { id })),
+                PeerAnswer::Stored(new) => {
+                    if new && check {
+                        this.federation.note_repaired(&peer, 1);
+                    }
+                    Some(frame(m::Stored { id }))
+                }
                 PeerAnswer::Delivered(d) => Some(frame(d)),
                 PeerAnswer::Nothing => None,
             };
@@ -296,14 +302,14 @@ impl Relay {
                 self.push_to_recipient(&r);
                 self.federation.flood(&frame(r), Some(peer));
                 match disk.done().await {
-                    Ok(()) => PeerAnswer::Stored,
+                    Ok(()) => PeerAnswer::Stored(true),
                     Err(e) => {
                         tracing::warn!(%id, error = %e, "relayed message not stored");
                         PeerAnswer::Nothing
                     }
                 }
             }
-            Ok(None) => PeerAnswer::Stored,
+            Ok(None) => PeerAnswer::Stored(false),
             Err(e) => {
                 tracing::info!(id = %r.id, error = %e, "relayed message not kept");
                 PeerAnswer::Nothing

@@ -81,7 +81,7 @@ fn by_user<'a>(
 /// batch is durable and forwarded.
 pub(super) async fn apply_changed_entries(
     repl: Arc<Replication>,
-    peer: ServerId,
+    (peer, check): (ServerId, bool),
     frame: Bytes,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -127,6 +127,10 @@ pub(super) async fn apply_changed_entries(
         }),
         ..Default::default()
     };
+    if check {
+        let news = forward.userinfo.len() + forward.contactlists.len();
+        repl.federation.note_repaired(&peer, news as u64);
+    }
     if !forward.userinfo.is_empty() || !forward.contactlists.is_empty() {
         repl.federation
             .flood_wait(|| encode(forward), Some(&peer))

@@ -98,19 +98,21 @@ impl Replication {
 
     /// A `changedEntries` frame from `peer`, undecoded: decoded, verified and stored by a task
     /// of its own (bounded by `budgets`), so several batches are worked on at once, on every
-    /// core the node has, while the link's reader goes on reading.
+    /// core the node has, while the link's reader goes on reading. `check`: the link is a
+    /// repair check (what is news is counted as learned by repair).
     pub(crate) async fn on_batch(
         self: &Arc<Self>,
         frame: Bytes,
         peer: &ServerId,
         budgets: &Budgets,
+        check: bool,
     ) -> ControlFlow<()> {
         let Ok(slot) = Arc::clone(&budgets.batches).acquire_owned().await else {
             return ControlFlow::Break(());
         };
         self.tasks.spawn(batches::apply_changed_entries(
             Arc::clone(self),
-            peer.clone(),
+            (peer.clone(), check),
             frame,
             slot,
         ));
