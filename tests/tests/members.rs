@@ -432,3 +432,126 @@ async fn a_members_new_users_are_held_to_its_sponsor_budget() {
     let (_c, _e, _uid) = user(&node, "honest").await;
     node.stop().await.unwrap();
 }
+
+/// A member 40 ms away that answers each next probe before it is due (the reply it predicts:
+/// the next sequence number and the prober's name, sprayed every millisecond at the prober's
+/// socket) was measured at 0.02–0.62 ms by real nodes and became the hub. A probe now carries
+/// 64 random bits its reply must echo: a real node measures the rogue at its real distance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_answers_probes_early_is_measured_at_its_real_distance() {
+    const DISTANCE: Duration = Duration::from_millis(40);
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, rogue, sock, node) = 'bound: {
+        for _ in 0..10 {
+            let ports = reserve_base_ports(2);
+            let (h, r) = (ports[0], ports[1]);
+            let Ok(sock) = tokio::net::UdpSocket::bind(("127.0.0.1", r + 2)).await else {
+                continue;
+            };
+            // Its server port takes connections and never answers (a refused connection
+            // would mark it dead at once, and nothing would be measured).
+            let Ok(links) = tokio::net::TcpListener::bind(("127.0.0.1", r + 1)).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = links.accept().await {
+                    held.push(conn);
+                }
+            });
+            let mut c = Config::for_tests(dir.path(), h);
+            c.strict_ports = true;
+            c.peers = vec![("127.0.0.1".into(), r)];
+            c.probe = ProbeConfig {
+                interval: Duration::from_millis(20),
+                replies: 3,
+                dead_after: Duration::from_millis(1000),
+                source: None,
+            };
+            c.reprobe = Duration::from_millis(250);
+            c.repair = Duration::ZERO;
+            c.lab = LabDelays::new(HashMap::from([(key(r), DISTANCE)]));
+            match gossip_server::start(c).await {
+                Ok(node) => break 'bound (h, r, sock, node),
+                Err(_) => continue,
+            }
+        }
+        panic!("could not bind two base ports");
+    };
+    // The rogue's echo port: it answers each probe at once, as an echo must, and sprays what
+    // the next probes' replies would be, if they could be guessed.
+    let sock = std::sync::Arc::new(sock);
+    let sprayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (sock2, sprayed2) = (
+        std::sync::Arc::clone(&sock),
+        std::sync::Arc::clone(&sprayed),
+    );
+    let rogue_task = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        let mut target: Option<(std::net::SocketAddr, Vec<u8>)> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                r = sock2.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { return };
+                    let probe = buf[..n].to_vec();
+                    let mut reply = probe.clone();
+                    reply.push(0);
+                    let _ = sock2.send_to(&reply, from).await;
+                    target = Some((from, probe));
+                }
+                _ = tick.tick() => {
+                    let Some((to, probe)) = &target else { continue };
+                    // The next three sequence numbers, each with the old reply (sequence and
+                    // name), and with a made-up nonce in the new format.
+                    let name_end = probe.iter().position(|b| *b == b'#').unwrap_or(probe.len());
+                    for k in 1..=3u8 {
+                        let mut seq = probe[0].wrapping_add(k);
+                        if seq == 0 {
+                            seq = 1;
+                        }
+                        let mut old = vec![seq];
+                        old.extend_from_slice(&probe[1..name_end]);
+                        let mut new = old.clone();
+                        new.extend_from_slice(format!("#{:016x}", rand::random::<u64>()).as_bytes());
+                        for mut guess in [old, new] {
+                            guess.push(0);
+                            let _ = sock2.send_to(&guess, to).await;
+                            sprayed2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    // Three measurement rounds, so the published figure is settled.
+    let measured = wait_for_or_describe(
+        "the honest node to measure the rogue three times",
+        Duration::from_secs(20),
+        || {
+            let fed = &node.node.federation;
+            let rtt = fed
+                .status()
+                .rtts
+                .into_iter()
+                .find(|(s, _)| *s == key(rogue))
+                .and_then(|(_, ms)| ms)?;
+            (fed.probe_rounds() >= 3).then_some(rtt)
+        },
+        || format!("{:?}", node.node.federation.status().rtts),
+    )
+    .await;
+    let guesses = sprayed.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "rogue {}ms away answering early ({guesses} guessed replies sprayed): measured at {measured:.2} ms by {}",
+        DISTANCE.as_millis(),
+        key(honest)
+    );
+    assert!(guesses > 100, "the rogue did not spray: {guesses}");
+    assert!(
+        measured >= DISTANCE.as_secs_f64() * 1000.0 * 0.9,
+        "the rogue looked nearer than it is: {measured} ms"
+    );
+    rogue_task.abort();
+    node.stop().await.unwrap();
+}

@@ -188,6 +188,8 @@ pub struct Federation {
     repair_checks: AtomicU64,
     /// What repair checks brought that the tree had not.
     repaired: Mutex<repair::Learned>,
+    /// Measurement rounds done.
+    probe_rounds: AtomicU64,
     /// LAB ONLY: forward nothing (the rogue-member tests' withholding server).
     withhold: std::sync::atomic::AtomicBool,
     /// Repair checks accepted and running now (at most [`MAX_CHECKS_IN`]).
@@ -241,6 +243,7 @@ impl Federation {
             refused_introductions: AtomicU64::new(0),
             repair_checks: AtomicU64::new(0),
             repaired: Mutex::new(repair::Learned::default()),
+            probe_rounds: AtomicU64::new(0),
             withhold: std::sync::atomic::AtomicBool::new(false),
             checks_in: std::sync::atomic::AtomicUsize::new(0),
             warned_full: std::sync::atomic::AtomicBool::new(false),
@@ -338,6 +341,11 @@ impl Federation {
     /// Whether a flood that passes on what `except` sent is to be withheld (lab rogue).
     fn withheld(&self, except: Option<&ServerId>) -> bool {
         except.is_some() && self.withhold.load(Ordering::Relaxed)
+    }
+
+    /// Measurement rounds this server finished (and published).
+    pub fn probe_rounds(&self) -> u64 {
+        self.probe_rounds.load(Ordering::Relaxed)
     }
 
     /// Repair checks this server opened.

@@ -37,6 +37,8 @@ pub(super) async fn prober_loop(
                         .map(|s| (s.clone(), alive_us(results.get(s))))
                         .collect();
                     fed.publish_measurements(&measured);
+                    fed.probe_rounds
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // A server judged dead by this node's own probes: the users logged in there
                     // are not online any more. Its held wills are published (once: they are
                     // taken; copies published by other servers are the same change).
