@@ -272,6 +272,14 @@ fn samples() -> Vec<Body> {
             ids: "5f0c8e2a9d41b7763e1f20c4a8b9d6e1 00000000000000000000000000000001".into(),
         }
         .into(),
+        WillDigest {
+            host: "gossip.example.org".into(),
+            port: 1024,
+            count: 412,
+            sum: "0c7e21a9f4d3b8650e19aa2c4f7d3e81".into(),
+            want: Some(1),
+        }
+        .into(),
     ]
 }
 

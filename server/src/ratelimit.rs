@@ -75,6 +75,18 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
     }
 
+    /// Whether `key` has a token now, without taking it (a key not tracked has a full bucket).
+    pub fn has_token(&mut self, key: &K, now: Instant) -> bool {
+        let rate = self.rate;
+        match self.buckets.get_mut(key) {
+            Some(b) => {
+                Self::refill(rate, b, now);
+                b.tokens >= 1.0
+            }
+            None => true,
+        }
+    }
+
     /// Keys tracked now.
     pub fn len(&self) -> usize {
         self.buckets.len()

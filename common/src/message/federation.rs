@@ -213,6 +213,30 @@ pub struct HeldWill {
     pub record: Signed<UserInfo>,
 }
 
+/// `willDigest` (S↔S, on a repair check): the last wills the sender holds for the sessions of
+/// one home server (`host`, `port`), in brief: how many, and the wrapping sum of the 128-bit
+/// xxh3 hashes of their signatures. Each end of a check sends its own sessions' digest instead
+/// of the wills themselves; a receiver whose digest for that home differs answers with its own
+/// and `want="1"`, and gets the home's wills as `heldWill`s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillDigest {
+    /// The home server's host name.
+    #[serde(rename = "@host")]
+    pub host: String,
+    /// The home server's base port.
+    #[serde(rename = "@port")]
+    pub port: u16,
+    /// Wills held for it.
+    #[serde(rename = "@count")]
+    pub count: u64,
+    /// The wrapping sum of their signatures' 128-bit xxh3 hashes, 32 hex digits.
+    #[serde(rename = "@sum")]
+    pub sum: String,
+    /// 1: the sender's digest differs from the one it answers; send the home's wills.
+    #[serde(rename = "@want", default, skip_serializing_if = "Option::is_none")]
+    pub want: Option<u8>,
+}
+
 /// `reconcile`: one frame of a round of range-based reconciliation (`docs/federation.md`).
 /// The text is the round's entries in a compact binary form, base64-encoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

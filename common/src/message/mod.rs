@@ -51,7 +51,7 @@ pub use self::error::{Error, ErrorCode, ProtocolError};
 pub use self::federation::{
     lock_bytes, unlock_bytes, AddServer, ChangedEntries, DeleteServer, EcEntry, EcList,
     EventCounts, HeldWill, LockResult, LockUid, Reconcile, ReqServerList, RttEntry, ServerAddr,
-    ServerIdMsg, ServerList, UnlockUid, UpdateRtts,
+    ServerIdMsg, ServerList, UnlockUid, UpdateRtts, WillDigest,
 };
 pub use self::generic::GenericMessage;
 pub use self::relay::{Delivered, MailboxDigest, MailboxIds, Relay, Stored};
@@ -215,6 +215,7 @@ bodies! {
     Stored(Stored) = "stored",
     MailboxDigest(MailboxDigest) = "mailboxDigest",
     MailboxIds(MailboxIds) = "mailboxIds",
+    WillDigest(WillDigest) = "willDigest",
 }
 
 fn de<T: DeserializeOwned>(msgtype: &str, xml: &str) -> Result<T, ProtocolError> {

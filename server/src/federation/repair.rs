@@ -6,9 +6,9 @@
 //! opens a short **check** with one server chosen at random among those it measures alive and
 //! is not linked to: the same Noise handshake as a link, `serverID` with the word `check`,
 //! then the link-up exchange a new link runs — the range reconciliation of records (161 bytes
-//! when nothing differs), the mailbox digests, the wills of each end's own sessions, and the
-//! server lists with each row's `seq` (each end sends only the rows the other lacks) — and
-//! then it closes once the exchange has gone quiet. A check is never entered in the link
+//! when nothing differs), the mailbox digests, the digest of each end's own sessions' wills
+//! (the wills cross only if it differs), and the server lists with each row's `seq` (each end
+//! sends only the rows the other lacks) — and then it closes once the exchange has gone quiet. A check is never entered in the link
 //! table: nothing is flooded over it and the tree does not see it. What it brings is stored
 //! and flooded along the tree like anything else, so one check across the gap repairs the
 //! whole far side.

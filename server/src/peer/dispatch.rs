@@ -39,6 +39,10 @@ pub(crate) struct LinkState {
     pub(crate) budgets: Budgets,
     /// Whether this is a repair check (what it brings is counted as learned by repair).
     pub(crate) check: bool,
+    /// Whether this server's wills went out on this link after a `willDigest` asked.
+    pub(crate) wills_announced: bool,
+    /// `willDigest`s received.
+    pub(crate) will_digests: u32,
 }
 
 /// Routes `msg` from the link's peer to its owner. Breaks when the link is to end.
@@ -96,6 +100,10 @@ pub(super) async fn dispatch(
         }
         // Last wills.
         Body::HeldWill(h) => door.wills.on_held_will(h, peer, &link.budgets.records),
+        Body::WillDigest(d) => {
+            let seen = (&mut link.wills_announced, &mut link.will_digests);
+            door.wills.on_will_digest(d, &link.bulk, seen)
+        }
         // Registrations.
         Body::LockUid(l) => {
             if let Some(answer) =

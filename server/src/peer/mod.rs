@@ -179,8 +179,8 @@ async fn check(
     for frame in fed.check_opening_frames() {
         let _ = tx.send((now, frame)).await;
     }
-    let mut link = link_up_exchange(&door, &peer, addr, offers_range, offers_mailbox, tx, bulk);
-    link.check = true;
+    let link = (offers_range, offers_mailbox, true);
+    let mut link = link_up_exchange(&door, &peer, addr, link, tx, bulk);
     let ends = Ends {
         quiet: Some(CHECK_QUIET),
         by: Some(Instant::now() + CHECK_MAX),
@@ -226,8 +226,7 @@ fn link_up_exchange(
     door: &Arc<PeerDoor>,
     peer: &ServerId,
     addr: SocketAddr,
-    offers_range: bool,
-    offers_mailbox: bool,
+    (offers_range, offers_mailbox, check): (bool, bool, bool),
     tx: crate::federation::LinkTx,
     bulk: crate::federation::LinkTx,
 ) -> LinkState {
@@ -236,8 +235,15 @@ fn link_up_exchange(
     let resync = Resync::start(&door.replication, range, bulk.clone());
     // The undelivered messages a peer that was away lacks.
     mailsync::start(&door.relay, offers_mailbox, &bulk);
-    // The last wills of this server's sessions, so a peer that was away holds them too.
-    door.wills.announce_to(bulk.clone());
+    // The last wills of this server's sessions, so a peer that was away holds them too. A
+    // check, which comes every few seconds, sends their digest instead: the wills cross only
+    // if the peer's copy differs.
+    if check {
+        let digest = door.wills.digest_frame(door.federation.me(), false);
+        let _ = bulk.try_send((Instant::now(), digest));
+    } else {
+        door.wills.announce_to(bulk.clone());
+    }
     LinkState {
         peer: peer.clone(),
         addr,
@@ -248,7 +254,9 @@ fn link_up_exchange(
         locks: Registration::link_rate(),
         mail: Default::default(),
         budgets: Budgets::default(),
-        check: false,
+        check,
+        wills_announced: false,
+        will_digests: 0,
     }
 }
 
@@ -312,7 +320,8 @@ async fn serve(
             break;
         }
     }
-    let mut link = link_up_exchange(&door, &peer, addr, offers_range, offers_mailbox, tx, bulk);
+    let link = (offers_range, offers_mailbox, false);
+    let mut link = link_up_exchange(&door, &peer, addr, link, tx, bulk);
     read_loop(
         &door,
         &mut link,

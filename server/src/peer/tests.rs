@@ -40,6 +40,8 @@ fn link(node: &RunningNode) -> (LinkState, LinkQueue, LinkQueue) {
         mail: Default::default(),
         budgets: Budgets::default(),
         check: false,
+        wills_announced: false,
+        will_digests: 0,
     };
     (state, rx, bulk_rx)
 }
@@ -314,5 +316,55 @@ async fn a_complete_event_count_list_is_answered_once_on_the_bulk_queue() {
         ControlFlow::Continue(())
     );
     assert!(matches!(next(&mut rx).await, Body::Error(_)));
+    n.stop().await.unwrap();
+}
+
+/// A check's `willDigest`: a peer whose digest for a home matches is sent nothing; one that
+/// differs is answered with this server's digest and `want`; a `want` about this server's own
+/// sessions sends their wills once; a link that sends more digests than a check needs is not
+/// answered.
+#[tokio::test]
+async fn will_digests_cross_only_what_differs_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&dir).await;
+    let (mut link, _rx, mut bulk) = link(&n);
+    let door = &n.node.peers;
+    let digest = |count: u64, sum: u128, want: Option<u8>| m::WillDigest {
+        host: PEER.0.into(),
+        port: PEER.1,
+        count,
+        sum: format!("{sum:032x}"),
+        want,
+    };
+    // This node holds no will of the peer's: a digest of none matches; one of a will differs.
+    let _ = dispatch(door, &mut link, msg(digest(0, 0, None))).await;
+    assert!(bulk.try_recv().is_err(), "equal digests: nothing crosses");
+    let _ = dispatch(door, &mut link, msg(digest(1, 42, None))).await;
+    match next(&mut bulk).await {
+        Body::WillDigest(d) => {
+            assert_eq!((d.count, d.want), (0, Some(1)));
+            assert_eq!((d.host.as_str(), d.port), PEER);
+        }
+        other => panic!("expected a willDigest, got {}", other.msgtype()),
+    }
+    // Asked for this node's own wills: they go (there are none here) and the link remembers.
+    let mine = m::WillDigest {
+        host: "door.test".into(),
+        port: 6000,
+        want: Some(1),
+        ..digest(0, 0, None)
+    };
+    let _ = dispatch(door, &mut link, msg(mine)).await;
+    assert!(link.wills_announced);
+    // The fourth is still answered; past that bound, a differing digest is not.
+    let _ = dispatch(door, &mut link, msg(digest(2, 7, None))).await;
+    assert!(matches!(next(&mut bulk).await, Body::WillDigest(_)));
+    let _ = dispatch(door, &mut link, msg(digest(3, 7, None))).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), bulk.recv())
+            .await
+            .is_err(),
+        "the fifth digest on one link is not answered"
+    );
     n.stop().await.unwrap();
 }

@@ -231,6 +231,17 @@ impl Sponsors {
                 .take(peer, now)
                 .map_err(|_| NotAdmitted::OverBudget);
         };
+        // A sponsor over its budget is refused before its certificate is checked: a flood
+        // past the budget costs the parse, not a signature check per user. (Peeking at the
+        // key the certificate claims spends nothing: only a verified certificate takes a
+        // token.)
+        if let Some(claimed) =
+            Certificate::parse(text).and_then(|c| c.key.parse::<PublicKey>().ok())
+        {
+            if !self.budget.lock().has_token(&claimed, now) {
+                return Err(NotAdmitted::OverBudget);
+            }
+        }
         let (cert, sponsor) = self.verified(record, text)?;
         if cert.server == *self.federation.me() {
             return Ok(()); // our own registration, back from a peer

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gossip_common::codec::encode_frame;
-use gossip_common::message::HeldWill;
+use gossip_common::message::{HeldWill, WillDigest};
 use gossip_common::{Signed, UserId, UserInfo};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -38,6 +38,9 @@ pub use held::{Refused, WillTable, Wills, MAX_HELD, MAX_PER_HOME};
 
 /// How long a peer's will for a user not stored here waits for that user's first record.
 const UNKNOWN_USER_WAIT: Duration = Duration::from_secs(2);
+
+/// `willDigest`s looked at per link: a check carries one from each end and one answer.
+const DIGESTS_PER_LINK: u32 = 4;
 
 /// The last-will service of one server.
 pub struct LastWills {
@@ -181,6 +184,62 @@ impl LastWills {
             self.hold((h.host, h.port), record, Some(peer));
         } else {
             tracing::info!(uid = %record.user_id, "held will refused: not an offline record signed by the bound key");
+        }
+    }
+
+    /// The wills held for `home` in brief: how many, and the wrapping sum of their signatures'
+    /// 128-bit xxh3 hashes (the same set gives the same digest whatever order it came in).
+    pub fn digest_of(&self, home: &ServerId) -> (u64, u128) {
+        self.held
+            .of_home(home)
+            .iter()
+            .fold((0, 0u128), |(n, sum), w| {
+                let h = xxhash_rust::xxh3::xxh3_128(&w.signature().to_bytes());
+                (n + 1, sum.wrapping_add(h))
+            })
+    }
+
+    /// This server's own sessions' digest as a `willDigest` frame (`want`: answering one that
+    /// differs).
+    pub(crate) fn digest_frame(&self, home: &ServerId, want: bool) -> bytes::Bytes {
+        let (count, sum) = self.digest_of(home);
+        encode_frame(WillDigest {
+            host: home.0.clone(),
+            port: home.1,
+            count,
+            sum: format!("{sum:032x}"),
+            want: want.then_some(1),
+        })
+    }
+
+    /// A peer's `willDigest` on a repair check. Its own sessions' digest: answered with ours
+    /// and `want` if they differ. An answer with `want` about this server's sessions: their
+    /// wills go to the peer, once per check (`announced`). At most [`DIGESTS_PER_LINK`] are
+    /// looked at per link (each costs a pass over one home's wills).
+    pub(crate) fn on_will_digest(
+        &self,
+        d: WillDigest,
+        bulk: &LinkTx,
+        (announced, seen): (&mut bool, &mut u32),
+    ) {
+        *seen += 1;
+        if *seen > DIGESTS_PER_LINK {
+            tracing::info!("willDigest ignored: too many on one link");
+            return;
+        }
+        let home: ServerId = (d.host.clone(), d.port);
+        if d.want == Some(1) {
+            if home == *self.federation.me() && !std::mem::replace(announced, true) {
+                self.announce_to(bulk.clone());
+            }
+            return;
+        }
+        let Ok(sum) = u128::from_str_radix(&d.sum, 16) else {
+            tracing::info!(sum = %d.sum, "willDigest refused: bad sum");
+            return;
+        };
+        if self.digest_of(&home) != (d.count, sum) {
+            let _ = bulk.try_send((Instant::now(), self.digest_frame(&home, true)));
         }
     }
 
