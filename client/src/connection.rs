@@ -282,7 +282,7 @@ impl GossipClient {
     /// any): the server is authenticated, so a key it vouches for may be pinned before the
     /// first connection to that server.
     pub async fn server_keys(&self) -> Result<Vec<(String, Option<PublicKey>)>, ClientError> {
-        let answers = self.request(m::ReqServerList {}).await?;
+        let answers = self.request(m::ReqServerList::default()).await?;
         Ok(answers
             .into_iter()
             .filter_map(|a| match a.body {

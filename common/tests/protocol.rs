@@ -167,7 +167,12 @@ fn samples() -> Vec<Body> {
             ],
         }
         .into(),
-        ReqServerList {}.into(),
+        ReqServerList::default().into(),
+        ReqServerList {
+            rows: Some(50),
+            rsum: Some("5e1f0c8e2a9d41b7763e1f20c4a8b9d6".into()),
+        }
+        .into(),
         AddServer {
             host: "c.example".into(),
             port: 2000,

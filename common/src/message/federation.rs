@@ -57,9 +57,19 @@ pub struct ServerList {
     pub servers: Vec<ServerAddr>,
 }
 
-/// `reqServerlist`: asks for a `serverlist`.
+/// `reqServerlist`: asks for a `serverlist`. On a repair check it carries the digest of the
+/// RTT rows the sender holds (`rows`, `rsum`): a receiver whose digest is the same does not
+/// answer; one whose digest differs answers with its list and each row's `seq`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReqServerList {}
+pub struct ReqServerList {
+    /// Signed rows the sender holds.
+    #[serde(rename = "@rows", default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// The wrapping sum of the 128-bit xxh3 hashes of `host:port#seq` over those rows, 32 hex
+    /// digits.
+    #[serde(rename = "@rsum", default, skip_serializing_if = "Option::is_none")]
+    pub rsum: Option<String>,
+}
 
 /// `addServer`: a server joined the network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

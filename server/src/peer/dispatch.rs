@@ -43,6 +43,8 @@ pub(crate) struct LinkState {
     pub(crate) wills_announced: bool,
     /// `willDigest`s received.
     pub(crate) will_digests: u32,
+    /// Whether this server's list with each row's `seq` went out on this check.
+    pub(crate) rows_listed: bool,
 }
 
 /// Routes `msg` from the link's peer to its owner. Breaks when the link is to end.
@@ -64,18 +66,37 @@ pub(super) async fn dispatch(
         }
         // The federation itself.
         Body::ServerList(l) => {
-            // A repair check's list says which rows the peer holds: it gets those it lacks.
+            // A repair check's list says which rows the peer holds: it gets those it lacks,
+            // and, once, this server's list, so that it sends the rows this one lacks.
             let now = Instant::now();
             for row in fed.rows_newer_than(&l) {
                 let _ = link.tx.try_send((now, row));
             }
+            let seqs = l.servers.iter().any(|s| s.seq.is_some());
+            if link.check && seqs && !std::mem::replace(&mut link.rows_listed, true) {
+                let _ = link.tx.try_send((now, fed.check_server_list()));
+            }
             fed.on_server_list(l, peer);
         }
-        Body::ReqServerList(_) => {
-            let servers = fed.server_list();
-            let _ = link
-                .tx
-                .try_send((Instant::now(), encode(m::ServerList { servers })));
+        Body::ReqServerList(r) => {
+            let now = Instant::now();
+            match (
+                r.rows,
+                r.rsum.as_deref().map(|t| u128::from_str_radix(t, 16)),
+            ) {
+                // A repair check's rows digest: nothing to say if ours is the same.
+                (Some(n), Some(Ok(sum))) => {
+                    if fed.rows_digest() != (n, sum)
+                        && !std::mem::replace(&mut link.rows_listed, true)
+                    {
+                        let _ = link.tx.try_send((now, fed.check_server_list()));
+                    }
+                }
+                _ => {
+                    let servers = fed.server_list();
+                    let _ = link.tx.try_send((now, encode(m::ServerList { servers })));
+                }
+            }
         }
         Body::AddServer(a) => fed.on_add_server(a, peer),
         Body::DeleteServer(d) => fed.on_delete_server(d, peer),

@@ -257,6 +257,7 @@ fn link_up_exchange(
         check,
         wills_announced: false,
         will_digests: 0,
+        rows_listed: false,
     }
 }
 

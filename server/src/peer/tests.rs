@@ -42,6 +42,7 @@ fn link(node: &RunningNode) -> (LinkState, LinkQueue, LinkQueue) {
         check: false,
         wills_announced: false,
         will_digests: 0,
+        rows_listed: false,
     };
     (state, rx, bulk_rx)
 }
@@ -265,7 +266,7 @@ async fn an_unsigned_row_is_counted_and_dropped_and_the_server_list_is_answered(
     );
     assert_eq!(n.node.metrics.refused_rows.get(), before + 1);
     assert_eq!(n.node.federation.matrix_size().0, 0, "no row stored");
-    let _ = dispatch(door, &mut link, msg(m::ReqServerList {})).await;
+    let _ = dispatch(door, &mut link, msg(m::ReqServerList::default())).await;
     match next(&mut rx).await {
         Body::ServerList(l) => {
             let me = l
@@ -366,5 +367,31 @@ async fn will_digests_cross_only_what_differs_and_are_bounded() {
             .is_err(),
         "the fifth digest on one link is not answered"
     );
+    n.stop().await.unwrap();
+}
+
+/// A check's `reqServerlist` carries the rows digest: the same digest is not answered; a
+/// different one gets the list with each row's `seq`, once per check.
+#[tokio::test]
+async fn a_rows_digest_is_answered_only_when_it_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&dir).await;
+    let (mut link, mut rx, _bulk) = link(&n);
+    link.check = true;
+    let door = &n.node.peers;
+    let (rows, sum) = door.federation.rows_digest();
+    let req = |rows: u64, sum: u128| m::ReqServerList {
+        rows: Some(rows),
+        rsum: Some(format!("{sum:032x}")),
+    };
+    let _ = dispatch(door, &mut link, msg(req(rows, sum))).await;
+    assert!(rx.try_recv().is_err(), "same rows: no answer");
+    let _ = dispatch(door, &mut link, msg(req(rows + 1, sum ^ 1))).await;
+    match next(&mut rx).await {
+        Body::ServerList(l) => assert!(l.servers.iter().all(|s| s.seq.is_some())),
+        other => panic!("expected a serverlist, got {}", other.msgtype()),
+    }
+    let _ = dispatch(door, &mut link, msg(req(rows + 2, sum ^ 2))).await;
+    assert!(rx.try_recv().is_err(), "answered once per check");
     n.stop().await.unwrap();
 }

@@ -114,7 +114,7 @@ async fn a_logged_in_session_may_not_speak_for_others_or_as_a_server() {
     assert_eq!(error_code(&reply(&mut rx).await), ErrorCode::NotAllowed);
     assert_eq!(s.logged_in(), Some(uid));
     // The server list carries this server's own key, for pinning.
-    let _ = s.handle(request(4, m::ReqServerList {})).await;
+    let _ = s.handle(request(4, m::ReqServerList::default())).await;
     match reply(&mut rx).await.body {
         Body::ServerList(l) => {
             let me = l
