@@ -113,6 +113,10 @@ pub struct FileConfig {
     /// `prodserver trace summarize FILE`).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g.
+    /// 127.0.0.1:9100. Off by default; it has no authentication, so keep it on loopback.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
     /// Milliseconds between RTT probe packets [default: 2000, the spec's].
     #[arg(long, value_name = "MS")]
     pub probe_interval_ms: Option<u64>,
@@ -223,6 +227,8 @@ pub struct Config {
     pub blacklist: Vec<String>,
     /// Protocol trace file, if enabled.
     pub trace: Option<PathBuf>,
+    /// The HTTP listener's address (`/metrics`, `/healthz`, `/readyz`), if enabled.
+    pub http: Option<std::net::SocketAddr>,
     /// RTT prober settings.
     pub probe: gossip_common::rtt::ProbeConfig,
     /// Time between measurement rounds.
@@ -320,6 +326,14 @@ impl Config {
                 .unwrap_or_else(|| data_dir.join("admin.sock")),
             blacklist: f.blacklist.unwrap_or_default(),
             trace: f.trace,
+            http: match f.http.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "http = {text:?}: expected ADDR:PORT, e.g. 127.0.0.1:9100 ([::1]:9100 for IPv6)"
+                    ))
+                })?),
+            },
             peers,
             probe,
             reprobe,

@@ -30,6 +30,7 @@ pub mod blacklist;
 pub mod budget;
 pub mod config;
 pub mod federation;
+mod http;
 mod lab;
 mod lifecycle;
 pub mod logring;

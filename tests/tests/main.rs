@@ -5,6 +5,7 @@ mod chat;
 mod docs;
 mod durability;
 mod federation;
+mod http;
 mod layout;
 mod members;
 mod messaging;

@@ -73,6 +73,11 @@ impl Node {
         self.federation.me().1
     }
 
+    /// The metrics exposition, as the admin socket's `metrics` and `/metrics` serve it.
+    pub fn admin_metrics(&self) -> String {
+        self.admin.render_metrics()
+    }
+
     /// Client connections that have not logged in (yet), from every address.
     pub fn anonymous_connections(&self) -> usize {
         self.clients.admission.anonymous_connections()

@@ -94,6 +94,8 @@ fn start_services(node: &Arc<Node>) {
 pub struct RunningNode {
     /// Its services.
     pub node: Arc<Node>,
+    /// The HTTP listener's bound address, if it has one.
+    http: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -102,6 +104,11 @@ impl RunningNode {
     /// The base port bound.
     pub fn base_port(&self) -> u16 {
         self.node.base_port()
+    }
+
+    /// The HTTP listener's address (`--http`), if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// The client address to connect to.
@@ -242,6 +249,7 @@ pub(crate) fn start_headless(
     });
     Ok(RunningNode {
         node,
+        http: None,
         shutdown,
         tracker,
     })
@@ -266,6 +274,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::Admin(format!("admin socket {}: {e}", admin_path.display())))?;
     let status_listener = admin::bind(&admin::status_path(&admin_path), 0o660)
         .map_err(|e| StartError::Admin(format!("status socket: {e}")))?;
+    let http_listener = match config.http {
+        Some(addr) => Some(crate::http::bind(addr).await.map_err(|e| {
+            StartError::Admin(format!(
+                "HTTP listener {addr}: {e} (choose another address with --http, or leave it off)"
+            ))
+        })?),
+        None => None,
+    };
     let trace = match &config.trace {
         Some(path) => Some(Arc::new(Trace::open(path).map_err(|e| {
             StartError::Admin(format!("trace file {}: {e}", path.display()))
@@ -316,8 +332,20 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     admin::serve(&node.admin, status_listener, true, &shutdown, &tracker);
     tracing::info!(admin = %admin_path.display(), "admin socket ready");
     listen::serve_echo(&node, listeners.echo_udp, listeners.echo_tcp);
+    let http = match http_listener {
+        Some(l) => {
+            let addr = l
+                .local_addr()
+                .map_err(|e| StartError::Admin(format!("HTTP listener: {e}")))?;
+            crate::http::serve(&node.admin, l, &shutdown, &tracker);
+            tracing::info!(%addr, "HTTP listener ready: /metrics, /healthz, /readyz");
+            Some(addr)
+        }
+        None => None,
+    };
     Ok(RunningNode {
         node,
+        http,
         shutdown,
         tracker,
     })
