@@ -470,4 +470,28 @@ mod flag_tests {
         assert_eq!(none.strict_ports, None);
         assert_eq!(none.peers, None);
     }
+
+    /// `dist/gossipd.toml`: it parses, it names every option (set, or commented out where the
+    /// default depends on the machine), and every option it sets is at its default.
+    #[test]
+    fn the_example_config_names_every_option_at_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/gossipd.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example = FileConfig::load(&path).unwrap();
+        let serde_json::Value::Object(fields) =
+            serde_json::to_value(FileConfig::default()).unwrap()
+        else {
+            panic!("options serialise to an object");
+        };
+        for name in fields.keys() {
+            let mentioned = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim().trim_start_matches('[');
+                l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}]"))
+            });
+            assert!(mentioned, "dist/gossipd.toml does not mention {name}");
+        }
+        let effective = Config::from_file_config(example).unwrap();
+        let defaults = Config::from_file_config(FileConfig::default()).unwrap();
+        assert_eq!(format!("{effective:?}"), format!("{defaults:?}"));
+    }
 }

@@ -348,3 +348,71 @@ fn protocol_trace_records_frames_and_summarizes_latencies() {
     assert_eq!(newuser["in"], 1);
     assert!(newuser["p50_ms"].as_f64().unwrap() >= 0.0);
 }
+
+/// `dist/gossipd.service` is linted here (systemd is not on the test machines): it has the
+/// settings the install section relies on, and its `ExecStartPre` check passes on the example
+/// config with a real gossipd, which exits 2 on a broken one.
+#[test]
+fn the_service_unit_and_example_config_check_out() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("dist/gossipd.service")).unwrap();
+    let settings: Vec<(&str, &str)> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let get = |key: &str| settings.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.contains(section), "no {section}");
+    }
+    for (key, want) in [
+        ("DynamicUser", "yes"),
+        ("StateDirectory", "gossip"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(get(key), Some(want), "{key}");
+    }
+    let nofile: u64 = get("LimitNOFILE").unwrap().parse().unwrap();
+    assert!(
+        nofile > 18_000 + 256,
+        "LimitNOFILE {nofile} below max_clients + 256"
+    );
+    // The unit's own check, run on the example config (paths made local).
+    let pre = get("ExecStartPre").unwrap();
+    let args: Vec<&str> = pre.split_whitespace().skip(1).collect();
+    assert_eq!(args[0], "--check-config");
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(bin_path("gossipd"))
+        .arg("--check-config")
+        .arg(root.join("dist/gossipd.toml"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("valid; gossipd would run with"), "{stdout}");
+    assert!(stdout.contains("base_port: 1024"), "{stdout}");
+    let start = get("ExecStart").unwrap();
+    assert!(
+        start.contains("--config /etc/gossip/gossipd.toml"),
+        "{start}"
+    );
+    // A broken file: status 2 and the reason.
+    let bad = data.path().join("bad.toml");
+    std::fs::write(&bad, "base_port = \"high\"\n").unwrap();
+    let out = Command::new(bin_path("gossipd"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("base_port"));
+}
