@@ -51,6 +51,7 @@ impl AdminServices {
     /// The exposition of every metric, read now.
     pub(crate) fn render_metrics(&self) -> String {
         let fed = &self.federation;
+        let status = fed.status();
         self.metrics.render(&Readings {
             pushes: self.presence.pushes(),
             slow_consumers_dropped: self.presence.slow_consumers_dropped(),
@@ -61,7 +62,8 @@ impl AdminServices {
             users: self.store.user_count() as u64,
             contact_lists: self.store.list_count() as u64,
             uptime_s: self.uptime_s(),
-            rtts: fed.status().rtts,
+            rtts: status.rtts,
+            links: status.links,
             repair_checks: fed.repair_checks(),
             repaired: fed.repaired(),
         })

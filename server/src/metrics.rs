@@ -144,6 +144,8 @@ pub struct Readings {
     pub uptime_s: u64,
     /// This server's published RTT to each peer, in milliseconds (`None`: dead).
     pub rtts: Vec<(String, Option<f64>)>,
+    /// The peers a server link is up to.
+    pub links: Vec<String>,
     /// Repair checks opened.
     pub repair_checks: u64,
     /// Items repair checks brought that the tree had not, in all and per tree neighbour they
@@ -343,12 +345,22 @@ impl Metrics {
                 "gossip_repair_learned_via_total{{neighbour=\"{peer}\"}} {n}"
             );
         }
-        let _ = writeln!(out, "# HELP gossip_peer_rtt_ms Last published RTT to each peer (absent when dead).\n# TYPE gossip_peer_rtt_ms gauge");
+        let _ = writeln!(out, "# HELP gossip_peer_rtt_seconds Last published RTT to each peer (absent when dead).\n# TYPE gossip_peer_rtt_seconds gauge");
         for (peer, rtt) in &node.rtts {
             if let Some(ms) = rtt {
-                let _ = writeln!(out, "gossip_peer_rtt_ms{{peer=\"{peer}\"}} {ms}");
+                let _ = writeln!(
+                    out,
+                    "gossip_peer_rtt_seconds{{peer=\"{peer}\"}} {}",
+                    ms / 1000.0
+                );
             }
         }
+        let _ = writeln!(out, "# HELP gossip_peer_link_up Whether a server link to each known peer is up (1) or not (0).\n# TYPE gossip_peer_link_up gauge");
+        for (peer, _) in &node.rtts {
+            let up = u8::from(node.links.iter().any(|l| l == peer));
+            let _ = writeln!(out, "gossip_peer_link_up{{peer=\"{peer}\"}} {up}");
+        }
+        let _ = writeln!(out, "# HELP gossip_build_info The running build: always 1, its version as a label.\n# TYPE gossip_build_info gauge\ngossip_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         out
     }
 }

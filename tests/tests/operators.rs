@@ -111,8 +111,17 @@ fn prodserver_joins_two_nodes_and_reports_the_same_tree() {
         "{out}"
     );
     let (ok, metrics, _) = prod(&da, &["metrics"]);
-    let rtt_gauge = format!("gossip_peer_rtt_ms{{peer=\"127.0.0.1:{}\"}}", b.base_port);
+    let rtt_gauge = format!(
+        "gossip_peer_rtt_seconds{{peer=\"127.0.0.1:{}\"}}",
+        b.base_port
+    );
     assert!(ok && metrics.contains(&rtt_gauge), "{metrics}");
+    let link = format!(
+        "gossip_peer_link_up{{peer=\"127.0.0.1:{}\"}} 1",
+        b.base_port
+    );
+    assert!(metrics.contains(&link), "{metrics}");
+    assert!(metrics.contains("gossip_build_info{version="), "{metrics}");
     assert!(
         metrics.contains("gossip_mst_recomputations_total"),
         "{metrics}"
