@@ -343,6 +343,17 @@ impl Federation {
         except.is_some() && self.withhold.load(Ordering::Relaxed)
     }
 
+    /// Whether another server can hold a copy of what this one stores: a link is up, or this
+    /// server's row measures another server alive (its links may be between two trees).
+    pub(crate) fn has_live_peers(&self) -> bool {
+        let st = self.state.lock();
+        !st.links.is_empty()
+            || st
+                .members
+                .my_row()
+                .is_some_and(|r| r.rtts.iter().any(|(s, v)| *s != self.me && v.is_some()))
+    }
+
     /// Measurement rounds this server finished (and published).
     pub fn probe_rounds(&self) -> u64 {
         self.probe_rounds.load(Ordering::Relaxed)

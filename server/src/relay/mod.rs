@@ -242,11 +242,14 @@ impl Relay {
         };
         // Forwarded at once; acknowledged only once it is on this disk and another.
         self.push_to_recipient(&r);
-        let linked = !self.federation.status().links.is_empty();
+        // A second copy is awaited whenever another server is alive, linked or not: while
+        // the tree re-forms a server can be between links for a moment, and the next link's
+        // opening exchange carries the message (and its `stored`) over.
+        let others = self.federation.has_live_peers();
         self.federation.flood(&frame(r.clone()), None);
         disk.done().await.map_err(refused)?;
         self.metrics.relayed.inc();
-        if linked
+        if others
             && tokio::time::timeout(SECOND_COPY_WAIT, second_copy)
                 .await
                 .is_err()
