@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Lints a live node's /metrics with promtool (Debian's `prometheus` package): two gossipd
 # processes on loopback that link to each other, so the per-peer series are there too, then
-# `promtool check metrics` on each node's exposition. Used by .ci/run.
+# `promtool check metrics` on each node's exposition, then a real Prometheus scrapes one of
+# them and its query API must return the node's series (CHECK_SCRAPE=0 skips that). Used by
+# .ci/run.
 #   scripts/check-metrics.sh [path/to/gossipd]      (default: target/release/gossipd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,3 +49,32 @@ for http in "$http_a" "$http_b"; do
   promtool check metrics < "$work/metrics.txt"
   echo "promtool: the exposition of 127.0.0.1:$http passes ($(grep -c '^# TYPE' "$work/metrics.txt") metrics)"
 done
+
+# A real Prometheus scrapes node A, and its query API returns A's series.
+if [ "${CHECK_SCRAPE:-1}" = 1 ]; then
+  command -v prometheus >/dev/null || { echo "prometheus not found: apt-get install prometheus"; exit 1; }
+  prom_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$work/prometheus.yml" <<YML
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: gossip
+    static_configs:
+      - targets: ["127.0.0.1:$http_a"]
+YML
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+    --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 &
+  pids+=($!)
+  query="http://127.0.0.1:$prom_port/api/v1/query?query=gossip_build_info"
+  for _ in $(seq 300); do
+    if curl -sf "$query" 2>/dev/null | grep -q '"__name__":"gossip_build_info"'; then
+      echo "prometheus: scraped 127.0.0.1:$http_a; its query API returns gossip_build_info and:"
+      curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=gossip_peer_link_up" | grep -q "127.0.0.1:$base_b" \
+        || { echo "prometheus has no gossip_peer_link_up for B"; exit 1; }
+      echo "  gossip_peer_link_up{peer=\"127.0.0.1:$base_b\"}"
+      exit 0
+    fi
+    sleep 0.2
+  done
+  echo "prometheus never returned the node's series:"; tail -20 "$work/prometheus.log"; exit 1
+fi
