@@ -241,6 +241,33 @@ fn sybil(uid: u64) -> (gossip_common::message::NewUser, Keypair) {
     (gossip_common::message::NewUser { record }, key)
 }
 
+/// A fresh user `uid` with its own key, as a rogue member makes them, certified by the member
+/// (`sponsor`: its key, its identity, when issued) or not at all: its `newuser` message.
+fn members_user(
+    uid: UserId,
+    sponsor: Option<(&Keypair, &(String, u16), u64)>,
+) -> gossip_common::message::NewUser {
+    use gossip_server::registration::sponsor::{certificate_bytes, Certificate, FIELD};
+    let key = Keypair::generate();
+    let mut info = gossip_common::UserInfo::new(uid, key.public());
+    if let Some((server_key, me, issued)) = sponsor {
+        let server = format!("{}:{}", me.0, me.1);
+        let sig = server_key.sign(
+            gossip_common::Domain::ServerControl,
+            &certificate_bytes(uid, &key.public(), &server, issued),
+        );
+        let cert = Certificate {
+            server: me.clone(),
+            issued,
+            key: server_key.public().to_string(),
+            sig: sig.to_string(),
+        };
+        info.extra.push((FIELD.into(), cert.to_text()));
+    }
+    let record = gossip_common::Signed::sign(info, &key).unwrap();
+    gossip_common::message::NewUser { record }
+}
+
 /// A relayed message from `from` (signed by `key`) to `to`, with `body` bytes of body.
 fn relay(from: u64, key: &Keypair, to: UserId, body: usize) -> gossip_common::message::Relay {
     let mut r = gossip_common::message::Relay {
@@ -375,7 +402,7 @@ async fn a_member_cannot_fill_a_mailbox_or_store_mail_for_nobody() {
 /// and users it did not certify (registered after certificates began) are not stored at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_new_users_are_held_to_its_sponsor_budget() {
-    use gossip_server::registration::sponsor::{certificate_bytes, Certificate, CUTOFF, FIELD};
+    use gossip_server::registration::sponsor::CUTOFF;
     use gossip_tests::scripted::{attach, frame};
     use tokio::io::AsyncWriteExt;
     const PER_MINUTE: f64 = 6.0; // a burst of 60
@@ -393,26 +420,12 @@ async fn a_members_new_users_are_held_to_its_sponsor_budget() {
         .unwrap()
         .as_secs();
     let made = |i: u64, certified: bool| {
-        let key = Keypair::generate();
         // Registered now: after certificates began.
         let uid = UserId(((CUTOFF + 1_000 + i) << 32) | 0xc000_0251);
-        let mut info = gossip_common::UserInfo::new(uid, key.public());
-        if certified {
-            let server = format!("{}:{}", me.0, me.1);
-            let sig = rogue.sign(
-                gossip_common::Domain::ServerControl,
-                &certificate_bytes(uid, &key.public(), &server, issued),
-            );
-            let cert = Certificate {
-                server: me.clone(),
-                issued,
-                key: rogue.public().to_string(),
-                sig: sig.to_string(),
-            };
-            info.extra.push((FIELD.into(), cert.to_text()));
-        }
-        let record = gossip_common::Signed::sign(info, &key).unwrap();
-        frame(gossip_common::message::NewUser { record })
+        frame(members_user(
+            uid,
+            certified.then_some((&rogue, &me, issued)),
+        ))
     };
     let mut burst = Vec::new();
     for i in 0..300 {
@@ -605,7 +618,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 /// (`cargo test -p gossip-tests --test integration members::a_sybil -- --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sybil_flood_leaves_honest_pushes_on_time() {
-    use gossip_server::registration::sponsor::{certificate_bytes, Certificate, CUTOFF, FIELD};
+    use gossip_server::registration::sponsor::CUTOFF;
     use gossip_tests::scripted::{attach, frame};
     use tokio::io::AsyncWriteExt;
     const SAMPLES: usize = 100;
@@ -635,23 +648,8 @@ async fn a_sybil_flood_leaves_honest_pushes_on_time() {
     let flood: Vec<u8> = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for i in 0..SYBILS {
-            let key = Keypair::generate();
             let uid = UserId(((CUTOFF + 5_000 + i) << 32) | 0xc000_0252);
-            let mut info = gossip_common::UserInfo::new(uid, key.public());
-            let server = format!("{}:{}", me2.0, me2.1);
-            let sig = rogue2.sign(
-                gossip_common::Domain::ServerControl,
-                &certificate_bytes(uid, &key.public(), &server, issued),
-            );
-            let cert = Certificate {
-                server: me2.clone(),
-                issued,
-                key: rogue2.public().to_string(),
-                sig: sig.to_string(),
-            };
-            info.extra.push((FIELD.into(), cert.to_text()));
-            let record = gossip_common::Signed::sign(info, &key).unwrap();
-            out.extend(frame(gossip_common::message::NewUser { record }));
+            out.extend(frame(members_user(uid, Some((&rogue2, &me2, issued)))));
         }
         out
     })

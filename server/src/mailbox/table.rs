@@ -73,6 +73,21 @@ pub struct Held {
     pub place: Place,
 }
 
+impl Held {
+    /// `r`'s envelope from `sender` of `origin`, its body at `place`.
+    fn of(r: &Relay, (sender, origin): (Sender, Origin), place: Place) -> Held {
+        Held {
+            from: r.from,
+            to: r.to,
+            sent: r.sent,
+            len: r.body.len() as u32,
+            origin,
+            stranger: sender == Sender::Stranger,
+            place,
+        }
+    }
+}
+
 /// The held messages (pure: no I/O, time passed in).
 #[derive(Default)]
 pub struct MailTable {
@@ -150,15 +165,8 @@ impl MailTable {
         let Some(id) = self.admits(&r, now_ms, sender, origin)? else {
             return Ok(false);
         };
-        let held = Held {
-            from: r.from,
-            to: r.to,
-            sent: r.sent,
-            len: r.body.len() as u32,
-            origin,
-            stranger: sender == Sender::Stranger,
-            place: Place::Pending(Box::new(r)),
-        };
+        let mut held = Held::of(&r, (sender, origin), Place::Disk { offset: 0, len: 0 });
+        held.place = Place::Pending(Box::new(r));
         self.insert(id, held);
         Ok(true)
     }
@@ -175,16 +183,7 @@ impl MailTable {
         let Some(id) = self.admits(r, now_ms, sender, origin)? else {
             return Ok(false);
         };
-        let held = Held {
-            from: r.from,
-            to: r.to,
-            sent: r.sent,
-            len: r.body.len() as u32,
-            origin,
-            stranger: sender == Sender::Stranger,
-            place,
-        };
-        self.insert(id, held);
+        self.insert(id, Held::of(r, (sender, origin), place));
         Ok(true)
     }
 
