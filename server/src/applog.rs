@@ -45,7 +45,9 @@ pub(crate) async fn write_batch(
     path: &Path,
     batch: Vec<u8>,
     rewrite: Option<Rewrite>,
+    fsync: &prometheus::Histogram,
 ) -> Option<io::Result<()>> {
+    let fsync = fsync.clone();
     let path: PathBuf = path.to_owned();
     tokio::task::spawn_blocking(move || {
         if let Some(rewrite) = rewrite {
@@ -56,7 +58,10 @@ pub(crate) async fn write_batch(
             .append(true)
             .open(&path)?;
         f.write_all(&batch)?;
-        f.sync_data()
+        let t = std::time::Instant::now();
+        f.sync_data()?;
+        crate::metrics::observe(&fsync, t);
+        Ok(())
     })
     .await
     .ok()

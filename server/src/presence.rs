@@ -17,13 +17,32 @@ use tokio_util::sync::CancellationToken;
 /// Identifies one client connection.
 pub type SessionId = u64;
 
+/// One frame queued to a client connection's writer.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The encoded frame (shared by every recipient of the same push).
+    pub frame: Bytes,
+    /// For a presence push to a watcher: when its record was accepted here. The writer
+    /// observes the push latency when the frame is written (`gossip_push_seconds`).
+    pub accepted: Option<std::time::Instant>,
+}
+
+impl From<Bytes> for Outbound {
+    fn from(frame: Bytes) -> Outbound {
+        Outbound {
+            frame,
+            accepted: None,
+        }
+    }
+}
+
 /// What the fan-out needs to reach a session.
 #[derive(Clone)]
 pub struct SessionHandle {
     /// The logged-in user.
     pub uid: UserId,
     /// Bounded queue of encoded frames to the connection's writer.
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: mpsc::Sender<Outbound>,
     /// Cancelled to disconnect the session (slow consumer, admin kick).
     pub kill: CancellationToken,
     /// The client's address (a blacklist entry added later closes the session).
@@ -98,9 +117,10 @@ impl Presence {
         }
     }
 
-    /// Queues `frame` (an encoded UserInfo push about `about`) to every session watching
-    /// `about`. Never blocks; slow consumers are disconnected. Returns how many were queued.
-    pub fn publish(&self, about: UserId, frame: &Bytes) -> usize {
+    /// Queues `frame` (an encoded UserInfo push about `about`, whose record was accepted at
+    /// `accepted`) to every session watching `about`. Never blocks; slow consumers are
+    /// disconnected. Returns how many were queued.
+    pub fn publish(&self, about: UserId, frame: &Bytes, accepted: std::time::Instant) -> usize {
         let inner = self.inner.read();
         let Some(watchers) = inner.watchers.get(&about) else {
             return 0;
@@ -108,7 +128,11 @@ impl Presence {
         let mut sent = 0;
         for sid in watchers {
             if let Some((handle, _)) = inner.sessions.get(sid) {
-                if self.try_queue(handle, frame.clone()) {
+                let out = Outbound {
+                    frame: frame.clone(),
+                    accepted: Some(accepted),
+                };
+                if self.try_queue(handle, out) {
                     sent += 1;
                 }
             }
@@ -126,7 +150,7 @@ impl Presence {
         from_session: Option<SessionId>,
         push: &Bytes,
     ) -> usize {
-        let n = self.publish(record.user_id, push);
+        let n = self.publish(record.user_id, push, std::time::Instant::now());
         self.send_to_user(record.user_id, from_session, push);
         tracing::debug!(uid = %record.user_id, status = %record.status, watchers = n, "presence pushed");
         n
@@ -141,7 +165,7 @@ impl Presence {
         inner
             .sessions
             .values()
-            .filter(|(handle, _)| self.try_queue(handle, frame.clone()))
+            .filter(|(handle, _)| self.try_queue(handle, frame.clone().into()))
             .count()
     }
 
@@ -151,13 +175,13 @@ impl Presence {
         for sid in inner.by_user.get(&uid).into_iter().flatten() {
             if Some(*sid) != except {
                 if let Some((handle, _)) = inner.sessions.get(sid) {
-                    self.try_queue(handle, frame.clone());
+                    self.try_queue(handle, frame.clone().into());
                 }
             }
         }
     }
 
-    fn try_queue(&self, handle: &SessionHandle, frame: Bytes) -> bool {
+    fn try_queue(&self, handle: &SessionHandle, frame: Outbound) -> bool {
         match handle.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -226,7 +250,7 @@ fn remove_from(map: &mut HashMap<UserId, HashSet<SessionId>>, key: UserId, sid: 
 mod tests {
     use super::*;
 
-    fn handle(uid: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Bytes>) {
+    fn handle(uid: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
         (
             SessionHandle {
@@ -259,15 +283,43 @@ mod tests {
         let (b, mut rx_b) = handle(2, 8);
         p.register(10, a, vec![UserId(3)]);
         p.register(11, b, vec![UserId(4)]);
-        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"x")), 1);
-        assert_eq!(rx_a.try_recv().unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(
+            p.publish(
+                UserId(3),
+                &Bytes::from_static(b"x"),
+                std::time::Instant::now()
+            ),
+            1
+        );
+        assert_eq!(rx_a.try_recv().unwrap().frame, Bytes::from_static(b"x"));
         assert!(rx_b.try_recv().is_err());
         p.set_contacts(UserId(2), &[UserId(3)]);
-        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"y")), 2);
-        assert_eq!(p.publish(UserId(4), &Bytes::from_static(b"z")), 0);
+        assert_eq!(
+            p.publish(
+                UserId(3),
+                &Bytes::from_static(b"y"),
+                std::time::Instant::now()
+            ),
+            2
+        );
+        assert_eq!(
+            p.publish(
+                UserId(4),
+                &Bytes::from_static(b"z"),
+                std::time::Instant::now()
+            ),
+            0
+        );
         p.unregister(10);
-        assert_eq!(p.publish(UserId(3), &Bytes::from_static(b"w")), 1);
-        assert_eq!(rx_b.try_recv().unwrap(), Bytes::from_static(b"y"));
+        assert_eq!(
+            p.publish(
+                UserId(3),
+                &Bytes::from_static(b"w"),
+                std::time::Instant::now()
+            ),
+            1
+        );
+        assert_eq!(rx_b.try_recv().unwrap().frame, Bytes::from_static(b"y"));
     }
 
     #[test]
@@ -277,7 +329,11 @@ mod tests {
         let kill = a.kill.clone();
         p.register(1, a, vec![UserId(9)]);
         for _ in 0..3 {
-            p.publish(UserId(9), &Bytes::from_static(b"x"));
+            p.publish(
+                UserId(9),
+                &Bytes::from_static(b"x"),
+                std::time::Instant::now(),
+            );
         }
         assert!(kill.is_cancelled());
         assert_eq!(p.slow_consumers_dropped(), 1);

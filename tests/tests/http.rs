@@ -87,6 +87,108 @@ async fn metrics_health_and_readiness_over_http() {
     );
 }
 
+/// The value of the sample `series` (name and labels, as printed) in `text`; 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Real work on a real node shows in its histograms: a handshake, a login, a push written to
+/// a watcher, a relayed message acknowledged and delivered, the datafiles' `fdatasync`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_histograms_observe_a_real_sessions_work() {
+    use gossip_client::{Event, GossipClient};
+    use gossip_common::Keypair;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::for_tests(dir.path(), 0);
+    c.http = Some("127.0.0.1:0".parse().unwrap());
+    let node = gossip_server::start(c).await.unwrap();
+    let (http, addr) = (node.http_addr().unwrap(), node.client_addr().to_string());
+
+    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let (alice, _) = GossipClient::connect(&addr, alice_key.clone())
+        .await
+        .unwrap();
+    let alice_uid = alice
+        .register(|u| u.nick_name = "alice".into())
+        .await
+        .unwrap();
+    let (bob, mut bob_events) = GossipClient::connect(&addr, bob_key).await.unwrap();
+    let bob_uid = bob.register(|u| u.nick_name = "bob".into()).await.unwrap();
+    bob.add_contacts(&[alice_uid]).await.unwrap();
+    drop(alice);
+    // A login by challenge (registration logs in without one).
+    let (alice, mut alice_events) = GossipClient::connect(&addr, alice_key).await.unwrap();
+    alice.login(alice_uid).await.unwrap();
+    alice.go_online("away", None).await.unwrap();
+    let id = alice.send_relayed(bob_uid, b"hello").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut pushed, mut got) = (false, false);
+        while !(pushed && got) {
+            match bob_events.next().await.expect("bob's session") {
+                Event::Presence(r) if r.user_id == alice_uid && r.status == "away" => pushed = true,
+                Event::Relayed { message, .. } if message.id == id => got = true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("bob gets the push and the message");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Delivered { id: d, .. } =
+                alice_events.next().await.expect("alice's session")
+            {
+                if d == id {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("alice hears of the delivery");
+
+    let every = [
+        "gossip_handshake_seconds_count{side=\"client\"}",
+        "gossip_login_seconds_count",
+        "gossip_push_seconds_count",
+        "gossip_relay_ack_seconds_count",
+        "gossip_relay_delivery_seconds_count",
+        "gossip_fsync_seconds_count{datafile=\"users\"}",
+        "gossip_fsync_seconds_count{datafile=\"contactlists\"}",
+        "gossip_fsync_seconds_count{datafile=\"mailbox\"}",
+        "gossip_fsync_seconds_count{datafile=\"wills\"}",
+    ];
+    // The will's and the mailbox's writers gather a few milliseconds before their fdatasync.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (_, _, text) = get(http, "/metrics").await;
+        let missing: Vec<_> = every.iter().filter(|s| sample(&text, s) < 1.0).collect();
+        if missing.is_empty() {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} observed nothing in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Three connections were handshaken, one login was by challenge, and the push went to
+    // one watcher; every observation lands in a bucket up to +Inf.
+    assert_eq!(
+        sample(&text, "gossip_handshake_seconds_count{side=\"client\"}"),
+        3.0
+    );
+    assert_eq!(sample(&text, "gossip_login_seconds_count"), 1.0);
+    assert_eq!(
+        sample(&text, "gossip_push_seconds_bucket{le=\"+Inf\"}"),
+        sample(&text, "gossip_push_seconds_count")
+    );
+    assert!(sample(&text, "gossip_push_seconds_sum") < 10.0);
+    node.stop().await.unwrap();
+}
+
 #[test]
 fn a_bad_http_address_says_what_to_write() {
     let dir = tempfile::tempdir().unwrap();

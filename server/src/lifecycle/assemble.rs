@@ -106,6 +106,11 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
     let keys = Arc::new(parts.keys);
     let store = parts.store;
     let metrics = Arc::new(Metrics::default());
+    for h in store.fsync_histograms() {
+        metrics.register(h);
+    }
+    metrics.register(parts.wills.fsync_histogram());
+    metrics.register(parts.mailbox.fsync_histogram());
     let presence = Arc::new(Presence::default());
     let federation = Arc::new(Federation::new(
         me,

@@ -96,11 +96,13 @@ impl Appender {
 
     /// Appends `batch` and `fdatasync`s it; on failure the file is cut back to where it was,
     /// so the next batch does not follow a torn line.
-    fn append(&mut self, batch: &[u8]) -> io::Result<()> {
-        let written = self
-            .file
-            .write_all(batch)
-            .and_then(|()| self.file.sync_data());
+    fn append(&mut self, batch: &[u8], fsync: &prometheus::Histogram) -> io::Result<()> {
+        let written = self.file.write_all(batch).and_then(|()| {
+            let t = std::time::Instant::now();
+            self.file.sync_data()?;
+            crate::metrics::observe(fsync, t);
+            Ok(())
+        });
         match written {
             Ok(()) => {
                 self.end += batch.len() as u64;
@@ -184,6 +186,7 @@ pub(super) async fn writer(
     mut appender: Appender,
     mut lines: usize,
     shutdown: tokio_util::sync::CancellationToken,
+    fsync: prometheus::Histogram,
 ) {
     loop {
         let Some(items) = crate::applog::next_batch(&mut rx, &shutdown, Duration::ZERO).await
@@ -202,8 +205,9 @@ pub(super) async fn writer(
             waiters.extend(p.done);
         }
         let base = appender.end;
+        let h = fsync.clone();
         let Ok((back, written)) = tokio::task::spawn_blocking(move || {
-            let r = appender.append(&batch);
+            let r = appender.append(&batch, &h);
             (appender, r)
         })
         .await

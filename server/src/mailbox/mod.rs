@@ -174,6 +174,8 @@ pub struct Mailbox {
     file: mpsc::Sender<Pending>,
     /// Sends waiting for a peer's `stored`, by message id (closed ones are swept).
     stored_waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// `fdatasync` durations of `mailbox.log`.
+    fsync: prometheus::Histogram,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -208,6 +210,7 @@ impl Mailbox {
             reader: Arc::new(reader),
         }));
         let (file, rx) = mpsc::channel(4096);
+        let fsync = crate::metrics::fsync_histogram("mailbox");
         tasks.spawn(log::writer(
             path,
             rx,
@@ -215,12 +218,19 @@ impl Mailbox {
             appender,
             lines,
             shutdown.clone(),
+            fsync.clone(),
         ));
         Ok(Mailbox {
             state,
             file,
             stored_waiters: Mutex::new(HashMap::new()),
+            fsync,
         })
+    }
+
+    /// The `fdatasync` durations of `mailbox.log`.
+    pub fn fsync_histogram(&self) -> prometheus::Histogram {
+        self.fsync.clone()
     }
 
     /// Holds `r` from `sender` of `origin` (the caller checked its signature) and queues it

@@ -79,6 +79,7 @@ pub(super) async fn open(
     // The encrypted channel first: whoever dialled initiates, and both ends must prove an
     // identity key.
     let noise = door.keys.noise();
+    let started = std::time::Instant::now();
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return Err(LinkEnd::NotUp("shutting down")),
         h = async {
@@ -90,7 +91,10 @@ pub(super) async fn open(
         } => h,
     };
     let (stream, key) = match handshake {
-        Ok((s, Some(k))) => (s, k),
+        Ok((s, Some(k))) => {
+            crate::metrics::observe(&door.metrics.handshake_seconds.server, started);
+            (s, k)
+        }
         Ok((_, None)) => return Err(LinkEnd::NotUp("no identity shown")),
         Err(e) => {
             door.metrics.handshakes_failed.inc();

@@ -412,9 +412,9 @@ async fn on_frame(
     link: &mut LinkState,
     frame: bytes::Bytes,
 ) -> std::ops::ControlFlow<()> {
-    door.metrics.link_bytes_in.add(frame.len() as u64 + 1);
+    door.metrics.link_bytes_in.inc_by(frame.len() as u64 + 1);
     if resync::is_sync_frame(&frame) {
-        door.metrics.sync_bytes_in.add(frame.len() as u64 + 1);
+        door.metrics.sync_bytes_in.inc_by(frame.len() as u64 + 1);
     }
     if let Some(t) = &door.settings.trace {
         t.record(Dir::In, link.addr, "server", &frame);

@@ -55,9 +55,9 @@ pub(super) async fn link_writer(
     let clock = clock.as_deref();
     let mut wr = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
     let trace = |frame: &Bytes| {
-        metrics.link_bytes_out.add(frame.len() as u64 + 1);
+        metrics.link_bytes_out.inc_by(frame.len() as u64 + 1);
         if resync::is_sync_frame(frame) {
-            metrics.sync_bytes_out.add(frame.len() as u64 + 1);
+            metrics.sync_bytes_out.inc_by(frame.len() as u64 + 1);
         }
         if let Some(tap) = &tap {
             tap.record(Dir::Out, frame);

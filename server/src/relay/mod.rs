@@ -6,6 +6,7 @@
 //! compares mailboxes ([`mailsync`]) so a server that was away gets what it missed.
 
 pub mod mailsync;
+mod timing;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Relay {
     /// The same rate for messages that arrive from peers: a member cannot send more in one
     /// user's name than that user's own server would take.
     peer_rate: Mutex<Limiter<UserId>>,
+    /// When this server's clients' messages were accepted, for the delivery-time histogram.
+    sent_at: Mutex<timing::SentClock>,
     tasks: Tasks,
 }
 
@@ -132,6 +135,7 @@ impl Relay {
             metrics,
             rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
             peer_rate: Mutex::new(Limiter::new(RELAY_RATE, RATE_TRACKED_USERS)),
+            sent_at: Mutex::new(timing::SentClock::default()),
             tasks,
         }
     }
@@ -214,6 +218,7 @@ impl Relay {
         uid: UserId,
         mut r: RelayMsg,
     ) -> Result<(), (ErrorCode, String)> {
+        let started = std::time::Instant::now();
         if r.from != uid {
             return Err((ErrorCode::NotAllowed, "from must be your own UserID".into()));
         }
@@ -240,6 +245,8 @@ impl Relay {
         else {
             return Ok(()); // a retry of a message already held (or delivered)
         };
+        // Timed before it is forwarded: a recipient online here can answer at once.
+        self.sent_at.lock().accepted(&r.id, started);
         // Forwarded at once; acknowledged only once it is on this disk and another.
         self.push_to_recipient(&r);
         // A second copy is awaited whenever another server is alive, linked or not: while
@@ -256,6 +263,7 @@ impl Relay {
         {
             tracing::warn!(id = %r.id, "no other server confirmed the message in time; acknowledged with this server's copy only");
         }
+        crate::metrics::observe(&self.metrics.relay_ack_seconds, started);
         Ok(())
     }
 
@@ -387,6 +395,13 @@ impl Relay {
         if held.is_some_and(|h| h.to != d.to || h.from != d.from) {
             tracing::warn!(id = %d.id, "delivered notice for a message of other users; ignored");
             return false;
+        }
+        if let Some(took) = self
+            .sent_at
+            .lock()
+            .delivered(&d.id, std::time::Instant::now())
+        {
+            crate::metrics::observe_duration(&self.metrics.relay_delivery_seconds, took);
         }
         let f = frame(d.clone());
         self.federation.flood(&f, from_peer);

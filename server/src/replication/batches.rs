@@ -106,7 +106,7 @@ pub(super) async fn apply_changed_entries(
     repl.metrics.messages_in.add("changedEntries", 1);
     repl.metrics
         .sync_records_received
-        .add((ce.userinfo.len() + ce.contactlists.len()) as u64);
+        .inc_by((ce.userinfo.len() + ce.contactlists.len()) as u64);
     // New users only as their sponsors' budgets allow (a list whose owner is not admitted
     // is refused by the store for want of its owner).
     let mut ce = ce;

@@ -158,7 +158,7 @@ impl Replication {
                 );
                 self.metrics
                     .sync_records_sent
-                    .add((users.len() + lists.len()) as u64);
+                    .inc_by((users.len() + lists.len()) as u64);
                 self.metrics.sync_rounds.inc();
                 // Sent by a task of its own: a large sync takes a while, and this link's reader
                 // must keep reading meanwhile, or two nodes syncing to each other could each

@@ -165,8 +165,9 @@ async fn run(
     match drive(&repl, initiator, &mut rx, &bulk).await {
         Ok((rounds_sent, sent)) => {
             repl.metrics.sync_rounds.inc();
+            crate::metrics::observe_duration(&repl.metrics.resync_seconds, started.elapsed());
             if initiator {
-                repl.metrics.sync_round_trips.add(u64::from(rounds_sent));
+                repl.metrics.sync_round_trips.inc_by(u64::from(rounds_sent));
             }
             tracing::info!(
                 initiator,
@@ -260,7 +261,7 @@ fn send_records(repl: &Arc<Replication>, users: Vec<UserId>, lists: Vec<UserId>,
     }
     repl.metrics
         .sync_records_sent
-        .add((users.len() + lists.len()) as u64);
+        .inc_by((users.len() + lists.len()) as u64);
     repl.tasks.spawn(batches::send_changed_entries(
         Arc::clone(repl),
         users,

@@ -15,30 +15,35 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
+use crate::presence::Outbound;
 
 /// Drains the outbound queue into the socket: whatever is queued goes out in one vectored
 /// write, straight from the shared frames. No write buffer is kept per connection (an idle
 /// client costs no buffer memory, and a push encoded once is never copied per recipient).
 pub(super) async fn write_loop(
     mut wr: SecureWriter<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Outbound>,
     kill: CancellationToken,
     tap: Option<crate::trace::Tap>,
     stall: std::time::Duration,
+    push_seconds: prometheus::Histogram,
 ) {
     /// Frames per write; more stay queued for the next one.
     const BATCH: usize = 32;
     let mut batch: Vec<Bytes> = Vec::new();
+    // When the pushes in `batch` were accepted (observed once the write is done).
+    let mut accepted: Vec<std::time::Instant> = Vec::new();
     loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => break,
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
-        batch.push(frame);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+        let mut next = Some(frame);
+        while let Some(out) = next.take() {
+            accepted.extend(out.accepted);
+            batch.push(out.frame);
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
         if let Some(tap) = &tap {
@@ -59,6 +64,13 @@ pub(super) async fn write_loop(
         if written.is_err() {
             kill.cancel();
             break;
+        }
+        if !accepted.is_empty() {
+            let now = std::time::Instant::now();
+            for t in accepted.drain(..) {
+                push_seconds.observe(now.saturating_duration_since(t).as_secs_f64());
+            }
+            accepted = Vec::new();
         }
     }
     // A goodbye still buffered goes out if the client reads it soon; a client cut for not

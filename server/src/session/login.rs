@@ -27,6 +27,7 @@ impl Session {
         self.auth = Auth::Challenged {
             uid,
             nonce: nonce.clone(),
+            since: std::time::Instant::now(),
         };
         let server = self.door.identity();
         self.reply(re, m::Challenge { nonce, server }).await;
@@ -40,7 +41,8 @@ impl Session {
             return self.error(re, ErrorCode::NotAllowed, text, None).await;
         }
         // Taking the challenge out makes the nonce single-use: a replayed response finds none.
-        let Auth::Challenged { uid, nonce } = std::mem::replace(&mut self.auth, Auth::Anonymous)
+        let Auth::Challenged { uid, nonce, since } =
+            std::mem::replace(&mut self.auth, Auth::Anonymous)
         else {
             let text = "no login challenge outstanding (replayed or out-of-order response)";
             return self
@@ -57,12 +59,18 @@ impl Session {
             let text = format!("challenge response for {uid} does not verify");
             return self.error(re, ErrorCode::AuthFailed, text, None).await;
         }
-        self.login(re, uid).await;
+        self.login(re, uid, Some(since)).await;
     }
 
     /// Marks the session logged in and sends the spec's handshake: own UserInfo, then the
-    /// contact list with every known contact's UserInfo, then `ok`.
-    pub(super) async fn login(&mut self, re: Option<u64>, uid: UserId) {
+    /// contact list with every known contact's UserInfo, then `ok`. `since`: when the login
+    /// was asked for (a challenge's; the histogram of login durations ends at the `ok`).
+    pub(super) async fn login(
+        &mut self,
+        re: Option<u64>,
+        uid: UserId,
+        since: Option<std::time::Instant>,
+    ) {
         self.anonymous = None;
         // An outstanding will of this user (from a session on a server that died and is not yet
         // judged dead, or another device's) may still be published: the login's `ok` carries
@@ -100,6 +108,9 @@ impl Session {
             },
         )
         .await;
+        if let Some(since) = since {
+            crate::metrics::observe(&self.door.metrics.login_seconds, since);
+        }
         // Messages that waited for this user, wherever they were sent.
         // And the deliveries of what this user sent while they were away.
         let (held, receipts) = self.door.relay.held_for(uid);
@@ -236,7 +247,7 @@ impl Session {
                     .records
                     .user_created(&applied.record, Some(self.sid));
                 self.door.registration.release(uid, &holder);
-                self.login(re, uid).await;
+                self.login(re, uid, None).await;
             }
             Err(e) => {
                 self.door.registration.release(uid, &holder);

@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::federation::Federation;
 use crate::metrics::Metrics;
-use crate::presence::{Presence, SessionId};
+use crate::presence::{Outbound, Presence, SessionId};
 use crate::records::Records;
 use crate::registration::Registration;
 use crate::relay::Relay;
@@ -93,6 +93,8 @@ enum Auth {
     Challenged {
         uid: UserId,
         nonce: String,
+        /// When the login was asked for (for the login-duration histogram).
+        since: std::time::Instant,
     },
     /// `register` granted this UserID to this key until `expires`.
     Registering {
@@ -110,7 +112,7 @@ struct Session {
     sid: SessionId,
     peer: SocketAddr,
     local_ip: Ipv6Addr,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outbound>,
     kill: CancellationToken,
     auth: Auth,
     last_will: Option<Signed<UserInfo>>,
@@ -140,6 +142,7 @@ pub(crate) async fn serve(
         // handshake still runs (bounded by its timeout and `max_clients`) so that the refusal
         // is one the client can read.
         let slot = door.admission.take(peer.ip());
+        let started = std::time::Instant::now();
         let handshake = tokio::select! {
             _ = shutdown.cancelled() => return,
             // Boxed: the handshake's state (a kilobyte and more) would otherwise be part of
@@ -147,7 +150,10 @@ pub(crate) async fn serve(
             h = Box::pin(secure::accept(stream, Purpose::Client, door.keys.noise(), false)) => h,
         };
         let secured = match handshake {
-            Ok((secured, _)) => secured,
+            Ok((secured, _)) => {
+                crate::metrics::observe(&door.metrics.handshake_seconds.client, started);
+                secured
+            }
             Err(e) => {
                 door.metrics.handshakes_failed.inc();
                 tracing::info!(error = %e, "encryption handshake failed; closed");
@@ -164,6 +170,7 @@ pub(crate) async fn serve(
             kill.clone(),
             tap,
             door.settings.idle_timeout,
+            door.metrics.push_seconds.clone(),
         ));
         let mut session = Session {
             door: Arc::clone(&door),
@@ -229,7 +236,7 @@ impl Session {
         // forever.
         let frame = self.encode(body, re);
         tokio::select! {
-            _ = self.tx.send(frame) => {}
+            _ = self.tx.send(frame.into()) => {}
             _ = self.kill.cancelled() => {}
             _ = tokio::time::sleep(self.door.settings.idle_timeout) => {
                 tracing::info!("client does not read its replies; disconnecting");

@@ -69,7 +69,7 @@ impl Session {
                     if let Some(record) = self.door.store.user(*c) {
                         let frame = self.encode(m::UserInfoMsg { record }, None);
                         self.door.presence.send_to_user(uid, Some(self.sid), &frame);
-                        if self.tx.send(frame).await.is_err() {
+                        if self.tx.send(frame.into()).await.is_err() {
                             return;
                         }
                     }

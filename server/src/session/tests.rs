@@ -5,7 +5,6 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use gossip_common::message as m;
 use gossip_common::{Body, ErrorCode, Message, UserId};
 use tokio::sync::mpsc;
@@ -20,7 +19,7 @@ async fn node(dir: &tempfile::TempDir) -> RunningNode {
     start_node(&net, &("door.test".into(), 6000), dir.path(), &[]).expect("node starts")
 }
 
-fn session(n: &RunningNode, auth: Auth) -> (Session, mpsc::Receiver<Bytes>) {
+fn session(n: &RunningNode, auth: Auth) -> (Session, mpsc::Receiver<crate::presence::Outbound>) {
     let (tx, rx) = mpsc::channel(16);
     let door = Arc::clone(&n.node.clients);
     let s = Session {
@@ -42,12 +41,12 @@ fn request(id: u64, body: impl Into<Body>) -> Message {
     Message::new(std::net::Ipv6Addr::UNSPECIFIED, body).with_id(id)
 }
 
-async fn reply(rx: &mut mpsc::Receiver<Bytes>) -> Message {
+async fn reply(rx: &mut mpsc::Receiver<crate::presence::Outbound>) -> Message {
     let frame = tokio::time::timeout(Duration::from_secs(1), rx.recv())
         .await
         .expect("a reply in time")
         .expect("queue open");
-    Message::decode(&frame).expect("decodes")
+    Message::decode(&frame.frame).expect("decodes")
 }
 
 fn error_code(msg: &Message) -> ErrorCode {

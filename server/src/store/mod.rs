@@ -171,6 +171,8 @@ pub struct Store {
     /// Woken whenever a user not stored before is stored (see [`Store::await_user`]).
     user_added: tokio::sync::Notify,
     dir: PathBuf,
+    /// `fdatasync` durations of the two datafiles, for the node's metrics.
+    fsync: [prometheus::Histogram; 2],
 }
 
 impl Store {
@@ -229,12 +231,17 @@ impl Store {
         report.users = state.users.len();
         report.lists = state.lists.len();
 
+        let fsync = [
+            crate::metrics::fsync_histogram("users"),
+            crate::metrics::fsync_histogram("contactlists"),
+        ];
         let (writer, thread) = Writer::start(writer::Paths {
             users: users_path,
             lists: lists_path,
             txlog: dir.join(TXLOG_FILE),
             users_header: USERS_HEADER,
             lists_header: LISTS_HEADER,
+            fsync: fsync.clone(),
         })?;
         let store = Arc::new(Store {
             _lock: lock,
@@ -245,8 +252,14 @@ impl Store {
             paused_clock: AtomicBool::new(false),
             user_added: tokio::sync::Notify::new(),
             dir: dir.to_owned(),
+            fsync,
         });
         Ok((store, report))
+    }
+
+    /// The `fdatasync` durations of the users' and the contact lists' datafiles.
+    pub fn fsync_histograms(&self) -> [prometheus::Histogram; 2] {
+        self.fsync.clone()
     }
 
     /// The directory holding the datafiles.

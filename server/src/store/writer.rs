@@ -61,6 +61,8 @@ pub(crate) struct Paths {
     pub(crate) txlog: PathBuf,
     pub(crate) users_header: &'static str,
     pub(crate) lists_header: &'static str,
+    /// `fdatasync` durations of the users' and the contact lists' datafiles.
+    pub(crate) fsync: [prometheus::Histogram; 2],
 }
 
 /// Handle to the writer thread; dropping every clone stops the thread after it drains.
@@ -138,21 +140,28 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
                 Command::Flush { done } => flushes.push(done),
                 Command::Compact { kind, lines, done } => {
                     // Everything queued earlier must reach the old file first.
-                    let result = sync_all(&mut users, &mut lists, true, true).and_then(|()| {
-                        let (path, header, target) = match kind {
-                            FileKind::Users => (&paths.users, paths.users_header, &mut users),
-                            FileKind::Lists => (&paths.lists, paths.lists_header, &mut lists),
-                        };
-                        let len = datafile::write_compacted(path, header, lines)?;
-                        *target =
-                            io::BufWriter::with_capacity(1 << 16, datafile::open_append(path)?);
-                        Ok(len)
-                    });
+                    let result = sync_all(&mut users, &mut lists, true, true, &paths.fsync)
+                        .and_then(|()| {
+                            let (path, header, target) = match kind {
+                                FileKind::Users => (&paths.users, paths.users_header, &mut users),
+                                FileKind::Lists => (&paths.lists, paths.lists_header, &mut lists),
+                            };
+                            let len = datafile::write_compacted(path, header, lines)?;
+                            *target =
+                                io::BufWriter::with_capacity(1 << 16, datafile::open_append(path)?);
+                            Ok(len)
+                        });
                     let _ = done.send(result);
                 }
             }
         }
-        let synced = sync_all(&mut users, &mut lists, dirty_users, dirty_lists);
+        let synced = sync_all(
+            &mut users,
+            &mut lists,
+            dirty_users,
+            dirty_lists,
+            &paths.fsync,
+        );
         let _ = txlog.flush();
         let outcome =
             |failed: Option<io::ErrorKind>, synced: &io::Result<()>| match (failed, synced) {
@@ -165,7 +174,7 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
         }
     }
     // Channel closed: final flush for a clean shutdown.
-    let _ = sync_all(&mut users, &mut lists, true, true);
+    let _ = sync_all(&mut users, &mut lists, true, true, &paths.fsync);
     let _ = txlog.flush();
 }
 
@@ -174,14 +183,18 @@ fn sync_all(
     lists: &mut io::BufWriter<File>,
     dirty_users: bool,
     dirty_lists: bool,
+    fsync: &[prometheus::Histogram; 2],
 ) -> io::Result<()> {
-    if dirty_users {
-        users.flush()?;
-        users.get_ref().sync_data()?;
-    }
-    if dirty_lists {
-        lists.flush()?;
-        lists.get_ref().sync_data()?;
+    for (dirty, file, h) in [
+        (dirty_users, users, &fsync[0]),
+        (dirty_lists, lists, &fsync[1]),
+    ] {
+        if dirty {
+            file.flush()?;
+            let t = std::time::Instant::now();
+            file.get_ref().sync_data()?;
+            crate::metrics::observe(h, t);
+        }
     }
     Ok(())
 }

@@ -157,9 +157,16 @@ pub struct Wills {
     table: Arc<Mutex<WillTable>>,
     file: mpsc::Sender<Vec<u8>>,
     lagging: std::sync::atomic::AtomicBool,
+    /// `fdatasync` durations of `wills.log`.
+    fsync: prometheus::Histogram,
 }
 
 impl Wills {
+    /// The `fdatasync` durations of `wills.log`.
+    pub fn fsync_histogram(&self) -> prometheus::Histogram {
+        self.fsync.clone()
+    }
+
     /// Loads `wills.log` from `dir` (keeping the wills still newer than `store`'s records and
     /// validly signed by the bound key), rewrites it with those, and starts its writer.
     pub fn open(
@@ -191,10 +198,18 @@ impl Wills {
         let table = Arc::new(Mutex::new(table));
         rewrite(&path, &table.lock())?;
         let (file, rx) = mpsc::channel(QUEUE);
-        tasks.spawn(writer(path, rx, Arc::clone(&table), shutdown.clone()));
+        let fsync = crate::metrics::fsync_histogram("wills");
+        tasks.spawn(writer(
+            path,
+            rx,
+            Arc::clone(&table),
+            shutdown.clone(),
+            fsync.clone(),
+        ));
         Ok(Wills {
             table,
             file,
+            fsync,
             lagging: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -265,6 +280,7 @@ async fn writer(
     mut rx: mpsc::Receiver<Vec<u8>>,
     table: Arc<Mutex<WillTable>>,
     shutdown: tokio_util::sync::CancellationToken,
+    fsync: prometheus::Histogram,
 ) {
     let mut lines = table.lock().len();
     loop {
@@ -282,7 +298,7 @@ async fn writer(
             let table = Arc::clone(&table);
             Box::new(move |p: &Path| rewrite(p, &table.lock())) as crate::applog::Rewrite
         });
-        let written = crate::applog::write_batch(&path, batch, rewrite).await;
+        let written = crate::applog::write_batch(&path, batch, rewrite, &fsync).await;
         match written {
             Some(Ok(())) if compact => lines = live,
             Some(Ok(())) => {}

@@ -146,7 +146,7 @@ impl LastWills {
                 Err(e) => tracing::warn!(error = %e, "held last will refused"),
             }
         }
-        self.metrics.last_wills.add(news as u64);
+        self.metrics.last_wills.inc_by(news as u64);
         news
     }
 
