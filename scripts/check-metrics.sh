@@ -10,32 +10,14 @@ cd "$(dirname "$0")/.."
 gossipd=${1:-target/release/gossipd}
 command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus"; exit 1; }
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+. scripts/nodes.sh
+cleanup() { stop_nodes; rm -rf "$work"; }
 trap cleanup EXIT
 
-# A node on kernel-chosen ports; its HTTP listener on a free port picked the same way. Prints
-# "BASE HTTP".
-start() {
-  local name=$1; shift
-  local http
-  http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$gossipd" --name 127.0.0.1 --bind 127.0.0.1 --base-port 0 --data-dir "$work/$name" \
-    --http "127.0.0.1:$http" --probe-interval-ms 50 --reprobe 1 "$@" \
-    > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-  for _ in $(seq 100); do
-    if grep -q "base port" "$work/$name.out" 2>/dev/null; then
-      echo "$(sed -n 's/.*base port \([0-9]*\).*/\1/p' "$work/$name.out") $http"
-      return
-    fi
-    sleep 0.1
-  done
-  echo "node $name did not start:" >&2; cat "$work/$name.err" >&2; exit 1
-}
-
-read -r base_a http_a < <(start a)
-read -r base_b http_b < <(start b --peer "127.0.0.1:$base_a")
+start_node a
+base_a=$NODE_BASE http_a=$NODE_HTTP
+start_node b --peer "127.0.0.1:$base_a"
+base_b=$NODE_BASE http_b=$NODE_HTTP
 # Wait until A reports its link to B, so every per-peer series has a sample.
 for _ in $(seq 200); do
   if curl -sf "http://127.0.0.1:$http_a/metrics" | grep -q "gossip_peer_link_up{peer=\"127.0.0.1:$base_b\"} 1"; then
@@ -53,7 +35,7 @@ done
 # A real Prometheus scrapes node A, and its query API returns A's series.
 if [ "${CHECK_SCRAPE:-1}" = 1 ]; then
   command -v prometheus >/dev/null || { echo "prometheus not found: apt-get install prometheus"; exit 1; }
-  prom_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  prom_port=$(free_port)
   cat > "$work/prometheus.yml" <<YML
 global:
   scrape_interval: 1s
@@ -64,7 +46,7 @@ scrape_configs:
 YML
   prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
     --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 &
-  pids+=($!)
+  node_pids+=($!)
   query="http://127.0.0.1:$prom_port/api/v1/query?query=gossip_build_info"
   for _ in $(seq 300); do
     if curl -sf "$query" 2>/dev/null | grep -q '"__name__":"gossip_build_info"'; then
@@ -72,6 +54,10 @@ YML
       curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=gossip_peer_link_up" | grep -q "127.0.0.1:$base_b" \
         || { echo "prometheus has no gossip_peer_link_up for B"; exit 1; }
       echo "  gossip_peer_link_up{peer=\"127.0.0.1:$base_b\"}"
+      # A histogram too: the Noise handshake of A's link to B.
+      curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=gossip_handshake_seconds_count" | grep -q '"side":"server"' \
+        || { echo "prometheus has no gossip_handshake_seconds_count{side=\"server\"}"; exit 1; }
+      echo "  gossip_handshake_seconds_count{side=\"server\"}"
       exit 0
     fi
     sleep 0.2

@@ -73,6 +73,16 @@ pub enum AdminRequest {
     /// Everything for a bug report: version, config (secrets redacted), status, RTT matrix,
     /// tree, metrics, recent log lines. Never contains keys or secrets.
     Diagnostics,
+    /// Write a backup of the running node (datafiles, wills, mailbox, keyring, blacklist;
+    /// the private key only with `include_key`) to `path`, a tar archive the server writes
+    /// itself (through a temporary file beside it). Restored by `gossipd --restore`.
+    Backup {
+        /// Where the archive goes: an absolute path the server's user may write.
+        path: String,
+        /// Include `server.key`: whoever holds the archive can then act as this server.
+        #[serde(default)]
+        include_key: bool,
+    },
 }
 
 impl AdminRequest {

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -98,6 +98,19 @@ enum Cmd {
         /// Where to write the archive.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write a backup of the running server to FILE (a tar archive) without stopping it: its
+    /// users, contact lists, transaction log, last wills, mailbox, server keyring and
+    /// blacklist, cut at one moment. The server writes FILE itself, so its user must be able
+    /// to write there. Restore with `gossipd --restore FILE --data-dir NEW_DIR`.
+    Backup {
+        /// Where to write the archive.
+        file: PathBuf,
+        /// Also include the server's private key (server.key). Whoever holds the archive can
+        /// then act as this server: keep it like the key itself. Without it, restore the key
+        /// from where you keep it, or the restored server starts with a new identity.
+        #[arg(long)]
+        include_key: bool,
     },
     /// Work with a protocol trace written by `gossipd --trace FILE` (offline; no socket needed).
     Trace {
@@ -199,6 +212,9 @@ fn main() -> anyhow::Result<()> {
         } => AdminRequest::BlacklistList,
         Cmd::Prod { config } => return prod(&args, config),
         Cmd::Diagnostics { out } => return diagnostics(&args.socket, out),
+        Cmd::Backup { file, include_key } => {
+            return backup(&args.socket, file, *include_key, args.json)
+        }
         Cmd::Trace {
             action: TraceCmd::Summarize { file },
         } => return summarize(file, args.json),
@@ -318,6 +334,50 @@ fn prod(args: &Args, config: &PathBuf) -> anyhow::Result<()> {
             outln!("{}: {}", r["server"].as_str().unwrap_or("?"), r["result"]);
         }
     }
+    Ok(())
+}
+
+/// Asks the server for a backup at `file` (made absolute: the server's working directory is
+/// not ours) and says what it holds.
+fn backup(socket: &PathBuf, file: &Path, include_key: bool, json: bool) -> anyhow::Result<()> {
+    let path = std::path::absolute(file).with_context(|| format!("{}", file.display()))?;
+    if include_key {
+        eprintln!("warning: the backup includes the server's private key; whoever holds it can act as this server. Keep it as safely as the key itself.");
+    }
+    let data = call(
+        socket,
+        &AdminRequest::Backup {
+            path: path.to_string_lossy().into_owned(),
+            include_key,
+        },
+    )?;
+    if json {
+        println!("{}", json_safe(serde_json::to_string_pretty(&data)?));
+        return Ok(());
+    }
+    let files = data["manifest"]["files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    outln!(
+        "backup of {} written to {} ({} bytes, {} files{})",
+        data["manifest"]["server"].as_str().unwrap_or("?"),
+        path.display(),
+        data["bytes"],
+        files.len(),
+        if include_key {
+            ", private key included"
+        } else {
+            ", private key not included"
+        }
+    );
+    for f in files {
+        outln!("  {:<18} {:>12} bytes", f[0].as_str().unwrap_or("?"), f[1]);
+    }
+    outln!(
+        "restore with: gossipd --restore {} --data-dir NEW_DIR",
+        path.display()
+    );
     Ok(())
 }
 

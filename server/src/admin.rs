@@ -356,6 +356,34 @@ async fn handle(node: &AdminServices, req: AdminRequest) -> AdminResponse {
             all.extend(refused);
             AdminResponse::ok(json!(all))
         }
+        AdminRequest::Backup { path, include_key } => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return AdminResponse::err(format!(
+                    "{}: give an absolute path (prodserver makes one from yours)",
+                    path.display()
+                ));
+            }
+            let me = id_string(node.federation.me());
+            match crate::backup::write(&node.store, &node.config.data_dir, &me, &path, include_key)
+                .await
+            {
+                Ok(manifest) => {
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    node.store.audit(
+                        "admin",
+                        &format!(
+                            "backup {} (key {})",
+                            path.display(),
+                            if include_key { "included" } else { "left out" }
+                        ),
+                    );
+                    tracing::info!(path = %path.display(), bytes, key_included = include_key, "backup written");
+                    AdminResponse::ok(json!({"path": path, "bytes": bytes, "manifest": manifest}))
+                }
+                Err(e) => AdminResponse::err(e.to_string()),
+            }
+        }
         AdminRequest::Diagnostics => {
             let c = &node.config;
             // The server holds no private keys; the config's only sensitive-ish parts are

@@ -26,6 +26,7 @@
 
 mod admin;
 mod applog;
+pub mod backup;
 pub mod blacklist;
 pub mod budget;
 pub mod config;

@@ -28,6 +28,11 @@ struct Args {
     /// with, and exit: 0 if it is valid, 2 with the reason if not. Nothing is started.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Restore the backup FILE (written by `prodserver backup`) into the data directory
+    /// (--data-dir, or the config's; it must be new or empty), check every record in it, say
+    /// what it holds, and exit. Then start gossipd on that directory as usual.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
     #[command(flatten)]
     settings: FileConfig,
     /// LAB ONLY: add a one-way delay to everything sent to a peer, HOST:PORT=MS (repeatable).
@@ -83,6 +88,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(archive) = args.restore.clone() {
+        return restore(args, &archive);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -101,6 +109,51 @@ fn main() -> std::process::ExitCode {
                 )
             });
             std::process::ExitCode::from(if bind { EXIT_BIND } else { 1 })
+        }
+    }
+}
+
+/// `--restore FILE`: unpacks a backup into the configured data directory and exits.
+fn restore(args: Args, archive: &std::path::Path) -> std::process::ExitCode {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gossipd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match gossip_server::backup::restore(archive, &config.data_dir) {
+        Ok(r) => {
+            let key = if r.manifest.key_included {
+                "its private key restored".to_owned()
+            } else {
+                format!(
+                    "no private key in the backup: copy the server's server.key into {} before starting it, or it starts with a new identity its peers do not know",
+                    config.data_dir.display()
+                )
+            };
+            println!(
+                "restored the backup of {} (taken by gossipd {}) into {}: {} users, {} contact lists, every signature verified{}; {key}",
+                r.manifest.server,
+                r.manifest.version,
+                config.data_dir.display(),
+                r.users,
+                r.lists,
+                if r.torn_bytes > 0 {
+                    format!(" ({} bytes of a record being written during the backup left out)", r.torn_bytes)
+                } else {
+                    String::new()
+                },
+            );
+            println!(
+                "start it with: gossipd --data-dir {}",
+                config.data_dir.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gossipd: cannot restore {}: {e}", archive.display());
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -226,7 +226,12 @@ impl Presence {
         self.inner.read().sessions.len()
     }
 
-    /// Pushes queued so far.
+    /// Users with at least one logged-in session here.
+    pub fn user_count(&self) -> usize {
+        self.inner.read().by_user.len()
+    }
+
+    /// Presence pushes queued so far.
     pub fn pushes(&self) -> u64 {
         self.pushes.load(Ordering::Relaxed)
     }

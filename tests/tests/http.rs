@@ -87,6 +87,125 @@ async fn metrics_health_and_readiness_over_http() {
     );
 }
 
+/// The live map over three in-process nodes (n0 – n1 – n2 by their peers): the page is one
+/// self-contained document, and `/map.json` shows every server, the two tree edges with their
+/// weights and this node's link, then n2 dead once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_map_shows_the_federation_and_a_death() {
+    use gossip_common::rtt::ProbeConfig;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |i: usize, peer: Option<u16>| {
+        let mut c = Config::for_tests(dirs[i].path(), 0);
+        c.peers = peer
+            .map(|p| ("127.0.0.1".to_owned(), p))
+            .into_iter()
+            .collect();
+        c.probe = ProbeConfig {
+            interval: Duration::from_millis(20),
+            replies: 3,
+            dead_after: Duration::from_millis(1000),
+            source: None,
+        };
+        c.reprobe = Duration::from_millis(250);
+        c
+    };
+    let mut c0 = config(0, None);
+    c0.http = Some("127.0.0.1:0".parse().unwrap());
+    let n0 = gossip_server::start(c0).await.unwrap();
+    let n1 = gossip_server::start(config(1, Some(n0.base_port())))
+        .await
+        .unwrap();
+    let n2 = gossip_server::start(config(2, Some(n1.base_port())))
+        .await
+        .unwrap();
+    let http = n0.http_addr().unwrap();
+    let ids: Vec<String> = [&n0, &n1, &n2]
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.base_port()))
+        .collect();
+
+    let (status, headers, page) = get(http, "/").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.contains("map.json") && page.contains("<svg"));
+    let outside: Vec<&str> = page
+        .match_indices("http")
+        .map(|(at, _)| &page[at..(at + 40).min(page.len())])
+        .filter(|u| !u.starts_with("http://www.w3.org/2000/svg"))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "the page loads something from outside: {outside:?}"
+    );
+    assert!(
+        !page.contains("<script src") && !page.contains("<link "),
+        "one document"
+    );
+
+    let map = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+    let state_of = |m: &serde_json::Value, id: &str| {
+        m["federation"]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let whole = loop {
+        let (_, headers, body) = get(http, "/map.json").await;
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        let m = map(&body);
+        let tree = m["federation"]["tree"].as_array().unwrap().len();
+        if tree == 2
+            && ids[1..]
+                .iter()
+                .all(|id| state_of(&m, id).as_deref() == Some("alive"))
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no whole map: {m:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(whole["federation"]["me"], ids[0]);
+    assert_eq!(state_of(&whole, &ids[0]).as_deref(), Some("self"));
+    for e in whole["federation"]["tree"].as_array().unwrap() {
+        assert!(
+            e["rtt_ms"].as_f64().unwrap() > 0.0,
+            "a tree edge without its weight: {e}"
+        );
+    }
+    assert!(
+        whole["links"].as_u64().unwrap() >= 1,
+        "n0 is linked to its tree neighbour"
+    );
+
+    n2.stop().await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, _, body) = get(http, "/map.json").await;
+        let m = map(&body);
+        if state_of(&m, &ids[2]).as_deref() == Some("dead") {
+            assert_eq!(
+                m["federation"]["tree"].as_array().unwrap().len(),
+                1,
+                "{m:#}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "n2 never shown dead: {m:#}"
+        );
+    }
+    eprintln!("map: n2 shown dead {:?} after it stopped", t0.elapsed());
+    n1.stop().await.unwrap();
+    n0.stop().await.unwrap();
+}
+
 /// The value of the sample `series` (name and labels, as printed) in `text`; 0 if absent.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()

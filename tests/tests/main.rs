@@ -1,5 +1,6 @@
 //! Multi-node and multi-process integration tests (one test binary, per the ripgrep style).
 
+mod backup;
 mod chaos;
 mod chat;
 mod docs;

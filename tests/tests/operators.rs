@@ -377,7 +377,7 @@ fn the_service_unit_and_example_config_check_out() {
     }
     for (key, want) in [
         ("DynamicUser", "yes"),
-        ("StateDirectory", "gossip"),
+        ("StateDirectory", "gossip gossip-backups"),
         ("ProtectSystem", "strict"),
         ("NoNewPrivileges", "yes"),
         ("KillSignal", "SIGTERM"),

@@ -70,6 +70,7 @@ pub mod keyring;
 mod keys;
 mod links;
 mod maintain;
+mod map;
 mod membership;
 mod operator;
 mod probe;
@@ -79,6 +80,8 @@ mod rows;
 mod tests;
 mod topology;
 pub mod transport;
+
+pub use map::{FederationMap, MapEdge, MapServer};
 
 /// Servers a server list holds at most.
 pub(crate) const MAX_SERVERS: usize = membership::MAX_SERVERS;

@@ -40,6 +40,14 @@ const USERS_FILE: &str = "users.udb";
 const LISTS_FILE: &str = "contacts.cl";
 const TXLOG_FILE: &str = "transactions.log";
 const LOCK_FILE: &str = "LOCK";
+
+/// The store's files in a data directory (what a backup copies of it).
+pub(crate) const DATAFILES: &[&str] = &[USERS_FILE, LISTS_FILE, TXLOG_FILE];
+
+/// Makes a rename or create of `path` durable by syncing its directory.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    datafile::sync_dir(path)
+}
 const USERS_HEADER: &str = "#gossip-udb v1";
 const LISTS_HEADER: &str = "#gossip-cl v1";
 

@@ -13,6 +13,18 @@ use super::writer::{Command, FileKind};
 use super::{datafile, Store, Stored, COMPACT_MIN_BYTES, COMPACT_RATIO};
 
 impl Store {
+    /// The datafiles (users, contact lists, the transaction log) cut at one moment for an
+    /// online backup: each path, an open handle and its length then. Everything acknowledged
+    /// before this call is within those lengths.
+    pub async fn snapshot_files(
+        &self,
+    ) -> io::Result<Vec<(std::path::PathBuf, std::fs::File, u64)>> {
+        let (done, rx) = oneshot::channel();
+        self.writer.send(Command::Snapshot { done });
+        rx.await
+            .map_err(|_| io::Error::other("the datafile writer has stopped"))?
+    }
+
     /// Waits until everything accepted so far is on disk.
     pub async fn flush(&self) -> io::Result<()> {
         let (done, rx) = oneshot::channel();

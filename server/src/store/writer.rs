@@ -53,6 +53,13 @@ pub(crate) enum Command {
     Flush {
         done: oneshot::Sender<io::Result<()>>,
     },
+    /// The datafiles as they stand after everything queued before (written, not synced):
+    /// each opened anew with its length then, a consistent cut for an online backup. Reading
+    /// each up to its length gives that moment's files whatever is appended or compacted
+    /// later (a compaction replaces the file by a rename; the open handle keeps the old one).
+    Snapshot {
+        done: oneshot::Sender<io::Result<Vec<(PathBuf, File, u64)>>>,
+    },
 }
 
 pub(crate) struct Paths {
@@ -138,6 +145,22 @@ fn run(rx: mpsc::Receiver<Command>, paths: Paths, users: File, lists: File, txlo
                     let _ = txlog.write_all(entry.as_bytes());
                 }
                 Command::Flush { done } => flushes.push(done),
+                Command::Snapshot { done } => {
+                    let cut = (|| {
+                        users.flush()?;
+                        lists.flush()?;
+                        txlog.flush()?;
+                        [&paths.users, &paths.lists, &paths.txlog]
+                            .into_iter()
+                            .map(|p| {
+                                let f = File::open(p)?;
+                                let len = f.metadata()?.len();
+                                Ok((p.clone(), f, len))
+                            })
+                            .collect()
+                    })();
+                    let _ = done.send(cut);
+                }
                 Command::Compact { kind, lines, done } => {
                     // Everything queued earlier must reach the old file first.
                     let result = sync_all(&mut users, &mut lists, true, true, &paths.fsync)

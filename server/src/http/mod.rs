@@ -1,6 +1,7 @@
 //! The opt-in HTTP listener (`--http ADDR:PORT`, config `http`): `/metrics` in the Prometheus
 //! text format for a scraper, `/healthz` (the process serves) and `/readyz` (datafiles loaded,
-//! ports bound; the federation's state in the body) for service managers and probes.
+//! ports bound; the federation's state in the body) for service managers and probes, and the
+//! live map of the federation at `/` (its data at `/map.json`; see [`map`]).
 //!
 //! Off by default. It has no authentication and tells what the read-only status socket tells
 //! (server names, links, counts), so it belongs on loopback or a private interface; a
@@ -22,17 +23,32 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminServices;
 
+mod map;
+
+/// What the handlers read: the admin services, and the map's last reading.
+pub(crate) struct HttpState {
+    admin: Arc<AdminServices>,
+    map: map::MapCache,
+}
+
 /// The routes, over the admin services.
 pub(crate) fn router(admin: Arc<AdminServices>) -> Router {
+    let state = Arc::new(HttpState {
+        admin,
+        map: map::MapCache::default(),
+    });
     Router::new()
+        .route("/", get(map::page))
+        .route("/map.json", get(map::map_json))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(admin)
+        .with_state(state)
 }
 
 /// The Prometheus text exposition (format 0.0.4).
-async fn metrics(State(admin): State<Arc<AdminServices>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let admin = &state.admin;
     (
         [(
             header::CONTENT_TYPE,
@@ -49,7 +65,8 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the listener starts only once the datafiles are loaded and every port is
 /// bound, so answering is being ready; the body says where the federation stands.
-async fn readyz(State(admin): State<Arc<AdminServices>>) -> impl IntoResponse {
+async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let admin = &state.admin;
     let st = admin.federation.status();
     Json(json!({
         "ready": true,
