@@ -28,6 +28,24 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<(String, St
     (status, headers, body.to_owned())
 }
 
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_line = std::str::from_utf8(&raw[..eol]).unwrap();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
+}
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -64,6 +82,35 @@ async fn metrics_health_and_readiness_over_http() {
             .lines()
             .filter(|l| l.starts_with("# TYPE"))
             .count()
+    );
+
+    // Gzip when asked for, as Prometheus does; the same exposition inside.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(body.as_slice()),
+        &mut text,
+    )
+    .expect("gzip");
+    assert!(
+        text.contains("# TYPE gossip_connections_total counter"),
+        "{text}"
     );
 
     let (status, _, body) = get(addr, "/healthz").await;

@@ -424,4 +424,34 @@ fn the_service_unit_and_example_config_check_out() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("base_port"));
+
+    // systemd's own check, where systemd is installed: the unit with its binary at the path
+    // this build has (verify insists that ExecStart's program exists).
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let local = data.path().join("gossipd.service");
+        let gossipd = bin_path("gossipd");
+        std::fs::write(
+            &local,
+            unit.replace("/usr/local/bin/gossipd", &gossipd.to_string_lossy()),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&local)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify: {said}"
+        );
+    }
 }

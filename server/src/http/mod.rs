@@ -37,12 +37,17 @@ pub(crate) fn router(admin: Arc<AdminServices>) -> Router {
         admin,
         map: map::MapCache::default(),
     });
-    Router::new()
-        .route("/", get(map::page))
+    // Gzip where it pays: the exposition is ~30 KB of text and the map grows with the
+    // federation; Prometheus asks for gzip on every scrape. Only when the client asks.
+    let compressed = Router::new()
         .route("/map.json", get(map::map_json))
         .route("/metrics", get(metrics))
+        .layer(tower_http::compression::CompressionLayer::new());
+    Router::new()
+        .route("/", get(map::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(compressed)
         .with_state(state)
 }
 
