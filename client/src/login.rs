@@ -37,6 +37,22 @@ impl GossipClient {
         Ok(grant.uid)
     }
 
+    /// [`Self::register`] with the encryption keys of `e2e` in the first record, so the new
+    /// user can be sent end-to-end encrypted messages from the moment they exist (before any
+    /// login of theirs). What `gossip register` does.
+    pub fn register_with_keys<'a>(
+        &'a self,
+        e2e: &crate::e2e::E2e,
+        fill: impl FnOnce(&mut UserInfo) + Send + 'a,
+    ) -> impl std::future::Future<Output = Result<UserId, ClientError>> + Send + 'a {
+        // Taken out before any await: the state is not `Sync`.
+        let keys = e2e.published();
+        self.register(move |u| {
+            fill(u);
+            crate::e2e::publish_into(u, &keys);
+        })
+    }
+
     /// Logs in as `uid` by answering the server's challenge with this client's key. On success
     /// the client holds its own record, contact list and the contacts' records.
     pub async fn login(&self, uid: UserId) -> Result<(), ClientError> {

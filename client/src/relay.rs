@@ -22,6 +22,12 @@ impl GossipClient {
         self.publish(keys)
     }
 
+    /// Publishes `keys` (from [`e2e::E2e::published`], taken when the state was at hand) in
+    /// the own UserInfo unless it carries them already.
+    pub async fn publish_published(&self, keys: &[(String, String)]) -> Result<(), ClientError> {
+        self.publish(keys.to_vec()).await
+    }
+
     async fn publish(&self, keys: Vec<(String, String)>) -> Result<(), ClientError> {
         let me = self.me().ok_or(ClientError::NotLoggedIn)?;
         if !e2e::publishes(me.value(), &keys) {
@@ -60,6 +66,18 @@ impl GossipClient {
         let theirs = self.record_of(to).await?;
         let body = e2e.encrypt(to, theirs.value(), plaintext)?;
         self.send_relayed(to, &body).await
+    }
+
+    /// Leaves relayed messages with the servers for this connection: they are not passed on
+    /// as [`Event::Relayed`] and not acknowledged, so they wait for a client that shows them
+    /// (the servers deliver held messages at every login). For short-lived sessions that do
+    /// not read messages, such as `gossip contacts add`: without it the login's held messages
+    /// would be acknowledged and dropped by a program that never shows them. Call it before
+    /// [`Self::login`].
+    ///
+    /// [`Event::Relayed`]: crate::Event::Relayed
+    pub fn leave_relayed_messages(&self) {
+        self.state.lock().expect("lock").leave_relayed = true;
     }
 
     /// Decrypts a relayed message ([`Event::Relayed`]) end to end. If that made the fallback

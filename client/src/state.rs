@@ -22,6 +22,9 @@ pub(crate) struct State {
     /// Ids of relayed messages already passed on (a message can arrive twice: pushed live and
     /// again at a login before the servers dropped it), most recent last.
     pub(crate) seen_relays: std::collections::VecDeque<String>,
+    /// Relayed messages are left with the servers: neither passed on nor acknowledged (see
+    /// [`GossipClient::leave_relayed_messages`]).
+    pub(crate) leave_relayed: bool,
 }
 
 /// Relayed message ids remembered for de-duplication.

@@ -77,10 +77,13 @@ pub(crate) async fn register(profile: &Profile, args: &Args) -> anyhow::Result<(
     if let Some(uid) = settings.uid {
         bail!("this profile is already registered as {uid}; use another --home for a new user");
     }
+    // The encryption keys go out in the very first record, so the new user can be written to
+    // from the moment they exist (a message sent before their first login waits for them).
+    let e2e = crate::session::open_e2e(profile)?;
     let (client, _events, server) =
         connect(profile, &servers_of(args, &settings)?, key, args.json).await?;
     let uid = client
-        .register(|u| {
+        .register_with_keys(&e2e, |u| {
             u.nick_name = nick.clone();
             u.name = name.clone();
             u.email = email.clone();

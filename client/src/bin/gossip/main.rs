@@ -113,12 +113,21 @@ async fn chat_command(
 /// The commands that need a session: logs in (on the nearest server), then runs the command.
 async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     let (key, settings, uid) = registered(profile)?;
-    let (client, _events, server) =
+    let (client, mut events, server) =
         connect(profile, &servers_of(args, &settings)?, key, args.json).await?;
+    // These commands show no messages: the ones waiting stay with the servers for the next
+    // `gossip watch` or `gossip chat` (which keep them in the history).
+    client.leave_relayed_messages();
     client
         .login(uid)
         .await
         .with_context(|| format!("logging in as {uid} on {server}"))?;
+    // A profile registered before keys went out at registration publishes them at its next
+    // login, whatever the command (a no-op once the own record carries them).
+    let keys = open_e2e(profile)?.published();
+    if let Err(e) = client.publish_published(&keys).await {
+        eprintln!("could not publish encryption keys: {e}");
+    }
     let Some(command) = &args.command else {
         unreachable!("a command is set in main")
     };
@@ -134,6 +143,18 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
         | Cmd::Chat { .. }
         | Cmd::Watch { .. } => {
             unreachable!("handled earlier")
+        }
+    }
+    // The servers tell a sender of deliveries at their next login, once: a receipt that came
+    // with this one is kept in the history, as `watch` would.
+    let history = open_e2e(profile)?;
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+    {
+        if let gossip_client::Event::Delivered { id, .. } = ev {
+            if let Err(e) = history.history().delivered(&id) {
+                eprintln!("could not mark {id} delivered in the history: {e}");
+            }
         }
     }
     use std::io::Write;
