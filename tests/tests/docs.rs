@@ -531,3 +531,38 @@ fn every_gossipd_flag_in_operations_md_exists() {
         missing.join("\n")
     );
 }
+
+/// The README's performance summary quotes `docs/performance.md`; a figure that is not there any
+/// more (re-measured, or rounded differently) fails here instead of drifting.
+#[test]
+fn every_figure_in_the_readme_summary_is_in_performance_md() {
+    let readme = read_repo_file("README.md");
+    let perf = read_repo_file("docs/performance.md");
+    let start = readme
+        .find("In short")
+        .expect("the README's performance summary");
+    let summary = &readme[start..];
+    let summary = &summary[..summary.find("\n\n").unwrap_or(summary.len())];
+    let units = ["KiB", "logins/s", "pushes/s", "ms", "records/s", "µs", "%"];
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let mut figures = Vec::new();
+    for pair in words.windows(2) {
+        let unit = pair[1].trim_end_matches([',', '.', ')']);
+        let number = pair[0].trim_start_matches(['≈', '+', '(']);
+        if units.contains(&unit) && number.starts_with(|c: char| c.is_ascii_digit()) {
+            figures.push(number.to_owned());
+        }
+    }
+    assert!(
+        figures.len() >= 7,
+        "the summary's figures were not found: {figures:?}"
+    );
+    let missing: Vec<&String> = figures
+        .iter()
+        .filter(|f| !perf.contains(f.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README figures not in docs/performance.md: {missing:?} (all: {figures:?})"
+    );
+}

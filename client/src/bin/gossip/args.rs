@@ -16,7 +16,7 @@ use gossip_common::UserId;
 ///   gossip contacts add 5299989643264
 ///   gossip chat          (or just `gossip` on a terminal: the interactive app)
 #[derive(Debug, Parser)]
-#[command(name = "gossip", version)]
+#[command(name = "gossip", version, verbatim_doc_comment)]
 pub(crate) struct Args {
     /// Profile directory holding the key and settings.
     #[arg(long, global = true, value_name = "DIR", env = "GOSSIP_HOME")]
