@@ -16,6 +16,17 @@ use gossip_tests::gossipd::{Gossipd, Spec};
 /// Writers changing their status as fast as the server acknowledges, during the backup.
 const WRITERS: usize = 6;
 
+/// Runs `gossipd --restore ARCHIVE --data-dir DIR`.
+fn gossipd_restore(archive: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    Command::new(bin_path("gossipd"))
+        .arg("--restore")
+        .arg(archive)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 /// The `n` of the last `w{i}-{n}` status message in a record's XML.
 fn generation(raw: &str, writer: usize) -> Option<u64> {
     let tag = format!("w{writer}-");
@@ -134,13 +145,7 @@ async fn a_backup_under_load_restores_every_acknowledged_update() {
     }
     assert_eq!(must.len(), WRITERS);
 
-    let restore = Command::new(bin_path("gossipd"))
-        .arg("--restore")
-        .arg(&archive)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
+    let restore = gossipd_restore(&archive, &restored);
     let said = String::from_utf8_lossy(&restore.stdout);
     assert!(
         restore.status.success(),
@@ -162,13 +167,7 @@ async fn a_backup_under_load_restores_every_acknowledged_update() {
         assert_eq!(mode & 0o077, 0, "server.key readable by others: {mode:o}");
     }
     // A second restore into the same directory is refused.
-    let again = Command::new(bin_path("gossipd"))
-        .arg("--restore")
-        .arg(&archive)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
+    let again = gossipd_restore(&archive, &restored);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 

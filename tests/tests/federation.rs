@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gossip_client::{Event, GossipClient};
-use gossip_common::rtt::{LabDelays, ProbeConfig};
+use gossip_common::rtt::LabDelays;
 use gossip_common::Keypair;
 use gossip_server::{Config, RunningNode};
 use gossip_tests::ports::reserve_base_ports;
@@ -28,13 +28,7 @@ fn config(dir: &std::path::Path, ports: &[u16], i: usize) -> Config {
     if i != 0 {
         c.peers = vec![("127.0.0.1".into(), ports[0])];
     }
-    c.probe = ProbeConfig {
-        interval: Duration::from_millis(20),
-        replies: 3,
-        dead_after: Duration::from_millis(1000),
-        source: None,
-    };
-    c.reprobe = Duration::from_millis(250);
+    gossip_tests::fast_probing(&mut c, Duration::from_millis(1000));
     let mut lab = HashMap::new();
     for (j, p) in ports.iter().enumerate() {
         if j != i {

@@ -6,26 +6,39 @@ use std::time::Duration;
 use gossip_server::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `GET path` over a fresh connection (HTTP/1.1, `Connection: close`): the status line, the
-/// headers (lower-cased names) and the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<(String, String)>, String) {
+/// `GET path` with the extra header lines `extra` over a fresh connection (HTTP/1.1,
+/// `Connection: close`): the status line, the headers (lower-cased names) and the raw body.
+async fn get_bytes(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra: &str,
+) -> (String, Vec<(String, String)>, Vec<u8>) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
         .await
         .expect("an answer in time")
         .unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("UTF-8 headers");
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap().to_owned();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, body.to_owned())
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+/// `GET path`: the status line, the headers and the body as text.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<(String, String)>, String) {
+    let (status, headers, body) = get_bytes(addr, path, "").await;
+    (status, headers, String::from_utf8(body).expect("UTF-8"))
 }
 
 /// The body of a chunked HTTP/1.1 response.
@@ -85,21 +98,9 @@ async fn metrics_health_and_readiness_over_http() {
     );
 
     // Gzip when asked for, as Prometheus does; the same exposition inside.
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    assert!(head.contains("content-encoding: gzip"), "{head}");
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
+    let (_, headers, mut body) = get_bytes(addr, "/metrics", "Accept-Encoding: gzip\r\n").await;
+    assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
+    if header(&headers, "transfer-encoding") == Some("chunked") {
         body = dechunk(&body);
     }
     let mut text = String::new();
@@ -139,7 +140,6 @@ async fn metrics_health_and_readiness_over_http() {
 /// weights and this node's link, then n2 dead once it is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_map_shows_the_federation_and_a_death() {
-    use gossip_common::rtt::ProbeConfig;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let config = |i: usize, peer: Option<u16>| {
         let mut c = Config::for_tests(dirs[i].path(), 0);
@@ -147,13 +147,7 @@ async fn the_live_map_shows_the_federation_and_a_death() {
             .map(|p| ("127.0.0.1".to_owned(), p))
             .into_iter()
             .collect();
-        c.probe = ProbeConfig {
-            interval: Duration::from_millis(20),
-            replies: 3,
-            dead_after: Duration::from_millis(1000),
-            source: None,
-        };
-        c.reprobe = Duration::from_millis(250);
+        gossip_tests::fast_probing(&mut c, Duration::from_millis(1000));
         c
     };
     let mut c0 = config(0, None);

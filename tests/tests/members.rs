@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use gossip_client::{Event, Events, GossipClient};
-use gossip_common::rtt::{LabDelays, ProbeConfig};
+use gossip_common::rtt::LabDelays;
 use gossip_common::{Keypair, UserId};
 use gossip_server::{Config, RunningNode};
 use gossip_tests::ports::reserve_base_ports;
@@ -29,13 +29,7 @@ fn config(dir: &std::path::Path, ports: &[u16], i: usize) -> Config {
     if i != 1 {
         c.peers = vec![("127.0.0.1".into(), ports[1])];
     }
-    c.probe = ProbeConfig {
-        interval: Duration::from_millis(20),
-        replies: 3,
-        dead_after: Duration::from_millis(1000),
-        source: None,
-    };
-    c.reprobe = Duration::from_millis(250);
+    gossip_tests::fast_probing(&mut c, Duration::from_millis(1000));
     c.repair = REPAIR;
     let mut lab = HashMap::new();
     for (j, p) in ports.iter().enumerate() {
@@ -488,13 +482,7 @@ async fn a_member_that_answers_probes_early_is_measured_at_its_real_distance() {
             let mut c = Config::for_tests(dir.path(), h);
             c.strict_ports = true;
             c.peers = vec![("127.0.0.1".into(), r)];
-            c.probe = ProbeConfig {
-                interval: Duration::from_millis(20),
-                replies: 3,
-                dead_after: Duration::from_millis(1000),
-                source: None,
-            };
-            c.reprobe = Duration::from_millis(250);
+            gossip_tests::fast_probing(&mut c, Duration::from_millis(1000));
             c.repair = Duration::ZERO;
             c.lab = LabDelays::new(HashMap::from([(key(r), DISTANCE)]));
             match gossip_server::start(c).await {

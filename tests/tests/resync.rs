@@ -10,7 +10,6 @@ use std::time::Duration;
 use std::net::Ipv6Addr;
 
 use gossip_common::message as m;
-use gossip_common::rtt::ProbeConfig;
 use gossip_common::Message;
 use gossip_common::{Keypair, Signed, UserId, UserInfo};
 use gossip_server::config::SyncMethod;
@@ -26,13 +25,7 @@ fn config(dir: &Path, peer: Option<u16>, sync: SyncMethod) -> Config {
         .into_iter()
         .collect();
     c.sync = sync;
-    c.probe = ProbeConfig {
-        interval: Duration::from_millis(20),
-        replies: 3,
-        dead_after: Duration::from_millis(2000),
-        source: None,
-    };
-    c.reprobe = Duration::from_millis(250);
+    gossip_tests::fast_probing(&mut c, Duration::from_millis(2000));
     c
 }
 

@@ -29,7 +29,7 @@ pub(crate) const MAX_EDGES: usize = 2_000;
 
 /// The last reading, and when it was made.
 #[derive(Default)]
-pub(crate) struct MapCache(Mutex<Option<(Instant, Arc<String>)>>);
+pub(crate) struct MapCache(Mutex<Option<(Instant, bytes::Bytes)>>);
 
 /// `/`: the page.
 pub(crate) async fn page() -> impl IntoResponse {
@@ -45,12 +45,12 @@ pub(crate) async fn map_json(State(state): State<Arc<super::HttpState>>) -> impl
         .lock()
         .as_ref()
         .filter(|(at, _)| now.duration_since(*at) < FRESH_FOR)
-        .map(|(_, body)| Arc::clone(body));
+        .map(|(_, body)| body.clone());
     let body = match cached {
         Some(body) => body,
         None => {
-            let body = Arc::new(reading(&state.admin).to_string());
-            *state.map.0.lock() = Some((now, Arc::clone(&body)));
+            let body = bytes::Bytes::from(reading(&state.admin).to_string());
+            *state.map.0.lock() = Some((now, body.clone()));
             body
         }
     };
@@ -59,7 +59,7 @@ pub(crate) async fn map_json(State(state): State<Arc<super::HttpState>>) -> impl
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body.as_str().to_owned(),
+        body,
     )
 }
 
