@@ -18,6 +18,7 @@
 //! * `login` — registration and login, and taking in what a login returns;
 //! * `record` — the own UserInfo record: updates, status, going online, the last will, logout;
 //! * `contacts` — the contact list and other users' records;
+//! * `directory` — finding people: the directory search, contact cards, fingerprints;
 //! * `relay` — messages relayed through the servers, and their end-to-end encryption;
 //! * `direct` — direct client-to-client messages (the spec's path);
 //! * `events` — [`Event`] and the [`Events`] stream; `error` — [`ClientError`];
@@ -29,6 +30,7 @@
 mod connection;
 mod contacts;
 mod direct;
+pub mod directory;
 pub mod e2e;
 mod error;
 mod events;

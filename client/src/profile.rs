@@ -55,6 +55,10 @@ pub struct Settings {
     /// `host:port` → key (hex). A server that proves another key is refused.
     #[serde(default)]
     pub server_keys: std::collections::BTreeMap<String, String>,
+    /// The own nickname as last seen in the own record (for `gossip whoami --card`, which
+    /// works offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nick: Option<String>,
 }
 
 impl Settings {

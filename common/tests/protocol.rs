@@ -86,6 +86,16 @@ fn samples() -> Vec<Body> {
         }
         .into(),
         ReqContactList {}.into(),
+        SearchUsers {
+            text: "bob example.org".into(),
+            limit: Some(20),
+        }
+        .into(),
+        SearchUsers {
+            text: "ünïcode".into(),
+            limit: None,
+        }
+        .into(),
         Ping {}.into(),
         Pong {}.into(),
         Disconnect {

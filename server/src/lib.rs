@@ -20,7 +20,7 @@
 //!   `reconcile/` and `sync`);
 //! * `wills/`: replicated last wills; `registration/`: UserID reservation, local and
 //!   network-wide; `relay/` and `mailbox/`: relayed messages and where they wait;
-//! * `store/`: the datafiles; `admin`, `metrics`, `trace`, `applog`, `logring`: operators;
+//! * `store/`: the datafiles, and `directory`: the index people are found by; `admin`, `metrics`, `trace`, `applog`, `logring`: operators;
 //! * `net`: listeners, accept loops, the echo on P+2; `lab`: emulated link delays; `sim/`:
 //!   the cluster simulator; `config`, `blacklist`, `ratelimit`, `budget`, `tasks`, `mst`.
 
@@ -30,6 +30,7 @@ pub mod backup;
 pub mod blacklist;
 pub mod budget;
 pub mod config;
+pub mod directory;
 pub mod federation;
 mod http;
 mod lab;

@@ -11,6 +11,7 @@ mod layout;
 mod members;
 mod messaging;
 mod operators;
+mod people;
 mod presence;
 mod processes;
 mod resync;

@@ -11,24 +11,24 @@ use gossip_tests::bin_path;
 use gossip_tests::gossipd::{one_tree, Gossipd, Spec};
 
 /// A node for these tests: short client timers, kernel-chosen ports unless `spec` says.
-fn spec(data: &Path) -> Spec {
+pub(crate) fn spec(data: &Path) -> Spec {
     Spec::new(data).args(["--keepalive", "0.5", "--idle-timeout", "2"])
 }
 
-fn start(spec: &Spec) -> Gossipd {
+pub(crate) fn start(spec: &Spec) -> Gossipd {
     Gossipd::start(spec).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn gossip(home: &Path, args: &[&str]) -> String {
+pub(crate) fn gossip(home: &Path, args: &[&str]) -> String {
     gossip_tests::gossip_cli(home, args)
 }
 
-fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 /// A new profile at `home`: a key, registered as `nick` on `node`; returns the UserID.
-fn keygen_and_register(home: &Path, nick: &str, node: &Gossipd) -> u64 {
+pub(crate) fn keygen_and_register(home: &Path, nick: &str, node: &Gossipd) -> u64 {
     gossip(home, &["keygen"]);
     let out = gossip(
         home,
@@ -203,7 +203,12 @@ fn server_kill_9_keeps_every_acknowledged_update() {
 }
 
 /// Polls a `gossip` command until its JSON output satisfies `pred`.
-fn wait_json(home: &Path, args: &[&str], what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) fn wait_json(
+    home: &Path,
+    args: &[&str],
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new(bin_path("gossip"))
@@ -315,7 +320,7 @@ fn restart(spec: &Spec) -> Gossipd {
 
 /// Waits until every node reports (through its admin socket) one tree spanning all of `ids`
 /// and a link to each of its tree neighbours.
-fn wait_tree(nodes: &[Gossipd], ids: &[String], what: &str) {
+pub(crate) fn wait_tree(nodes: &[Gossipd], ids: &[String], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let statuses: Vec<serde_json::Value> = nodes

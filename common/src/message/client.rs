@@ -1,7 +1,7 @@
 //! Client ↔ server messages: registration (`register`, `userID`, `newuser`), login
 //! (`authenticate`, `challenge`, `challengeResponse`), the user's records (`UserInfo`,
 //! `ChangeCL`, `lastWill`) and the queries and pushes about them (`reqUserInfo`,
-//! `reqContactList`, `contactlist`), server notices (`servermsg`), and the client ↔ client
+//! `reqContactList`, `contactlist`, the directory search `searchUsers`), server notices (`servermsg`), and the client ↔ client
 //! chat message `txt`.
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,19 @@ pub struct ReqUserInfo {
     /// The users asked about.
     #[serde(rename = "uid", default)]
     pub uids: Vec<UserId>,
+}
+
+/// `searchUsers` (client→server): finds people in the server's copy of the public records.
+/// `text` is one or more words; a user matches when every word is the start of a word of
+/// their nickname, name, e-mail or location (case-insensitive). Answered like `reqUserInfo`:
+/// one `UserInfo` per match (at most `limit`, and at most the server's own cap), then `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchUsers {
+    /// What to look for, e.g. `bob` or `alice example.org`.
+    pub text: String,
+    /// How many matches at most (the server caps it; absent: the server's cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// `reqContactList` (client→server): asks for the own contact list (answered by `contactlist`).

@@ -44,7 +44,7 @@ mod relay;
 
 pub use self::client::{
     Authenticate, Challenge, ChallengeResponse, ChangeCl, ContactListMsg, LastWill, NewUser,
-    Register, ReqContactList, ReqUserInfo, ServerMsg, Txt, UserIdGrant, UserInfoMsg,
+    Register, ReqContactList, ReqUserInfo, SearchUsers, ServerMsg, Txt, UserIdGrant, UserInfoMsg,
 };
 pub use self::control::{Disconnect, Ok, Ping, Pong};
 pub use self::error::{Error, ErrorCode, ProtocolError};
@@ -189,6 +189,7 @@ bodies! {
     LastWill(LastWill) = "lastWill",
     ReqUserInfo(ReqUserInfo) = "reqUserInfo",
     ReqContactList(ReqContactList) = "reqContactList",
+    SearchUsers(SearchUsers) = "searchUsers",
     Ping(Ping) = "ping",
     Pong(Pong) = "pong",
     Disconnect(Disconnect) = "disconnect",

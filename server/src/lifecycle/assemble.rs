@@ -211,6 +211,10 @@ pub(super) fn assemble(parts: NodeParts, tasks: &Tasks) -> Arc<Node> {
             inbound: config.client_inbound,
         },
         admission: Default::default(),
+        search_rate: parking_lot::Mutex::new(crate::ratelimit::Limiter::new(
+            crate::session::SEARCH_RATE,
+            crate::session::SEARCH_TRACKED_USERS,
+        )),
         tasks: tasks.clone(),
     });
     let blacklist = parts.blacklist;

@@ -46,6 +46,7 @@ use crate::trace::Trace;
 use crate::wills::LastWills;
 
 pub(crate) use admission::Admission;
+pub(crate) use requests::{SEARCH_RATE, SEARCH_TRACKED_USERS};
 
 /// How client sessions run, from the configuration.
 pub(crate) struct SessionSettings {
@@ -77,6 +78,8 @@ pub(crate) struct ClientDoor {
     pub(crate) trace: Option<Arc<Trace>>,
     pub(crate) settings: SessionSettings,
     pub(crate) admission: Admission,
+    /// Directory searches per user (see [`requests::SEARCH_RATE`]).
+    pub(crate) search_rate: parking_lot::Mutex<crate::ratelimit::Limiter<UserId>>,
     pub(crate) tasks: Tasks,
 }
 
@@ -332,6 +335,7 @@ impl Session {
                 }
                 self.reply(re, m::Ok { current: None }).await;
             }
+            Body::SearchUsers(q) => self.search_users(re, uid, q).await,
             Body::ReqContactList(_) => {
                 self.send_contact_list(re, uid).await;
                 self.reply(re, m::Ok { current: None }).await;

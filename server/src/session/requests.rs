@@ -1,11 +1,26 @@
 //! What a logged-in session asks: updates of its own UserInfo, contact list and last will,
-//! each stored and sent on by the records and wills services.
+//! each stored and sent on by the records and wills services; and directory searches,
+//! answered from the store's index.
 
 use gossip_common::message as m;
 use gossip_common::{ErrorCode, Signed, UserId, UserInfo};
 
 use super::Session;
+use crate::directory::{Query, MAX_RESULTS};
+use crate::ratelimit::Rate;
 use crate::store::Mode;
+
+/// Directory searches one user may make: 10 at once, then one every 2 s. Enough for a person
+/// typing a few searches; a crawler listing every user by every prefix is slowed to a
+/// crawl (and every session of the user shares the bucket).
+pub(crate) const SEARCH_RATE: Rate = Rate {
+    burst: 10.0,
+    per_second: 0.5,
+};
+/// Users whose search rate is tracked at once.
+pub(crate) const SEARCH_TRACKED_USERS: usize = 100_000;
+/// Matches a search returns when it does not say.
+const DEFAULT_RESULTS: usize = 20;
 
 impl Session {
     pub(super) async fn update_user_info(
@@ -78,6 +93,37 @@ impl Session {
             }
             Err(e) => self.store_error(re, e).await,
         }
+    }
+
+    pub(super) async fn search_users(&mut self, re: Option<u64>, uid: UserId, q: m::SearchUsers) {
+        let now = tokio::time::Instant::now();
+        let allowed = self.door.search_rate.lock().take(&uid, now);
+        if let Err(wait) = allowed {
+            let text = format!("too many searches; try again in {} s", wait.as_secs() + 1);
+            return self.error(re, ErrorCode::NotAllowed, text, None).await;
+        }
+        let query = match Query::parse(&q.text) {
+            Ok(query) => query,
+            Err(e) => {
+                return self
+                    .error(re, ErrorCode::Malformed, e.to_string(), None)
+                    .await
+            }
+        };
+        let limit = q
+            .limit
+            .map_or(DEFAULT_RESULTS, |l| l as usize)
+            .clamp(1, MAX_RESULTS);
+        let found = self.door.store.search(&query, limit);
+        tracing::debug!(
+            words = q.text.len(),
+            found = found.len(),
+            "directory search"
+        );
+        for record in found {
+            self.reply(re, m::UserInfoMsg { record }).await;
+        }
+        self.reply(re, m::Ok { current: None }).await;
     }
 
     pub(super) async fn set_last_will(

@@ -131,3 +131,81 @@ async fn a_logged_in_session_may_not_speak_for_others_or_as_a_server() {
     drop(s);
     n.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn directory_searches_are_answered_bounded_and_rate_limited_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&dir).await;
+    // Sixty users called "sam…" on this node.
+    for i in 0..60u64 {
+        let key = gossip_common::Keypair::generate();
+        let mut info = gossip_common::UserInfo::new(UserId(1000 + i), key.public());
+        info.nick_name = format!("sam{i:02}");
+        let record = gossip_common::Signed::sign(info, &key).unwrap();
+        n.node
+            .store
+            .apply_user_info(record, crate::store::Mode::Create, "test")
+            .await
+            .unwrap();
+    }
+    let me = UserId(1000);
+    let (mut s, mut rx) = session(&n, Auth::LoggedIn { uid: me });
+    let search = |id, text: &str, limit| {
+        request(
+            id,
+            m::SearchUsers {
+                text: text.into(),
+                limit,
+            },
+        )
+    };
+    // Asking for 1,000 gets the server's cap; each answer names the request. (Read while
+    // the session answers: 50 answers do not fit the test's queue of 16.)
+    let collect = async {
+        let mut found = 0;
+        loop {
+            let msg = reply(&mut rx).await;
+            assert_eq!(msg.header.re, Some(1));
+            match msg.body {
+                Body::UserInfo(u) => {
+                    assert!(u.record.nick_name.starts_with("sam"));
+                    found += 1;
+                }
+                Body::Ok(_) => return found,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (flow, found) = tokio::join!(s.handle(search(1, "SAM", Some(1000))), collect);
+    assert!(flow.is_continue());
+    assert_eq!(found, crate::directory::MAX_RESULTS);
+    // Nothing to search for: an error that says so.
+    assert!(s.handle(search(2, " .@ ", None)).await.is_continue());
+    let e = reply(&mut rx).await;
+    assert_eq!(error_code(&e), ErrorCode::Malformed);
+    // A burst of searches, then the user is slowed down, whichever session they use.
+    let mut refused = None;
+    for id in 3..40 {
+        assert!(s.handle(search(id, "sam59", None)).await.is_continue());
+        let first = reply(&mut rx).await;
+        if let Body::Error(e) = &first.body {
+            refused = Some((id, e.text.clone()));
+            break;
+        }
+        assert!(matches!(reply(&mut rx).await.body, Body::Ok(_)));
+    }
+    let (id, text) = refused.expect("searches are rate-limited");
+    assert_eq!(
+        id,
+        3 + super::SEARCH_RATE.burst as u64 - 2,
+        "the burst, then refusals"
+    );
+    assert!(text.contains("try again in"), "{text}");
+    let (mut other, mut other_rx) = session(&n, Auth::LoggedIn { uid: me });
+    assert!(other.handle(search(1, "sam", None)).await.is_continue());
+    assert_eq!(
+        error_code(&reply(&mut other_rx).await),
+        ErrorCode::NotAllowed
+    );
+    n.stop().await.unwrap();
+}

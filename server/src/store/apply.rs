@@ -154,6 +154,8 @@ impl Store {
             bytes.live = bytes.live + line_len - previous.as_ref().map_or(0, |p| p.1);
             let old = previous.as_ref().map(|p| hash_of(USER, uid, &p.0));
             state.fp.replace(uid, old, hash_of(USER, uid, &record));
+            let old_words = previous.as_ref().map(|p| &*p.0);
+            state.directory.replace(uid, old_words, Some(&record));
             state.users.insert(
                 uid,
                 Stored {
@@ -175,10 +177,24 @@ impl Store {
             self.user_added.notify_waiters();
         }
         announce(&record);
-        self.await_durable(done, uid, &record, previous.clone(), USER, |s| {
-            (&mut s.users, &mut s.fp)
-        })
-        .await?;
+        let durable = self
+            .await_durable(done, uid, &record, previous.clone(), USER, |s| {
+                (&mut s.users, &mut s.fp)
+            })
+            .await;
+        if durable.is_err() {
+            // The record was put back (or a newer one stored meanwhile): the directory follows
+            // what is stored now.
+            let mut state = self.state.write();
+            let State {
+                users, directory, ..
+            } = &mut *state;
+            directory.replace(uid, Some(&record), None);
+            if let Some(now) = users.get(&uid) {
+                directory.replace(uid, None, Some(&now.record));
+            }
+        }
+        durable?;
         self.maybe_compact(FileKind::Users).await;
         Ok(Applied { record, previous })
     }

@@ -163,6 +163,8 @@ struct State {
     lists_bytes: FileBytes,
     /// Range fingerprints over both maps, for reconciliation and the digest.
     fp: FpTree,
+    /// The users' words, for finding people (see [`crate::directory`]).
+    directory: crate::directory::Directory,
 }
 
 /// The user database. Cheap to share (`Arc<Store>`).
@@ -213,6 +215,7 @@ impl Store {
         for (uid, stored) in users {
             state.users_bytes.live += stored.line_len;
             state.fp.add(uid, hash_of(USER, uid, &stored.record));
+            state.directory.replace(uid, None, Some(&stored.record));
             state.users.insert(uid, stored);
         }
 

@@ -63,6 +63,19 @@ impl Store {
         self.state.read().lists.len()
     }
 
+    /// The users `query` finds (see [`crate::directory`]), at most `limit`, best first. Bounded
+    /// work under the read lock: a search visits at most `directory::MAX_SCAN` entries.
+    pub fn search(&self, query: &crate::directory::Query, limit: usize) -> Vec<Signed<UserInfo>> {
+        let state = self.state.read();
+        let users = &state.users;
+        state
+            .directory
+            .search(query, limit, |u| users.get(&u).map(|s| &*s.record))
+            .into_iter()
+            .filter_map(|u| users.get(&u).map(|s| s.record.clone()))
+            .collect()
+    }
+
     /// Every UserInfo event count, sorted by UserID (for `eventCounts`).
     pub fn user_event_counts(&self) -> Vec<EcEntry> {
         sorted_counts(&self.state.read().users)

@@ -1,6 +1,7 @@
 //! The profile and account commands: `keygen`, `whoami`, `register` and `trust-server`.
 
 use anyhow::{bail, Context};
+use gossip_client::directory::{fingerprint, Card};
 use gossip_client::profile::{portable_key, Profile};
 use serde_json::json;
 
@@ -34,15 +35,32 @@ pub(crate) fn keygen(
     Ok(())
 }
 
-pub(crate) fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
+pub(crate) fn whoami(profile: &Profile, card_only: bool, json: bool) -> anyhow::Result<()> {
     let key = profile
         .load_key()
         .context("no key yet: run `gossip keygen`")?;
     let s = profile.settings()?;
+    let card = s.uid.map(|uid| {
+        Card::new(
+            gossip_common::UserId(uid),
+            &key.public(),
+            s.nick.as_deref(),
+            s.servers.first().map(String::as_str),
+        )
+    });
+    if card_only {
+        let card = card.context("not registered yet: run `gossip register` first")?;
+        if json {
+            println!("{}", json!({ "card": card.to_string() }));
+        } else {
+            println!("{card}");
+        }
+        return Ok(());
+    }
     if json {
         println!(
             "{}",
-            json!({"uid": s.uid, "public_key": key.public().to_string(), "servers": s.servers, "server_keys": s.server_keys, "home": profile.home()})
+            json!({"uid": s.uid, "nick": s.nick, "public_key": key.public().to_string(), "fingerprint": fingerprint(&key.public()), "card": card.map(|c| c.to_string()), "servers": s.servers, "server_keys": s.server_keys, "home": profile.home()})
         );
     } else {
         match s.uid {
@@ -50,6 +68,10 @@ pub(crate) fn whoami(profile: &Profile, json: bool) -> anyhow::Result<()> {
             None => println!("uid:        (not registered: run `gossip register`)"),
         }
         println!("public key: {}", key.public());
+        println!("fingerprint: {}", fingerprint(&key.public()));
+        if let Some(card) = card {
+            println!("card:       {card}");
+        }
         println!("servers:    {}", s.servers.join(", "));
         for (server, key) in &s.server_keys {
             println!("  {server} key {key}");
@@ -92,6 +114,7 @@ pub(crate) async fn register(profile: &Profile, args: &Args) -> anyhow::Result<(
         })
         .await?;
     settings.uid = Some(uid.0);
+    settings.nick = Some(nick.clone());
     // `connect` pinned the server's key in the profile meanwhile: keep it.
     settings.server_keys = profile.settings()?.server_keys;
     for s in servers_of(args, &settings)?.into_iter().rev() {

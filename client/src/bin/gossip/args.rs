@@ -13,7 +13,8 @@ use gossip_common::UserId;
 /// $GOSSIP_HOME). Typical start:
 ///   gossip keygen
 ///   gossip register --server 127.0.0.1:1024 --nick alice
-///   gossip contacts add 5299989643264
+///   gossip find bob                  (or ask Bob for his `gossip whoami --card`)
+///   gossip contacts add bob
 ///   gossip chat          (or just `gossip` on a terminal: the interactive app)
 #[derive(Debug, Parser)]
 #[command(name = "gossip", version, verbatim_doc_comment)]
@@ -64,7 +65,24 @@ pub(crate) enum Cmd {
         website: String,
     },
     /// Show the profile: UserID, public key, servers.
-    Whoami,
+    Whoami {
+        /// Print only your contact card, one line to give to people: they add you with
+        /// `gossip contacts add "CARD"` (it carries your key's fingerprint, so they know the
+        /// servers gave them the right key).
+        #[arg(long)]
+        card: bool,
+    },
+    /// Find people by nickname, name, e-mail or location: every word must start a word of
+    /// theirs (case-insensitive), e.g. `gossip find bob`, `gossip find alice oxford`. Shows
+    /// each match's UserID, whether they are online and their key's fingerprint.
+    Find {
+        /// What to look for.
+        #[arg(required = true, value_name = "TEXT")]
+        text: Vec<String>,
+        /// How many matches at most (the server returns 50 at most).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Show the conversation with a user (messages sent and received by this profile, with
     /// their delivery state), oldest first.
     History {
@@ -132,11 +150,14 @@ pub(crate) enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ContactsCmd {
-    /// Add users to your contact list.
+    /// Add people to your contact list, each named by UserID, contact card (from their
+    /// `gossip whoami --card`), nickname or e-mail. A name must match one person: who it is
+    /// (with their key's fingerprint) is shown as they are added; if several match, they are
+    /// listed and nothing is added.
     Add {
-        /// UserIDs.
-        #[arg(required = true)]
-        uids: Vec<UserId>,
+        /// UserIDs, cards, nicknames or e-mails.
+        #[arg(required = true, value_name = "WHO")]
+        who: Vec<String>,
     },
     /// Remove users from your contact list.
     Remove {

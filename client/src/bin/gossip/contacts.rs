@@ -14,7 +14,10 @@ pub(crate) async fn run(client: &GossipClient, args: &Args) -> anyhow::Result<()
     match action {
         ContactsCmd::Add { .. } | ContactsCmd::Remove { .. } => {
             match action {
-                ContactsCmd::Add { uids } => client.add_contacts(uids).await?,
+                ContactsCmd::Add { who } => {
+                    let uids = crate::people::resolve_all(client, who, args.json).await?;
+                    client.add_contacts(&uids).await?
+                }
                 ContactsCmd::Remove { uids } => client.remove_contacts(uids).await?,
                 ContactsCmd::List => unreachable!("matched above"),
             }

@@ -3,6 +3,7 @@
 //!
 //! Where things live: the command line's definitions in `args`; one module per command group —
 //! `account` (keygen, whoami, register, trust-server), `status` (set-status), `contacts`,
+//! `people` (find, and naming people by card, nickname or e-mail),
 //! `messages` (send, history), `watch`, and `chat/` (the interactive app); what the commands
 //! share (profile, servers, connecting) in `session`. This file parses and dispatches.
 
@@ -11,6 +12,7 @@ mod args;
 mod chat;
 mod contacts;
 mod messages;
+mod people;
 mod session;
 mod status;
 mod watch;
@@ -76,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
             force,
             ref portable,
         } => keygen(&profile, force, portable.as_deref(), args.json),
-        Cmd::Whoami => whoami(&profile, args.json),
+        Cmd::Whoami { card } => whoami(&profile, card, args.json),
         Cmd::TrustServer {
             ref server,
             ref key,
@@ -85,6 +87,20 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Register { .. } => register(&profile, &args).await,
         Cmd::Watch { .. } => watch(&profile, &args).await,
         _ => logged_in(&profile, &args).await,
+    }
+}
+
+/// Keeps the own nickname in the profile, for `gossip whoami --card` (which runs offline).
+fn remember_nick(profile: &Profile, client: &gossip_client::GossipClient) {
+    let Some(me) = client.me() else { return };
+    let Ok(mut settings) = profile.settings() else {
+        return;
+    };
+    if settings.nick.as_deref() != Some(me.nick_name.as_str()) {
+        settings.nick = Some(me.nick_name.clone());
+        if let Err(e) = profile.save_settings(&settings) {
+            eprintln!("could not save the nickname in the profile: {e}");
+        }
     }
 }
 
@@ -128,17 +144,19 @@ async fn logged_in(profile: &Profile, args: &Args) -> anyhow::Result<()> {
     if let Err(e) = client.publish_published(&keys).await {
         eprintln!("could not publish encryption keys: {e}");
     }
+    remember_nick(profile, &client);
     let Some(command) = &args.command else {
         unreachable!("a command is set in main")
     };
     match command {
         Cmd::SetStatus { .. } => status::set_status(&client, args).await?,
         Cmd::Contacts { .. } => contacts::run(&client, args).await?,
+        Cmd::Find { text, limit } => people::find(&client, text, *limit, args.json).await?,
         Cmd::Send { .. } => messages::send(profile, &client, args).await?,
         Cmd::Keygen { .. }
         | Cmd::TrustServer { .. }
         | Cmd::History { .. }
-        | Cmd::Whoami
+        | Cmd::Whoami { .. }
         | Cmd::Register { .. }
         | Cmd::Chat { .. }
         | Cmd::Watch { .. } => {

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use gossip_client::directory::fingerprint;
 use gossip_common::{UserId, UserInfo};
 
 /// A key press, as the model understands it (mapped from the terminal's events).
@@ -371,10 +372,7 @@ impl Model {
                 ),
                 format!("name: {}  e-mail: {}", r.name, r.email),
                 format!("location: {}  web: {}", r.location, r.website),
-                format!(
-                    "key fingerprint: {}",
-                    fingerprint(&r.public_key.to_string())
-                ),
+                format!("key fingerprint: {}", fingerprint(&r.public_key)),
             ],
             None => vec![format!(
                 "{uid}: no record known (not a contact, or not seen yet)"
@@ -400,17 +398,6 @@ impl Model {
         self.next_line += 1;
         self.next_line
     }
-}
-
-/// A key's hex in groups of four, the first 32 digits (128 bits: enough to compare by eye).
-pub(crate) fn fingerprint(key_hex: &str) -> String {
-    key_hex
-        .as_bytes()
-        .chunks(4)
-        .take(8)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A composer command (after the `/`).
@@ -570,7 +557,7 @@ mod tests {
         let mut m = Model::default();
         m.set_contact_ids(&[UserId(7)]);
         let i = info(7, "bob", "online");
-        let key = i.public_key.to_string();
+        let key = i.public_key;
         m.presence(&i);
         typed(&mut m, "/info 7");
         let shown: Vec<&str> = m.conversations[&UserId(7)]
@@ -581,6 +568,5 @@ mod tests {
             shown.iter().any(|l| l.contains(&fingerprint(&key))),
             "{shown:?}"
         );
-        assert_eq!(fingerprint("0123456789abcdef"), "0123 4567 89ab cdef");
     }
 }
