@@ -134,15 +134,79 @@ impl History {
 
     /// The conversation with `peer`, oldest first (the last `limit` messages).
     pub fn conversation(&self, peer: UserId, limit: usize) -> Result<Vec<Entry>, HistoryError> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, peer, outgoing, text, sent_ms, state FROM messages
-                 WHERE peer = ?1 ORDER BY sent_ms DESC, rowid DESC LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
+        self.page(peer, None, limit)
+    }
+
+    /// Up to `limit` messages with `peer` sent before message `before` (its send time and
+    /// id; `None`: the latest), oldest first. Paging back through a conversation this way
+    /// reads each message once, in the order of the index.
+    pub fn page(
+        &self,
+        peer: UserId,
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, HistoryError> {
+        let (ms, id) = split(before);
+        let mut out = self.select(
+            "WHERE peer = ?1 AND (?2 IS NULL OR (sent_ms, rowid) <
+                 (?2, (SELECT rowid FROM messages WHERE id = ?3)))
+             ORDER BY sent_ms DESC, rowid DESC LIMIT ?4",
+            params![peer.0 as i64, ms, id, limit as i64],
+        )?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest message with `peer` before `before` (as in [`Self::page`]) whose text holds
+    /// `needle` (ignoring the case of ASCII letters).
+    pub fn search(
+        &self,
+        peer: UserId,
+        needle: &str,
+        before: Option<(u64, &str)>,
+    ) -> Result<Option<Entry>, HistoryError> {
+        let (ms, id) = split(before);
+        Ok(self
+            .select(
+                "WHERE peer = ?1 AND (?2 IS NULL OR (sent_ms, rowid) <
+                     (?2, (SELECT rowid FROM messages WHERE id = ?3)))
+                   AND instr(lower(text), lower(?4)) > 0
+                 ORDER BY sent_ms DESC, rowid DESC LIMIT 1",
+                params![peer.0 as i64, ms, id, needle],
+            )?
+            .pop())
+    }
+
+    /// The messages with `peer` from message `from` (included) up to `before` (excluded;
+    /// `None`: the latest), oldest first, at most `limit`.
+    pub fn since(
+        &self,
+        peer: UserId,
+        from: (u64, &str),
+        before: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, HistoryError> {
+        let (ms, id) = split(before);
+        self.select(
+            "WHERE peer = ?1
+               AND (sent_ms, rowid) >= (?2, (SELECT rowid FROM messages WHERE id = ?3))
+               AND (?4 IS NULL OR (sent_ms, rowid) <
+                   (?4, (SELECT rowid FROM messages WHERE id = ?5)))
+             ORDER BY sent_ms, rowid LIMIT ?6",
+            params![peer.0 as i64, from.0 as i64, from.1, ms, id, limit as i64],
+        )
+    }
+
+    fn select(
+        &self,
+        clauses: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Entry>, HistoryError> {
+        let sql =
+            format!("SELECT id, peer, outgoing, text, sent_ms, state FROM messages {clauses}");
+        let mut st = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = st
-            .query_map(params![peer.0 as i64, limit as i64], |r| {
+            .query_map(params, |r| {
                 Ok(Entry {
                     id: r.get(0)?,
                     peer: UserId(r.get::<_, i64>(1)? as u64),
@@ -153,9 +217,7 @@ impl History {
                 })
             })
             .map_err(|e| self.err(e))?;
-        let mut out: Vec<Entry> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        out.reverse();
-        Ok(out)
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The saved Olm state.
@@ -179,9 +241,84 @@ impl History {
     }
 }
 
+/// A paging cursor as SQL parameters (both NULL for "from the latest").
+fn split(before: Option<(u64, &str)>) -> (Option<i64>, Option<&str>) {
+    match before {
+        Some((ms, id)) => (Some(ms as i64), Some(id)),
+        None => (None, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_go_back_without_gaps_or_repeats_and_search_finds_older_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("messages.db")).unwrap();
+        // 250 messages, some sharing a send time (the id breaks the tie by insertion).
+        for i in 0..250u64 {
+            h.record(&Entry {
+                id: format!("m{i:03}"),
+                peer: UserId(7),
+                outgoing: i % 3 == 0,
+                text: if i % 50 == 7 {
+                    format!("Lunch {i}")
+                } else {
+                    format!("text {i}")
+                },
+                sent_ms: 1000 * (i / 2),
+                state: "received".into(),
+            })
+            .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut before: Option<(u64, String)> = None;
+        loop {
+            let page = h
+                .page(
+                    UserId(7),
+                    before.as_ref().map(|(t, i)| (*t, i.as_str())),
+                    100,
+                )
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = Some((page[0].sent_ms, page[0].id.clone()));
+            let mut ids: Vec<String> = page.into_iter().map(|e| e.id).collect();
+            ids.extend(seen);
+            seen = ids;
+        }
+        let all: Vec<String> = (0..250).map(|i| format!("m{i:03}")).collect();
+        assert_eq!(seen, all, "every message once, in order");
+        // The newest "lunch" before m200 is m157; everything from it up to m200 is read.
+        let hit = h
+            .search(UserId(7), "LUNCH", Some((100_000, "m200")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(hit.id, "m157");
+        let run = h
+            .since(
+                UserId(7),
+                (hit.sent_ms, &hit.id),
+                Some((100_000, "m200")),
+                1000,
+            )
+            .unwrap();
+        assert_eq!(run.first().map(|e| e.id.as_str()), Some("m157"));
+        assert_eq!(run.last().map(|e| e.id.as_str()), Some("m199"));
+        assert_eq!(run.len(), 43);
+        assert!(h
+            .search(UserId(7), "lunch", Some((3_000, "m007")))
+            .unwrap()
+            .is_none());
+        assert!(
+            h.search(UserId(8), "lunch", None).unwrap().is_none(),
+            "another peer"
+        );
+    }
 
     #[test]
     fn a_conversation_in_order_with_delivery_state_across_reopens() {

@@ -59,6 +59,10 @@ pub struct Settings {
     /// works offline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nick: Option<String>,
+    /// `gossip chat` rings the terminal bell for a message from a contact not on screen
+    /// (`/notify on|off`).
+    #[serde(default)]
+    pub notify: bool,
 }
 
 impl Settings {

@@ -199,3 +199,115 @@ async fn the_app_draws_200_contacts_at_start_and_survives_its_server_going_away(
     });
     drop(node);
 }
+
+/// Lines of `screen` from the conversation pane (right of the contact pane).
+fn conversation_pane(screen: &str) -> String {
+    screen
+        .lines()
+        .map(|l| l.chars().skip(30).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_composer_edits_mid_line_and_the_pane_scrolls_and_searches_the_stored_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Gossipd::start(&Spec::new(dir.path().join("n"))).unwrap_or_else(|e| panic!("{e}"));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let a = register(&alice, &node.addr(), "alice");
+    register(&bob, &node.addr(), "bob");
+    register(&dir.path().join("carol"), &node.addr(), "carol");
+    gossip(&bob, &["contacts", "add", &a.to_string()]);
+    // Two hundred messages of an earlier conversation, in Bob's history (where `gossip chat`
+    // and `gossip watch` keep every message), a minute apart.
+    {
+        let history =
+            gossip_client::history::History::open(&bob.join("messages.db")).expect("history");
+        let start_ms = 1_700_000_000_000u64;
+        for i in 0..200u64 {
+            history
+                .record(&gossip_client::history::Entry {
+                    id: format!("old-{i:03}"),
+                    peer: gossip_common::UserId(a),
+                    outgoing: i % 2 == 1,
+                    text: format!("message {i:03}"),
+                    sent_ms: start_ms + i * 60_000,
+                    state: if i % 2 == 1 { "delivered" } else { "received" }.into(),
+                })
+                .unwrap();
+        }
+    }
+    let tty = chat("bob", &bob);
+    tty.wait_for(
+        "the end of the stored conversation",
+        Duration::from_secs(10),
+        |s| s.contains("ready in") && conversation_pane(s).contains("message 199"),
+    );
+    assert!(!conversation_pane(&tty.screen()).contains("message 150"));
+
+    // The directory inside the app: /find lists, /add NUMBER adds.
+    tty.type_text("/find car", true);
+    tty.wait_for("carol found", Duration::from_secs(5), |s| {
+        s.contains("found for \"car\"") && s.contains(" 1. carol")
+    });
+    tty.type_text("/add 1", true);
+    tty.wait_for("carol in the contact pane", Duration::from_secs(5), |s| {
+        contact_row(s, "carol").is_some() && s.contains("added carol")
+    });
+    tty.key("Escape");
+
+    // `/search` finds a message older than the page that was loaded.
+    tty.type_text("/search message 042", true);
+    tty.wait_for("the old match on screen", Duration::from_secs(5), |s| {
+        conversation_pane(s).contains("alice: message 042")
+    });
+    // Back at the end, then a screen at a time back to the first message, past the first
+    // page of history (100 messages) into the second.
+    for _ in 0..20 {
+        tty.key("NPage");
+    }
+    tty.wait_for("the end again", Duration::from_secs(5), |s| {
+        conversation_pane(s).contains("message 199")
+    });
+    let pages = std::cell::Cell::new(0);
+    tty.wait_for(
+        "the first message, by Page Up",
+        Duration::from_secs(20),
+        |s| {
+            if conversation_pane(s).contains("alice: message 000") {
+                return true;
+            }
+            tty.key("PPage");
+            pages.set(pages.get() + 1);
+            false
+        },
+    );
+    eprintln!("the first of 200 messages after {} Page Ups", pages.get());
+    assert!(
+        tty.screen().contains("scrolled back"),
+        "the title says the pane is scrolled back"
+    );
+
+    // A typed line edited in the middle: a word inserted after Home and →, the last word
+    // replaced with Ctrl-W.
+    tty.type_text("lunch at noon", false);
+    tty.key("Home");
+    for _ in 0..5 {
+        tty.key("Right");
+    }
+    tty.type_text(" tomorrow", false);
+    tty.key("End");
+    tty.key("C-w");
+    tty.type_text("one", false);
+    tty.wait_for("the edited line", Duration::from_secs(2), |s| {
+        s.contains("lunch tomorrow at one")
+    });
+    tty.key("Enter");
+    // Sending goes back to the end of the conversation, and the servers take it.
+    tty.wait_for("the edited message sent", Duration::from_secs(10), |s| {
+        conversation_pane(s).contains("me: lunch tomorrow at one ✓")
+    });
+    let sent = gossip(&bob, &["--json", "history", &a.to_string(), "--limit", "1"]);
+    assert!(sent.contains("lunch tomorrow at one"), "{sent}");
+    drop(node);
+}

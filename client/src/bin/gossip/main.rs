@@ -122,6 +122,7 @@ async fn chat_command(
         status: status.clone(),
         listen: *listen,
         started,
+        notify: settings.notify,
     })
     .await
 }

@@ -4,11 +4,22 @@
 //! that owns the [`GossipClient`] (logs in, goes online with a last will, sends, measures the
 //! RTT, and logs in again when the server goes away), and the UI loop, which feeds both into the
 //! [`model::Model`] and redraws. The UI only ever hands the network task an [`model::Action`]
-//! through a bounded queue, so typing stays responsive however slow or gone the server is. The
-//! terminal is restored on exit, on a panic (ratatui's hook) and on Ctrl-C or SIGTERM.
+//! through a bounded queue, so typing stays responsive however slow or gone the server is.
+//! Reading the history (scrolling back, `/search`) needs no server: it is done on the blocking
+//! pool over a connection of its own to `messages.db`. The terminal is restored on exit, on a
+//! panic (ratatui's hook) and on Ctrl-C or SIGTERM.
+//!
+//! The parts of the model: `model` (the screen's state and every key's rule), `composer`
+//! (line editing and input history), `conversation` (lines, scrolling, history paging,
+//! search), `command` (the `/commands`), `wrap` (rows as the terminal draws them); `view`
+//! draws it.
 
+mod command;
+mod composer;
+mod conversation;
 pub(crate) mod model;
 pub(crate) mod view;
+mod wrap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +30,8 @@ use gossip_common::{Keypair, Signed, UserId, UserInfo};
 use ratatui::crossterm::event::{self as term, KeyCode, KeyEventKind, KeyModifiers};
 use tokio::sync::mpsc;
 
-use model::{Action, Key, Model};
+use gossip_client::history::History;
+use model::{Action, Key, Model, Past, Person};
 
 /// How to start.
 #[derive(Clone)]
@@ -38,6 +50,8 @@ pub(crate) struct Options {
     pub(crate) listen: SocketAddr,
     /// When the process started (for the start-up time shown once the contacts are drawn).
     pub(crate) started: Instant,
+    /// Ring the bell for messages to contacts not on screen (`/notify`, kept in the profile).
+    pub(crate) notify: bool,
 }
 
 /// What the network task reports.
@@ -54,10 +68,29 @@ enum Net {
         from: UserId,
         text: String,
         at: u64,
+        /// Its id in the history (relayed messages).
+        key: Option<String>,
     },
-    Delivered {
+    /// One's own message: stored by the servers under this id, or why not.
+    Sent {
         line: u64,
-        outcome: Result<(), String>,
+        outcome: Result<String, String>,
+    },
+    /// The recipient's client has message `id`.
+    DeliveredTo(String),
+    History {
+        peer: UserId,
+        page: Vec<Past>,
+        complete: bool,
+    },
+    SearchResult {
+        peer: UserId,
+        text: String,
+        page: Vec<Past>,
+    },
+    Found {
+        query: String,
+        people: Vec<Person>,
     },
     Contacts {
         ids: Vec<UserId>,
@@ -81,24 +114,61 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<Net>(1024);
     let network = tokio::spawn(network(opts.clone(), act_rx, net_tx));
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(256);
+    // What the history reader found (a channel of its own, so that the network task's ending
+    // still ends `net_rx`).
+    let (past_tx, mut past_rx) = mpsc::channel::<Net>(64);
+    // A second connection to the database, for reading the history without the network task.
+    let history = match History::open(&opts.profile.home().join("messages.db")) {
+        Ok(h) => Some(Arc::new(std::sync::Mutex::new(h))),
+        Err(e) => {
+            tracing::warn!(error = %e, "history not readable; the app shows this session only");
+            None
+        }
+    };
     let mut terminal = ratatui::init();
+    // The wheel scrolls the conversation; a paste arrives whole, not as keys. (Hold Shift to
+    // select text with the mouse while the app has it.)
+    let _ = ratatui::crossterm::execute!(
+        std::io::stdout(),
+        ratatui::crossterm::event::EnableMouseCapture,
+        ratatui::crossterm::event::EnableBracketedPaste
+    );
     std::thread::spawn(move || read_terminal(in_tx));
     let theme = view::Theme {
         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
-    let mut model = Model {
-        me: Some(opts.uid),
-        server: opts.servers.join(","),
-        my_status: opts.status.clone(),
-        ..Model::default()
-    };
+    let mut model = Model::new(
+        Some(opts.uid),
+        opts.servers.join(","),
+        opts.status.clone(),
+        opts.notify,
+    );
     let mut term_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ready_shown = false;
     let mut quit_deadline: Option<tokio::time::Instant> = None;
     let result = loop {
+        if let Ok(size) = terminal.size() {
+            model.size = (size.width, size.height);
+        }
+        for action in model.take_actions() {
+            dispatch(
+                action,
+                &act_tx,
+                &past_tx,
+                history.as_ref(),
+                &opts,
+                &mut model,
+            );
+        }
         if let Err(e) = terminal.draw(|f| view::draw(f, &model, theme)) {
             break Err(e.into());
+        }
+        if std::mem::take(&mut model.bell) {
+            use std::io::Write;
+            let _ = std::io::stdout()
+                .write_all(b"\x07")
+                .and_then(|()| std::io::stdout().flush());
         }
         if !ready_shown && model.connected {
             // The first frame with the contact list is on screen.
@@ -114,18 +184,15 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         tokio::select! {
             input = in_rx.recv() => match input {
                 Some(Input::Key(k)) => {
-                    if let Some(action) = model.key(k) {
-                        if action == Action::Quit {
-                            quit_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(3));
-                        }
-                        if act_tx.try_send(action).is_err() {
-                            model.notice = Some("still busy with the previous requests; try again".into());
-                        }
+                    model.key(k);
+                    if model.quitting {
+                        quit_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(3));
                     }
                 }
                 Some(Input::Redraw) => {}
                 None => break Ok(()),
             },
+            Some(past) = past_rx.recv() => apply(&mut model, past),
             net = net_rx.recv() => match net {
                 Some(Net::Quitted) | None => break Ok(()),
                 Some(n) => apply(&mut model, n),
@@ -143,9 +210,98 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(quit_at), if quit_deadline.is_some() => break Ok(()),
         }
     };
+    let _ = ratatui::crossterm::execute!(
+        std::io::stdout(),
+        ratatui::crossterm::event::DisableMouseCapture,
+        ratatui::crossterm::event::DisableBracketedPaste
+    );
     ratatui::restore();
     network.abort();
     result
+}
+
+/// Hands an action to whoever does it: the history reader (on the blocking pool), the profile,
+/// or the network task.
+fn dispatch(
+    action: Action,
+    act_tx: &mpsc::Sender<Action>,
+    past_tx: &mpsc::Sender<Net>,
+    history: Option<&Arc<std::sync::Mutex<History>>>,
+    opts: &Options,
+    model: &mut Model,
+) {
+    match action {
+        Action::LoadHistory { .. } | Action::SearchHistory { .. } => {
+            let Some(history) = history.cloned() else {
+                return;
+            };
+            let out = past_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let report =
+                    read_history(&history.lock().unwrap_or_else(|p| p.into_inner()), action);
+                match report {
+                    Ok(report) => {
+                        let _ = out.blocking_send(report);
+                    }
+                    Err(e) => {
+                        let _ = out.blocking_send(Net::Notice(format!("history: {e}")));
+                    }
+                }
+            });
+        }
+        Action::SaveNotify(on) => {
+            let saved = opts.profile.settings().and_then(|mut s| {
+                s.notify = on;
+                opts.profile.save_settings(&s)
+            });
+            if let Err(e) = saved {
+                model.notice = Some(format!("setting not kept in the profile: {e}"));
+            }
+        }
+        action => {
+            if act_tx.try_send(action).is_err() {
+                model.notice = Some("still busy with the previous requests; try again".into());
+            }
+        }
+    }
+}
+
+/// Reads what a history action asks for.
+fn read_history(h: &History, action: Action) -> Result<Net, gossip_client::history::HistoryError> {
+    let past = |e: gossip_client::history::Entry| Past {
+        key: e.id,
+        sent_ms: e.sent_ms,
+        mine: e.outgoing,
+        text: e.text,
+        state: e.state,
+    };
+    match action {
+        Action::LoadHistory { peer, cursor } => {
+            let before = cursor.before.as_ref().map(|(t, id)| (*t, id.as_str()));
+            let page = h.page(peer, before, model::PAGE)?;
+            let complete = page.len() < model::PAGE;
+            Ok(Net::History {
+                peer,
+                page: page.into_iter().map(past).collect(),
+                complete,
+            })
+        }
+        Action::SearchHistory { peer, text, cursor } => {
+            let before = cursor.before.as_ref().map(|(t, id)| (*t, id.as_str()));
+            let page = match h.search(peer, &text, before)? {
+                // Everything from the match on, so the conversation stays whole around it
+                // (at most 10,000 lines at once).
+                Some(hit) => h.since(peer, (hit.sent_ms, &hit.id), before, 10_000)?,
+                None => Vec::new(),
+            };
+            Ok(Net::SearchResult {
+                peer,
+                text,
+                page: page.into_iter().map(past).collect(),
+            })
+        }
+        _ => unreachable!("only history actions are read here"),
+    }
 }
 
 /// Folds a network report into the model.
@@ -177,8 +333,21 @@ fn apply(model: &mut Model, net: Net) {
             model.presence(&me);
         }
         Net::Presence(r) => model.presence(&r),
-        Net::Message { from, text, at } => model.message_in(from, &text, at),
-        Net::Delivered { line, outcome } => model.delivered(line, outcome),
+        Net::Message {
+            from,
+            text,
+            at,
+            key,
+        } => model.message_in(from, &text, at, key),
+        Net::Sent { line, outcome } => model.sent(line, outcome),
+        Net::DeliveredTo(id) => model.delivered(&id),
+        Net::History {
+            peer,
+            page,
+            complete,
+        } => model.history(peer, page, complete),
+        Net::SearchResult { peer, text, page } => model.search_result(peer, &text, page),
+        Net::Found { query, people } => model.found(query, people),
         Net::Contacts { ids, contacts } => {
             model.set_contact_ids(&ids);
             for c in &contacts {
@@ -201,21 +370,16 @@ fn apply(model: &mut Model, net: Net) {
 fn read_terminal(tx: mpsc::Sender<Input>) {
     loop {
         let input = match term::read() {
-            Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => {
-                let key = match k.code {
-                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                        Key::Interrupt
-                    }
-                    KeyCode::Char(c) => Key::Char(c),
-                    KeyCode::Enter => Key::Enter,
-                    KeyCode::Backspace => Key::Backspace,
-                    KeyCode::Esc => Key::Esc,
-                    KeyCode::Up => Key::Up,
-                    KeyCode::Down => Key::Down,
-                    _ => continue,
-                };
-                Input::Key(key)
-            }
+            Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => match map_key(k) {
+                Some(key) => Input::Key(key),
+                None => continue,
+            },
+            Ok(term::Event::Paste(text)) => Input::Key(Key::Paste(text)),
+            Ok(term::Event::Mouse(m)) => match m.kind {
+                term::MouseEventKind::ScrollUp => Input::Key(Key::WheelUp),
+                term::MouseEventKind::ScrollDown => Input::Key(Key::WheelDown),
+                _ => continue,
+            },
             Ok(term::Event::Resize(..)) => Input::Redraw,
             Ok(_) => continue,
             Err(_) => return,
@@ -224,6 +388,43 @@ fn read_terminal(tx: mpsc::Sender<Input>) {
             return;
         }
     }
+}
+
+/// A terminal key as the model's [`Key`]: the keys of readline and of every chat client.
+fn map_key(k: term::KeyEvent) -> Option<Key> {
+    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+    let alt = k.modifiers.contains(KeyModifiers::ALT);
+    Some(match k.code {
+        KeyCode::Char('c') if ctrl => Key::Interrupt,
+        KeyCode::Char('a') if ctrl => Key::Home,
+        KeyCode::Char('e') if ctrl => Key::End,
+        KeyCode::Char('w') if ctrl => Key::DeleteWord,
+        KeyCode::Char('u') if ctrl => Key::KillToStart,
+        KeyCode::Char('k') if ctrl => Key::KillToEnd,
+        KeyCode::Char('b') if alt => Key::WordLeft,
+        KeyCode::Char('f') if alt => Key::WordRight,
+        KeyCode::Char(_) if ctrl || alt => return None,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Backspace if alt || ctrl => Key::DeleteWord,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Delete => Key::Delete,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Tab | KeyCode::BackTab => Key::Tab,
+        KeyCode::Left if ctrl || alt => Key::WordLeft,
+        KeyCode::Right if ctrl || alt => Key::WordRight,
+        KeyCode::Left => Key::Left,
+        KeyCode::Right => Key::Right,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        KeyCode::Up if alt || ctrl => Key::PrevContact,
+        KeyCode::Down if alt || ctrl => Key::NextContact,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        _ => return None,
+    })
 }
 
 /// How the serving of one connection ended.
@@ -294,7 +495,7 @@ async fn network(opts: Options, mut actions: mpsc::Receiver<Action>, out: mpsc::
                         return;
                     }
                     Some(Action::Send { line, .. }) => {
-                        let _ = out.send(Net::Delivered { line, outcome: Err("not connected".into()) }).await;
+                        let _ = out.send(Net::Sent { line, outcome: Err("not connected".into()) }).await;
                     }
                     Some(_) => {
                         let _ = out.send(Net::Notice("not connected; try again once back".into())).await;
@@ -302,6 +503,41 @@ async fn network(opts: Options, mut actions: mpsc::Receiver<Action>, out: mpsc::
                 },
             }
         }
+    }
+}
+
+/// A person as the directory results show them.
+fn person(r: &UserInfo) -> Person {
+    Person {
+        uid: r.user_id,
+        about: crate::people::describe(r),
+    }
+}
+
+/// `/add WHO`: resolved through the directory (a UserID, a card, a nickname or e-mail); one
+/// person is added and named with their fingerprint, several are listed to choose from.
+async fn add(client: &GossipClient, who: &str, me: UserId) -> Vec<Net> {
+    use gossip_client::directory::{Found, Who};
+    let notice = |text: String| vec![Net::Notice(text)];
+    match client.resolve(&Who::parse(who)).await {
+        Err(e) => notice(format!("could not look {who:?} up: {e}")),
+        Ok(Err(mismatch)) => notice(mismatch.to_string()),
+        Ok(Ok(Found::NoOne)) => notice(format!("nobody found for {who:?}; try /find")),
+        Ok(Ok(Found::Several(list))) => vec![Net::Found {
+            query: who.to_owned(),
+            people: list.iter().map(|r| person(r)).collect(),
+        }],
+        Ok(Ok(Found::One(r))) if r.user_id == me => notice("that is you".into()),
+        Ok(Ok(Found::One(r))) => match client.add_contacts(&[r.user_id]).await {
+            Ok(()) => vec![
+                Net::Contacts {
+                    ids: client.contact_ids(),
+                    contacts: client.contacts(),
+                },
+                Net::Notice(format!("added {}", crate::people::describe(&r))),
+            ],
+            Err(e) => notice(format!("contact list not changed: {e}")),
+        },
     }
 }
 
@@ -344,17 +580,18 @@ async fn serve(
                             Ok(id) => e2e
                                 .history()
                                 .record(&gossip_client::history::Entry {
-                                    id,
+                                    id: id.clone(),
                                     peer: to,
                                     outgoing: true,
                                     text: text.clone(),
                                     sent_ms: crate::now_ms(),
                                     state: "sent".into(),
                                 })
+                                .map(|()| id)
                                 .map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
-                        let _ = out.send(Net::Delivered { line, outcome }).await;
+                        let _ = out.send(Net::Sent { line, outcome }).await;
                     });
                 }
                 Some(Action::SetStatus { status, message }) => {
@@ -366,20 +603,27 @@ async fn serve(
                         let _ = out.send(r).await;
                     }
                 }
-                Some(Action::Add(uid)) | Some(Action::Remove(uid)) if uid == me => {
-                    let _ = out.send(Net::Notice("that is you".into())).await;
-                }
-                Some(a @ (Action::Add(_) | Action::Remove(_))) => {
-                    let r = match a {
-                        Action::Add(uid) => client.add_contacts(&[uid]).await,
-                        Action::Remove(uid) => client.remove_contacts(&[uid]).await,
-                        _ => unreachable!("matched above"),
-                    };
-                    let report = match r {
+                Some(Action::Remove(uid)) => {
+                    let report = match client.remove_contacts(&[uid]).await {
                         Ok(()) => Net::Contacts { ids: client.contact_ids(), contacts: client.contacts() },
                         Err(e) => Net::Notice(format!("contact list not changed: {e}")),
                     };
                     let _ = out.send(report).await;
+                }
+                Some(Action::Add(who)) => {
+                    for report in add(client, &who, me).await {
+                        let _ = out.send(report).await;
+                    }
+                }
+                Some(Action::Find(query)) => {
+                    let report = match client.find(&query, None).await {
+                        Ok(found) => Net::Found { people: found.iter().map(|r| person(r)).collect(), query },
+                        Err(e) => Net::Notice(format!("search failed: {e}")),
+                    };
+                    let _ = out.send(report).await;
+                }
+                Some(a @ (Action::LoadHistory { .. } | Action::SearchHistory { .. } | Action::SaveNotify(_))) => {
+                    unreachable!("{a:?} is done by the UI loop")
                 }
             },
             ev = events.next() => match ev {
@@ -391,7 +635,7 @@ async fn serve(
                     let _ = out.send(Net::Presence(r)).await;
                 }
                 Some(Event::Message(m)) => {
-                    let _ = out.send(Net::Message { from: m.from, text: m.text.clone(), at: m.sent_ms / 1000 }).await;
+                    let _ = out.send(Net::Message { from: m.from, text: m.text.clone(), at: m.sent_ms / 1000, key: None }).await;
                 }
                 Some(Event::Unreachable(u)) => {
                     let _ = out.send(Net::Notice(format!("{u} is unreachable; shown offline"))).await;
@@ -419,7 +663,7 @@ async fn serve(
                                 let note = format!("message request from {} (not a contact)", message.from);
                                 let _ = out.send(Net::Notice(note)).await;
                             }
-                            let _ = out.send(Net::Message { from: message.from, text, at: message.sent / 1000 }).await;
+                            let _ = out.send(Net::Message { from: message.from, text, at: message.sent / 1000, key: Some(message.id.clone()) }).await;
                         }
                         Err(e) => {
                             let _ = out.send(Net::Notice(format!("a message from {} could not be opened: {e}", message.from))).await;
@@ -430,6 +674,7 @@ async fn serve(
                     if e2e.lock().await.history().delivered(&id).unwrap_or(false) {
                         let _ = out.send(Net::Notice(format!("delivered to {to}"))).await;
                     }
+                    let _ = out.send(Net::DeliveredTo(id)).await;
                 }
                 Some(Event::Disconnected(why)) => return End::Lost(format!("disconnected: {why}")),
                 None => return End::Lost("connection lost".into()),

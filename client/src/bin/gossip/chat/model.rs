@@ -1,8 +1,9 @@
 //! What `gossip chat` shows, as plain data: contacts with live presence and unread counts,
-//! conversations with the delivery state of one's own messages, the composer, and the status
-//! line. Keys and network events go in, [`Action`]s for the network task come out; nothing here
-//! does I/O, so every rule (sorting, commands, unread counts) is unit-tested without a
-//! terminal.
+//! conversations (scrolled back through the stored history a page at a time, searched, with a
+//! marker at the first unread line), the composer, directory results, and the status line.
+//! Keys and network events go in; [`Action`]s for the network task come out of
+//! [`Model::take_actions`]. Nothing here does I/O, so every rule (focus, scrolling, history
+//! paging, search, commands, unread counts) is unit-tested without a terminal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,23 +11,74 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gossip_client::directory::fingerprint;
 use gossip_common::{UserId, UserInfo};
 
-/// A key press, as the model understands it (mapped from the terminal's events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use super::command::{parse_command, Command};
+use super::composer::Composer;
+use super::conversation::rows_of;
+pub(crate) use super::conversation::{Conversation, Cursor, Delivery, Line, Past, PAGE};
+
+/// A key press (or a paste, or a turn of the mouse wheel), as the model understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Key {
     /// A printable character.
     Char(char),
+    /// Pasted text (bracketed paste).
+    Paste(String),
     /// Enter: send the message or run the command.
     Enter,
     /// Delete the character before the cursor.
     Backspace,
-    /// Clear the composer.
+    /// Delete the character under the cursor.
+    Delete,
+    /// Clear the composer, close the directory results, leave the contact list.
     Esc,
-    /// Select the previous contact.
+    /// Move the focus between the composer and the contact list.
+    Tab,
+    /// ←.
+    Left,
+    /// →.
+    Right,
+    /// Ctrl-←, Alt-B.
+    WordLeft,
+    /// Ctrl-→, Alt-F.
+    WordRight,
+    /// Home, Ctrl-A.
+    Home,
+    /// End, Ctrl-E.
+    End,
+    /// Ctrl-W, Alt-Backspace.
+    DeleteWord,
+    /// Ctrl-U.
+    KillToStart,
+    /// Ctrl-K.
+    KillToEnd,
+    /// ↑: the input history, or the previous contact when the list has the focus.
     Up,
-    /// Select the next contact.
+    /// ↓: the input history forward, or the next contact.
     Down,
+    /// Alt-↑: the previous contact, whatever has the focus.
+    PrevContact,
+    /// Alt-↓: the next contact.
+    NextContact,
+    /// Page Up: a screen back in the conversation.
+    PageUp,
+    /// Page Down: a screen forward.
+    PageDown,
+    /// The mouse wheel turned up.
+    WheelUp,
+    /// The mouse wheel turned down.
+    WheelDown,
     /// Ctrl-C: quit.
     Interrupt,
+}
+
+/// What has the keyboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Focus {
+    /// Typing (↑/↓ walk the input history).
+    #[default]
+    Composer,
+    /// The contact list (↑/↓ select).
+    Contacts,
 }
 
 /// Something for the network task to do.
@@ -48,40 +100,34 @@ pub(crate) enum Action {
         /// Status message.
         message: Option<String>,
     },
-    /// Add a contact.
-    Add(UserId),
+    /// Add a contact named by UserID, card, nickname or e-mail (resolved by the network task
+    /// through the directory).
+    Add(String),
     /// Remove a contact.
     Remove(UserId),
+    /// Search the directory.
+    Find(String),
+    /// Read a page of `peer`'s history older than `cursor`.
+    LoadHistory {
+        /// The conversation.
+        peer: UserId,
+        /// Where to read from.
+        cursor: Cursor,
+    },
+    /// Find the newest message of `peer`'s history older than `cursor` holding `text`, and read
+    /// everything from it up to `cursor`.
+    SearchHistory {
+        /// The conversation.
+        peer: UserId,
+        /// What to look for.
+        text: String,
+        /// Older than this.
+        cursor: Cursor,
+    },
+    /// Keep the notification setting in the profile.
+    SaveNotify(bool),
     /// Go offline and quit.
     Quit,
-}
-
-/// Delivery state of one's own message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Handed to the network task.
-    Sending,
-    /// The recipient's client took it.
-    Delivered,
-    /// It could not be delivered (why).
-    Failed(String),
-}
-
-/// One line of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Line {
-    /// Identifies one's own lines for delivery updates.
-    pub(crate) id: u64,
-    /// Seconds since the Unix epoch.
-    pub(crate) at: u64,
-    /// Written by this user (else by the contact, or by the app when `system`).
-    pub(crate) mine: bool,
-    /// An app notice (e.g. `/info` output) rather than a message.
-    pub(crate) system: bool,
-    /// The text.
-    pub(crate) text: String,
-    /// For one's own messages.
-    pub(crate) delivery: Option<Delivery>,
 }
 
 /// A contact as shown in the contact pane.
@@ -120,12 +166,49 @@ impl Contact {
     }
 }
 
+/// A person the directory found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Person {
+    /// Their UserID.
+    pub(crate) uid: UserId,
+    /// One line about them, with their key's fingerprint.
+    pub(crate) about: String,
+}
+
+/// The directory's answer to `/find` (or to an ambiguous `/add`), shown over the conversation
+/// until Esc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// What was looked for.
+    pub(crate) query: String,
+    /// Who was found, best first.
+    pub(crate) people: Vec<Person>,
+}
+
+/// One row of the conversation pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Row {
+    /// The text of the row.
+    pub(crate) text: String,
+    /// The line it belongs to (`None`: the unread marker).
+    pub(crate) line: Option<u64>,
+    /// Columns of the row that are the line's prefix (time and name), on its first row.
+    pub(crate) prefix: usize,
+    /// Whether the line is one's own.
+    pub(crate) mine: bool,
+}
+
+/// Columns of the contact pane.
+pub(crate) const CONTACTS_WIDTH: u16 = 30;
+/// Rows the composer grows to at most (a longer text scrolls inside it).
+pub(crate) const COMPOSER_ROWS: usize = 5;
+
 /// Everything on screen.
 #[derive(Debug, Default)]
 pub(crate) struct Model {
     /// This user's UserID.
     pub(crate) me: Option<UserId>,
-    /// This user's nickname and status.
+    /// This user's nickname.
     pub(crate) my_nick: String,
     /// This user's status.
     pub(crate) my_status: String,
@@ -134,9 +217,13 @@ pub(crate) struct Model {
     /// The contact whose conversation is shown.
     pub(crate) selected: Option<UserId>,
     /// Conversations by contact.
-    pub(crate) conversations: HashMap<UserId, Vec<Line>>,
+    pub(crate) conversations: HashMap<UserId, Conversation>,
     /// What is being typed.
-    pub(crate) composer: String,
+    pub(crate) composer: Composer,
+    /// What has the keyboard.
+    pub(crate) focus: Focus,
+    /// The terminal's size (columns, rows).
+    pub(crate) size: (u16, u16),
     /// The server logged in to.
     pub(crate) server: String,
     /// Its last measured RTT, ms.
@@ -151,8 +238,18 @@ pub(crate) struct Model {
     pub(crate) notice: Option<String>,
     /// Set once the user asked to quit.
     pub(crate) quitting: bool,
+    /// Ring the terminal bell for a message to a contact not on screen.
+    pub(crate) notify: bool,
+    /// A bell is due (the UI rings it once and clears this).
+    pub(crate) bell: bool,
+    /// Directory results on screen.
+    pub(crate) found: Option<Found>,
+    /// The text of the last `/search`, and the conversation it was in.
+    last_search: Option<(UserId, String)>,
     /// The last line id handed out.
-    pub(crate) next_line: u64,
+    next_line: u64,
+    /// What the network task has to do, in order.
+    outbox: Vec<Action>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -169,11 +266,39 @@ pub(crate) fn clock(at: u64) -> String {
     format!("{:02}:{:02}", day / 3600, day % 3600 / 60)
 }
 
-/// The help shown for `/help` and in the help bar.
+/// `YYYY-MM-DD` (UTC) of a time in seconds since the epoch.
+pub(crate) fn date(at: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at as i64)
+        .map_or_else(|_| "?".to_owned(), |t| t.date().to_string())
+}
+
+/// The help bar.
 pub(crate) const HELP: &str =
-    "↑↓ contact · Enter send · /status S [msg] · /add /remove /info UID · /quit";
+    "Tab contacts · PgUp/PgDn scroll · /find /add /search /info /status /notify /help";
+
+/// `/help`.
+pub(crate) const LONG_HELP: &str = "Enter send · ←→ Home End Ctrl-W Ctrl-U edit · ↑↓ earlier \
+     lines · Tab or Alt-↑↓ contacts · /find NAME · /add NAME|UID|CARD|N · /remove · /info · \
+     /search TEXT (or / TEXT; /search again: older) · /status S [msg] · /notify on|off · /quit";
 
 impl Model {
+    /// The app of user `me` before its first login: `status` announced, the bell as `notify`.
+    pub(crate) fn new(me: Option<UserId>, server: String, status: String, notify: bool) -> Model {
+        Model {
+            me,
+            server,
+            my_status: status,
+            notify,
+            size: (80, 24),
+            ..Model::default()
+        }
+    }
+
+    /// What the network task has to do since the last call.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.outbox)
+    }
+
     /// Contacts in display order: online first, then by nickname, then UserID.
     pub(crate) fn sorted_contacts(&self) -> Vec<&Contact> {
         let mut v: Vec<&Contact> = self.contacts.values().collect();
@@ -199,7 +324,11 @@ impl Model {
             .selected
             .is_none_or(|s| !self.contacts.contains_key(&s))
         {
-            self.selected = self.sorted_contacts().first().map(|c| c.uid);
+            if let Some(first) = self.sorted_contacts().first().map(|c| c.uid) {
+                self.select(first);
+            } else {
+                self.selected = None;
+            }
         }
     }
 
@@ -224,142 +353,471 @@ impl Model {
         c.record = Some(info.clone());
     }
 
-    /// A message from a contact (or from a stranger: shown all the same).
-    pub(crate) fn message_in(&mut self, from: UserId, text: &str, at: u64) {
+    /// The name shown for `uid` in its conversation.
+    fn nick_of(&self, uid: UserId) -> String {
+        self.contacts
+            .get(&uid)
+            .map_or_else(|| uid.to_string(), |c| c.nick.clone())
+    }
+
+    /// The conversation pane's text area (columns, rows), for the terminal's size.
+    pub(crate) fn conversation_area(&self) -> (usize, usize) {
+        let (w, h) = self.size;
+        let width = w.saturating_sub(CONTACTS_WIDTH + 2).max(10) as usize;
+        let below = self.composer_rows() as u16 + 2 + 2;
+        let height = h.saturating_sub(below + 2).max(2) as usize;
+        (width, height)
+    }
+
+    /// Rows the composer takes (without its border).
+    pub(crate) fn composer_rows(&self) -> usize {
+        let width = self.size.0.saturating_sub(2) as usize;
+        self.composer.layout(width).0.len().clamp(1, COMPOSER_ROWS)
+    }
+
+    /// A line as it is drawn: prefix, then text with its delivery mark.
+    fn line_text(&self, peer: UserId, l: &Line) -> (String, String) {
+        let who = if l.system {
+            "*".to_owned()
+        } else if l.mine {
+            "me".to_owned()
+        } else {
+            self.nick_of(peer)
+        };
+        let mark = match &l.delivery {
+            Some(Delivery::Sending) => " …".to_owned(),
+            Some(Delivery::Sent) => " ✓".to_owned(),
+            Some(Delivery::Delivered) => " ✓✓".to_owned(),
+            Some(Delivery::Failed(why)) => format!(" ✗ {why}"),
+            None => String::new(),
+        };
+        (
+            format!("{} {who}: ", clock(l.at)),
+            format!("{}{mark}", l.text),
+        )
+    }
+
+    /// Every row of `peer`'s conversation at the pane's width, oldest first.
+    pub(crate) fn rows(&self, peer: UserId) -> Vec<Row> {
+        let (width, _) = self.conversation_area();
+        let Some(c) = self.conversations.get(&peer) else {
+            return Vec::new();
+        };
+        let mut rows = Vec::new();
+        let mut day = None;
+        for l in &c.lines {
+            // A rule with the date where a new day starts (the lines show only the time).
+            if !l.system && day != Some(l.at / 86_400) {
+                day = Some(l.at / 86_400);
+                rows.push(Row {
+                    text: format!("{:─^width$}", format!(" {} ", date(l.at))),
+                    line: None,
+                    prefix: 0,
+                    mine: false,
+                });
+            }
+            if c.marker == Some(l.id) {
+                rows.push(Row {
+                    text: format!("{:─^width$}", " new "),
+                    line: None,
+                    prefix: 0,
+                    mine: false,
+                });
+            }
+            let (prefix, text) = self.line_text(peer, l);
+            for (i, text) in rows_of(&prefix, &text, width).into_iter().enumerate() {
+                rows.push(Row {
+                    text,
+                    line: Some(l.id),
+                    prefix: if i == 0 { prefix.chars().count() } else { 0 },
+                    mine: l.mine,
+                });
+            }
+        }
+        rows
+    }
+
+    /// The rows on screen for `peer`: the window the scroll position shows.
+    pub(crate) fn visible_rows(&self, peer: UserId) -> Vec<Row> {
+        let (_, height) = self.conversation_area();
+        let rows = self.rows(peer);
+        let scroll = self.conversations.get(&peer).map_or(0, |c| c.scroll);
+        let end = rows.len().saturating_sub(scroll);
+        let start = end.saturating_sub(height);
+        rows[start..end].to_vec()
+    }
+
+    fn conversation(&mut self, peer: UserId) -> &mut Conversation {
+        self.conversations.entry(peer).or_default()
+    }
+
+    fn push_line(&mut self, peer: UserId, line: Line) {
+        let (prefix, text) = self.line_text(peer, &line);
+        let rows = rows_of(&prefix, &text, self.conversation_area().0).len();
+        self.conversation(peer).push(line, rows);
+    }
+
+    /// A message from a contact (or from a stranger: shown all the same). `key`: its id in
+    /// the history.
+    pub(crate) fn message_in(&mut self, from: UserId, text: &str, at: u64, key: Option<String>) {
         let id = self.line_id();
-        self.conversations.entry(from).or_default().push(Line {
-            id,
-            at,
-            mine: false,
-            system: false,
-            text: text.to_owned(),
-            delivery: None,
-        });
-        let contact = self
-            .contacts
+        self.push_line(
+            from,
+            Line {
+                id,
+                key,
+                at,
+                mine: false,
+                system: false,
+                text: text.to_owned(),
+                delivery: None,
+            },
+        );
+        self.contacts
             .entry(from)
             .or_insert_with(|| Contact::unknown(from));
         if self.selected != Some(from) {
+            let contact = self.contacts.get_mut(&from).expect("inserted above");
             contact.unread += 1;
+            if self.notify {
+                self.bell = true;
+            }
         }
         if self.selected.is_none() {
-            self.selected = Some(from);
+            self.select(from);
         }
     }
 
-    /// The outcome of sending one's own message.
-    pub(crate) fn delivered(&mut self, line: u64, outcome: Result<(), String>) {
-        for lines in self.conversations.values_mut() {
-            if let Some(l) = lines.iter_mut().find(|l| l.id == line) {
-                l.delivery = Some(match outcome {
-                    Ok(()) => Delivery::Delivered,
-                    Err(why) => Delivery::Failed(why),
-                });
+    /// The outcome of sending one's own message: its history id, or why it failed.
+    pub(crate) fn sent(&mut self, line: u64, outcome: Result<String, String>) {
+        for c in self.conversations.values_mut() {
+            if let Some(l) = c.lines.iter_mut().find(|l| l.id == line) {
+                match outcome {
+                    Ok(key) => {
+                        // A delivery notice may have overtaken the answer.
+                        if l.delivery != Some(Delivery::Delivered) {
+                            l.delivery = Some(Delivery::Sent);
+                        }
+                        c.set_key(line, key);
+                    }
+                    Err(why) => l.delivery = Some(Delivery::Failed(why)),
+                }
                 return;
             }
         }
     }
 
-    /// A key press; returns what the network task must do, if anything.
-    pub(crate) fn key(&mut self, key: Key) -> Option<Action> {
+    /// The recipient's client has message `key`.
+    pub(crate) fn delivered(&mut self, key: &str) {
+        for c in self.conversations.values_mut() {
+            if let Some(l) = c.lines.iter_mut().find(|l| l.key.as_deref() == Some(key)) {
+                l.delivery = Some(Delivery::Delivered);
+                return;
+            }
+        }
+    }
+
+    /// A page of `peer`'s history arrived (oldest first).
+    pub(crate) fn history(&mut self, peer: UserId, page: Vec<Past>, complete: bool) {
+        let mut next = self.next_line;
+        self.conversation(peer).prepend(page, complete, || {
+            next += 1;
+            next
+        });
+        self.next_line = next;
+    }
+
+    /// The history's answer to a search that found nothing among the loaded lines: `page`
+    /// runs from the match up to what was loaded (empty: no older match).
+    pub(crate) fn search_result(&mut self, peer: UserId, text: &str, page: Vec<Past>) {
+        if page.is_empty() {
+            self.notice = Some(format!("no older message holds {text:?}"));
+            return;
+        }
+        self.history(peer, page, false);
+        self.search_in(peer, text, false);
+    }
+
+    /// The directory answered.
+    pub(crate) fn found(&mut self, query: String, people: Vec<Person>) {
+        self.notice = Some(match people.len() {
+            0 => format!("nobody found for {query:?}"),
+            n => format!("{n} found: /add NUMBER adds one, Esc closes"),
+        });
+        self.found = (!people.is_empty()).then_some(Found { query, people });
+    }
+
+    /// A key press.
+    pub(crate) fn key(&mut self, key: Key) {
+        if self.focus == Focus::Contacts {
+            match key {
+                Key::Up => return self.step_contact(-1),
+                Key::Down => return self.step_contact(1),
+                Key::Tab | Key::Enter | Key::Esc => {
+                    self.focus = Focus::Composer;
+                    return;
+                }
+                Key::Char(_) | Key::Paste(_) => self.focus = Focus::Composer,
+                _ => {}
+            }
+        }
+        let c = &mut self.composer;
         match key {
-            Key::Char(c) => {
-                if self.composer.chars().count() < 2000 {
-                    self.composer.push(c);
-                }
-                None
-            }
-            Key::Backspace => {
-                self.composer.pop();
-                None
-            }
+            Key::Char(ch) => c.insert(ch),
+            Key::Paste(s) => c.paste(&s),
+            Key::Backspace => c.backspace(),
+            Key::Delete => c.delete(),
+            Key::Left => c.left(),
+            Key::Right => c.right(),
+            Key::WordLeft => c.word_left(),
+            Key::WordRight => c.word_right(),
+            Key::Home => c.home(),
+            Key::End => c.end(),
+            Key::DeleteWord => c.delete_word(),
+            Key::KillToStart => c.kill_to_start(),
+            Key::KillToEnd => c.kill_to_end(),
+            Key::Up => c.history_back(),
+            Key::Down => c.history_forward(),
             Key::Esc => {
-                self.composer.clear();
-                None
+                c.clear();
+                self.found = None;
             }
-            Key::Up | Key::Down => {
-                let order: Vec<UserId> = self.sorted_contacts().iter().map(|c| c.uid).collect();
-                if order.is_empty() {
-                    return None;
-                }
-                let at = self
-                    .selected
-                    .and_then(|s| order.iter().position(|u| *u == s))
-                    .unwrap_or(0);
-                let next = if key == Key::Up {
-                    at.checked_sub(1).unwrap_or(order.len() - 1)
-                } else {
-                    (at + 1) % order.len()
-                };
-                self.select(order[next]);
-                None
+            Key::Tab => self.focus = Focus::Contacts,
+            Key::PrevContact => self.step_contact(-1),
+            Key::NextContact => self.step_contact(1),
+            Key::PageUp => self.scroll_up(self.conversation_area().1.saturating_sub(1).max(1)),
+            Key::PageDown => {
+                let page = self.conversation_area().1.saturating_sub(1).max(1);
+                self.scroll_down(page);
             }
+            Key::WheelUp => self.scroll_up(3),
+            Key::WheelDown => self.scroll_down(3),
             Key::Enter => self.submit(),
             Key::Interrupt => {
                 self.quitting = true;
-                Some(Action::Quit)
+                self.outbox.push(Action::Quit);
             }
         }
     }
 
-    /// Shows `uid`'s conversation and marks it read.
-    pub(crate) fn select(&mut self, uid: UserId) {
-        self.selected = Some(uid);
-        if let Some(c) = self.contacts.get_mut(&uid) {
-            c.unread = 0;
+    fn step_contact(&mut self, by: isize) {
+        let order: Vec<UserId> = self.sorted_contacts().iter().map(|c| c.uid).collect();
+        if order.is_empty() {
+            return;
+        }
+        let at = self
+            .selected
+            .and_then(|s| order.iter().position(|u| *u == s))
+            .unwrap_or(0) as isize;
+        let n = order.len() as isize;
+        self.select(order[(at + by).rem_euclid(n) as usize]);
+    }
+
+    fn scroll_up(&mut self, rows: usize) {
+        let Some(peer) = self.selected else { return };
+        let total = self.rows(peer).len();
+        let page = self.conversation_area().1;
+        let conversation = self.conversation(peer);
+        if conversation.scroll_up(rows, total, page) {
+            if let Some(cursor) = conversation.wants_older() {
+                self.outbox.push(Action::LoadHistory { peer, cursor });
+            }
         }
     }
 
-    fn submit(&mut self) -> Option<Action> {
-        let text = std::mem::take(&mut self.composer);
+    fn scroll_down(&mut self, rows: usize) {
+        if let Some(peer) = self.selected {
+            self.conversation(peer).scroll_down(rows);
+        }
+    }
+
+    /// Shows `uid`'s conversation and marks it read, with a marker at the first unread line;
+    /// reads its history the first time.
+    pub(crate) fn select(&mut self, uid: UserId) {
+        if let Some(old) = self.selected.filter(|s| *s != uid) {
+            if let Some(c) = self.conversations.get_mut(&old) {
+                c.marker = None;
+                c.hit = None;
+            }
+        }
+        self.selected = Some(uid);
+        let unread = self
+            .contacts
+            .get_mut(&uid)
+            .map_or(0, |c| std::mem::take(&mut c.unread));
+        let conversation = self.conversation(uid);
+        if unread > 0 {
+            let first = conversation.lines.len().saturating_sub(unread);
+            conversation.marker = conversation.lines.get(first).map(|l| l.id);
+        }
+        conversation.scroll_to_end();
+        if let Some(cursor) = conversation.wants_first_page() {
+            self.outbox.push(Action::LoadHistory { peer: uid, cursor });
+        }
+    }
+
+    /// Who `typed` names among the contacts: a UserID, or a contact's nickname.
+    fn contact_named(&self, typed: &str) -> Option<UserId> {
+        if let Ok(uid) = typed.parse::<u64>() {
+            return Some(UserId(uid));
+        }
+        self.contacts
+            .values()
+            .find(|c| c.nick.eq_ignore_ascii_case(typed))
+            .map(|c| c.uid)
+    }
+
+    fn submit(&mut self) {
+        let text = self.composer.take();
         let text = text.trim();
         if text.is_empty() {
-            return None;
+            return;
         }
         if let Some(cmd) = text.strip_prefix('/') {
-            return match parse_command(cmd) {
-                Ok(Command::Quit) => {
-                    self.quitting = true;
-                    Some(Action::Quit)
-                }
-                Ok(Command::Help) => {
-                    self.notice = Some(HELP.into());
-                    None
-                }
-                Ok(Command::Status { status, message }) => {
-                    self.notice = Some(format!("setting status to {status}…"));
-                    Some(Action::SetStatus { status, message })
-                }
-                Ok(Command::Add(uid)) => Some(Action::Add(uid)),
-                Ok(Command::Remove(uid)) => Some(Action::Remove(uid)),
-                Ok(Command::Info(uid)) => {
-                    self.info(uid);
-                    None
-                }
-                Err(e) => {
-                    self.notice = Some(e);
-                    None
-                }
-            };
+            match parse_command(cmd) {
+                Ok(cmd) => self.command(cmd),
+                Err(e) => self.notice = Some(e),
+            }
+            return;
         }
         let Some(to) = self.selected else {
-            self.notice = Some("no contact selected: /add UID first".into());
-            return None;
+            self.notice = Some("no contact selected: /find NAME, then /add".into());
+            return;
         };
         let id = self.line_id();
-        self.conversations.entry(to).or_default().push(Line {
-            id,
-            at: now_s(),
-            mine: true,
-            system: false,
-            text: text.to_owned(),
-            delivery: Some(Delivery::Sending),
-        });
-        Some(Action::Send {
+        self.push_line(
+            to,
+            Line {
+                id,
+                key: None,
+                at: now_s(),
+                mine: true,
+                system: false,
+                text: text.to_owned(),
+                delivery: Some(Delivery::Sending),
+            },
+        );
+        let conversation = self.conversation(to);
+        conversation.marker = None;
+        conversation.scroll_to_end();
+        self.outbox.push(Action::Send {
             to,
             text: text.to_owned(),
             line: id,
-        })
+        });
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Quit => {
+                self.quitting = true;
+                self.outbox.push(Action::Quit);
+            }
+            Command::Help => self.notice = Some(LONG_HELP.into()),
+            Command::Status { status, message } => {
+                self.notice = Some(format!("setting status to {status}…"));
+                self.outbox.push(Action::SetStatus { status, message });
+            }
+            Command::Add(who) => {
+                // A small number picks a result of the last /find (UserIDs are far larger).
+                let picked = self.found.as_ref().and_then(|f| {
+                    let n: usize = who.parse().ok()?;
+                    f.people.get(n.checked_sub(1)?).map(|p| p.uid.to_string())
+                });
+                if picked.is_some() {
+                    self.found = None;
+                }
+                self.outbox.push(Action::Add(picked.unwrap_or(who)));
+            }
+            Command::Remove(who) => match self.contact_named(&who) {
+                Some(uid) => self.outbox.push(Action::Remove(uid)),
+                None => self.notice = Some(format!("no contact {who:?}")),
+            },
+            Command::Info(who) => {
+                let uid = match who {
+                    Some(w) => self.contact_named(&w),
+                    None => self.selected,
+                };
+                match uid {
+                    Some(uid) => self.info(uid),
+                    None => self.notice = Some("usage: /info [UID or nickname]".into()),
+                }
+            }
+            Command::Find(text) => {
+                self.notice = Some(format!("looking for {text:?}…"));
+                self.outbox.push(Action::Find(text));
+            }
+            Command::Search(text) => {
+                let Some(peer) = self.selected else {
+                    self.notice = Some("no conversation to search".into());
+                    return;
+                };
+                let again = self
+                    .last_search
+                    .as_ref()
+                    .filter(|(p, t)| *p == peer && text.as_ref().is_none_or(|n| n == t))
+                    .map(|(_, t)| t.clone());
+                let Some(text) = text.or_else(|| again.clone()) else {
+                    self.notice = Some("usage: /search TEXT".into());
+                    return;
+                };
+                self.last_search = Some((peer, text.clone()));
+                self.search_in(peer, &text, again.is_none());
+            }
+            Command::Notify(on) => {
+                self.notify = on;
+                self.notice = Some(
+                    if on {
+                        "a bell for messages from contacts not on screen"
+                    } else {
+                        "no bell"
+                    }
+                    .into(),
+                );
+                self.outbox.push(Action::SaveNotify(on));
+            }
+        }
+    }
+
+    /// Jumps to the newest line holding `text` above the current hit (from the end when
+    /// `fresh`), asking the history for older ones when the loaded lines have none.
+    fn search_in(&mut self, peer: UserId, text: &str, fresh: bool) {
+        let conversation = self.conversation(peer);
+        if fresh {
+            conversation.hit = None;
+        }
+        match conversation.find_before(text, conversation.hit) {
+            Some(hit) => {
+                conversation.hit = Some(hit);
+                self.show_line(peer, hit);
+                self.notice = Some(format!("found {text:?}; /search again for older"));
+            }
+            None if conversation.history_done => {
+                self.notice = Some(format!("no older message holds {text:?}"));
+            }
+            None => {
+                let cursor = conversation.cursor();
+                self.notice = Some(format!("searching the history for {text:?}…"));
+                self.outbox.push(Action::SearchHistory {
+                    peer,
+                    text: text.to_owned(),
+                    cursor,
+                });
+            }
+        }
+    }
+
+    /// Scrolls so that line `id` is in the middle of the pane.
+    fn show_line(&mut self, peer: UserId, id: u64) {
+        let rows = self.rows(peer);
+        let height = self.conversation_area().1;
+        let Some(at) = rows.iter().position(|r| r.line == Some(id)) else {
+            return;
+        };
+        let total = rows.len();
+        let top = total.saturating_sub(height);
+        let scroll = total.saturating_sub(at + height / 2 + 1).min(top);
+        self.conversation(peer).scroll = scroll;
     }
 
     /// Shows what is known of `uid` in its conversation (and selects it).
@@ -380,14 +838,18 @@ impl Model {
         };
         for text in lines {
             let id = self.line_id();
-            self.conversations.entry(uid).or_default().push(Line {
-                id,
-                at: now_s(),
-                mine: false,
-                system: true,
-                text,
-                delivery: None,
-            });
+            self.push_line(
+                uid,
+                Line {
+                    id,
+                    key: None,
+                    at: now_s(),
+                    mine: false,
+                    system: true,
+                    text,
+                    delivery: None,
+                },
+            );
         }
         if self.contacts.contains_key(&uid) {
             self.select(uid);
@@ -400,173 +862,5 @@ impl Model {
     }
 }
 
-/// A composer command (after the `/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Command {
-    /// `/status STATUS [message…]`
-    Status {
-        /// The status word.
-        status: String,
-        /// The rest of the line.
-        message: Option<String>,
-    },
-    /// `/add UID`
-    Add(UserId),
-    /// `/remove UID`
-    Remove(UserId),
-    /// `/info UID`
-    Info(UserId),
-    /// `/help`
-    Help,
-    /// `/quit`
-    Quit,
-}
-
-/// Parses a command line (without its `/`); the error says how to use it.
-pub(crate) fn parse_command(line: &str) -> Result<Command, String> {
-    let mut words = line.split_whitespace();
-    let name = words.next().unwrap_or_default();
-    let uid = |w: Option<&str>, usage: &str| -> Result<UserId, String> {
-        w.and_then(|w| w.parse::<u64>().ok())
-            .map(UserId)
-            .ok_or_else(|| format!("usage: {usage}"))
-    };
-    match name {
-        "status" => {
-            let status = words
-                .next()
-                .ok_or("usage: /status online|away|busy|offline [message]")?
-                .to_owned();
-            let rest: Vec<&str> = words.collect();
-            let message = (!rest.is_empty()).then(|| rest.join(" "));
-            Ok(Command::Status { status, message })
-        }
-        "add" => uid(words.next(), "/add UID").map(Command::Add),
-        "remove" => uid(words.next(), "/remove UID").map(Command::Remove),
-        "info" => uid(words.next(), "/info UID").map(Command::Info),
-        "help" => Ok(Command::Help),
-        "quit" | "exit" => Ok(Command::Quit),
-        other => Err(format!("unknown command /{other}; /help lists them")),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gossip_common::Keypair;
-
-    fn info(uid: u64, nick: &str, status: &str) -> UserInfo {
-        let mut u = UserInfo::new(UserId(uid), Keypair::generate().public());
-        u.nick_name = nick.into();
-        u.status = status.into();
-        u
-    }
-
-    fn typed(m: &mut Model, s: &str) -> Option<Action> {
-        for c in s.chars() {
-            m.key(Key::Char(c));
-        }
-        m.key(Key::Enter)
-    }
-
-    #[test]
-    fn contacts_sort_online_first_and_follow_pushes() {
-        let mut m = Model::default();
-        m.set_contact_ids(&[UserId(1), UserId(2), UserId(3)]);
-        m.presence(&info(1, "zoe", "offline"));
-        m.presence(&info(2, "bob", "away"));
-        m.presence(&info(3, "amy", "online"));
-        let order: Vec<&str> = m
-            .sorted_contacts()
-            .iter()
-            .map(|c| c.nick.as_str())
-            .collect();
-        assert_eq!(order, ["amy", "bob", "zoe"]);
-        m.presence(&info(3, "amy", "offline"));
-        let amy = &m.contacts[&UserId(3)];
-        assert!(!amy.online && amy.last_seen.is_some());
-        assert_eq!(m.sorted_contacts()[0].nick, "bob");
-        // A push about someone not in the list is not shown.
-        m.presence(&info(9, "eve", "online"));
-        assert!(!m.contacts.contains_key(&UserId(9)));
-    }
-
-    #[test]
-    fn messages_count_as_unread_until_their_conversation_is_shown() {
-        let mut m = Model::default();
-        m.set_contact_ids(&[UserId(1), UserId(2)]);
-        m.select(UserId(1));
-        m.message_in(UserId(2), "hi", 0);
-        m.message_in(UserId(2), "there?", 0);
-        m.message_in(UserId(1), "seen at once", 0);
-        assert_eq!(m.contacts[&UserId(2)].unread, 2);
-        assert_eq!(m.contacts[&UserId(1)].unread, 0);
-        m.key(Key::Down);
-        assert_eq!(m.selected, Some(UserId(2)));
-        assert_eq!(m.contacts[&UserId(2)].unread, 0);
-    }
-
-    #[test]
-    fn enter_sends_to_the_selected_contact_and_tracks_delivery() {
-        let mut m = Model::default();
-        m.set_contact_ids(&[UserId(5)]);
-        assert_eq!(m.selected, Some(UserId(5)), "the only contact is selected");
-        let Some(Action::Send { to, text, line }) = typed(&mut m, "hello bob ") else {
-            panic!("no send");
-        };
-        assert_eq!((to, text.as_str()), (UserId(5), "hello bob"));
-        assert!(m.composer.is_empty());
-        assert_eq!(
-            m.conversations[&UserId(5)][0].delivery,
-            Some(Delivery::Sending)
-        );
-        m.delivered(line, Ok(()));
-        assert_eq!(
-            m.conversations[&UserId(5)][0].delivery,
-            Some(Delivery::Delivered)
-        );
-        assert_eq!(typed(&mut m, "   "), None);
-    }
-
-    #[test]
-    fn commands_parse_or_say_how_to_use_them() {
-        let mut m = Model::default();
-        assert_eq!(
-            typed(&mut m, "/status away out for lunch"),
-            Some(Action::SetStatus {
-                status: "away".into(),
-                message: Some("out for lunch".into())
-            })
-        );
-        assert_eq!(typed(&mut m, "/add 42"), Some(Action::Add(UserId(42))));
-        assert_eq!(
-            typed(&mut m, "/remove 42"),
-            Some(Action::Remove(UserId(42)))
-        );
-        assert_eq!(typed(&mut m, "/add bob"), None);
-        assert_eq!(m.notice.as_deref(), Some("usage: /add UID"));
-        assert_eq!(typed(&mut m, "/frobnicate"), None);
-        assert!(m.notice.as_deref().unwrap().contains("/help"));
-        assert_eq!(typed(&mut m, "hello"), None, "nobody to send to");
-        assert_eq!(typed(&mut m, "/quit"), Some(Action::Quit));
-        assert!(m.quitting);
-    }
-
-    #[test]
-    fn info_shows_the_key_fingerprint() {
-        let mut m = Model::default();
-        m.set_contact_ids(&[UserId(7)]);
-        let i = info(7, "bob", "online");
-        let key = i.public_key;
-        m.presence(&i);
-        typed(&mut m, "/info 7");
-        let shown: Vec<&str> = m.conversations[&UserId(7)]
-            .iter()
-            .map(|l| l.text.as_str())
-            .collect();
-        assert!(
-            shown.iter().any(|l| l.contains(&fingerprint(&key))),
-            "{shown:?}"
-        );
-    }
-}
+mod tests;
