@@ -158,23 +158,36 @@ impl History {
     }
 
     /// The newest message with `peer` before `before` (as in [`Self::page`]) whose text holds
-    /// `needle` (ignoring the case of ASCII letters).
+    /// `needle`, ignoring case (any script's: the comparison is Rust's lowercasing, not
+    /// SQLite's ASCII-only `lower`). Reads back from `before` through the index and stops at
+    /// the first match.
     pub fn search(
         &self,
         peer: UserId,
         needle: &str,
         before: Option<(u64, &str)>,
     ) -> Result<Option<Entry>, HistoryError> {
+        let needle = needle.to_lowercase();
         let (ms, id) = split(before);
-        Ok(self
-            .select(
-                "WHERE peer = ?1 AND (?2 IS NULL OR (sent_ms, rowid) <
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, peer, outgoing, text, sent_ms, state FROM messages
+                 WHERE peer = ?1 AND (?2 IS NULL OR (sent_ms, rowid) <
                      (?2, (SELECT rowid FROM messages WHERE id = ?3)))
-                   AND instr(lower(text), lower(?4)) > 0
-                 ORDER BY sent_ms DESC, rowid DESC LIMIT 1",
-                params![peer.0 as i64, ms, id, needle],
-            )?
-            .pop())
+                 ORDER BY sent_ms DESC, rowid DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st
+            .query(params![peer.0 as i64, ms, id])
+            .map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let entry = entry(r).map_err(|e| self.err(e))?;
+            if entry.text.to_lowercase().contains(&needle) {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
     }
 
     /// The messages with `peer` from message `from` (included) up to `before` (excluded;
@@ -205,18 +218,7 @@ impl History {
         let sql =
             format!("SELECT id, peer, outgoing, text, sent_ms, state FROM messages {clauses}");
         let mut st = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params, |r| {
-                Ok(Entry {
-                    id: r.get(0)?,
-                    peer: UserId(r.get::<_, i64>(1)? as u64),
-                    outgoing: r.get(2)?,
-                    text: r.get(3)?,
-                    sent_ms: r.get::<_, i64>(4)? as u64,
-                    state: r.get(5)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = st.query_map(params, entry).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
@@ -239,6 +241,18 @@ impl History {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// A row of `SELECT id, peer, outgoing, text, sent_ms, state`.
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        peer: UserId(r.get::<_, i64>(1)? as u64),
+        outgoing: r.get(2)?,
+        text: r.get(3)?,
+        sent_ms: r.get::<_, i64>(4)? as u64,
+        state: r.get(5)?,
+    })
 }
 
 /// A paging cursor as SQL parameters (both NULL for "from the latest").
