@@ -122,16 +122,19 @@ pub(crate) async fn resolve_all(
 ) -> anyhow::Result<Vec<UserId>> {
     let mut uids = Vec::with_capacity(typed.len());
     for t in typed {
+        // A bare UserID is added as it is, known here yet or not (its record may still be on
+        // its way across the federation; it shows up when it arrives).
+        if let Who::Uid(uid) = Who::parse(t) {
+            uids.push(uid);
+            continue;
+        }
+        // A name or card is shown, so that the person can check it is whom they meant.
         let r = resolve_one(client, t).await?;
-        // A bare UserID needs no introduction; a name or card is shown so that the person can
-        // check it is whom they meant.
-        if !matches!(Who::parse(t), Who::Uid(_)) {
-            let line = format!("adding {}", describe(&r));
-            if json {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
+        let line = format!("adding {}", describe(&r));
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
         }
         uids.push(r.user_id);
     }

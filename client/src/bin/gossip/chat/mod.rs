@@ -1,7 +1,7 @@
 //! `gossip chat`: the interactive terminal client.
 //!
 //! Three parts that never wait on each other: a thread reading the terminal, a network task
-//! that owns the [`GossipClient`] (logs in, goes online with a last will, sends, measures the
+//! that owns the `GossipClient` (`network`: logs in, goes online with a last will, sends, measures the
 //! RTT, and logs in again when the server goes away), and the UI loop, which feeds both into the
 //! [`model::Model`] and redraws. The UI only ever hands the network task an [`model::Action`]
 //! through a bounded queue, so typing stays responsive however slow or gone the server is.
@@ -9,7 +9,8 @@
 //! pool over a connection of its own to `messages.db`. The terminal is restored on exit, on a
 //! panic (ratatui's hook) and on Ctrl-C or SIGTERM.
 //!
-//! The parts of the model: `model` (the screen's state and every key's rule), `composer`
+//! The parts of the model: `model` (the screen's state and every key's rule), `keys` (the
+//! terminal's keys as the model's), `composer`
 //! (line editing and input history), `conversation` (lines, scrolling, history paging,
 //! search), `command` (the `/commands`), `wrap` (rows as the terminal draws them); `view`
 //! draws it.
@@ -17,7 +18,9 @@
 mod command;
 mod composer;
 mod conversation;
+mod keys;
 pub(crate) mod model;
+mod network;
 pub(crate) mod view;
 mod wrap;
 
@@ -25,9 +28,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gossip_client::{Event, GossipClient};
 use gossip_common::{Keypair, Signed, UserId, UserInfo};
-use ratatui::crossterm::event::{self as term, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{self as term, KeyEventKind};
 use tokio::sync::mpsc;
 
 use gossip_client::history::History;
@@ -112,7 +114,7 @@ enum Input {
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     let (act_tx, act_rx) = mpsc::channel::<Action>(64);
     let (net_tx, mut net_rx) = mpsc::channel::<Net>(1024);
-    let network = tokio::spawn(network(opts.clone(), act_rx, net_tx));
+    let network = tokio::spawn(network::network(opts.clone(), act_rx, net_tx));
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(256);
     // What the history reader found (a channel of its own, so that the network task's ending
     // still ends `net_rx`).
@@ -370,7 +372,7 @@ fn apply(model: &mut Model, net: Net) {
 fn read_terminal(tx: mpsc::Sender<Input>) {
     loop {
         let input = match term::read() {
-            Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => match map_key(k) {
+            Ok(term::Event::Key(k)) if k.kind != KeyEventKind::Release => match keys::map_key(k) {
                 Some(key) => Input::Key(key),
                 None => continue,
             },
@@ -386,305 +388,6 @@ fn read_terminal(tx: mpsc::Sender<Input>) {
         };
         if tx.blocking_send(input).is_err() {
             return;
-        }
-    }
-}
-
-/// A terminal key as the model's [`Key`]: the keys of readline and of every chat client.
-fn map_key(k: term::KeyEvent) -> Option<Key> {
-    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
-    let alt = k.modifiers.contains(KeyModifiers::ALT);
-    Some(match k.code {
-        KeyCode::Char('c') if ctrl => Key::Interrupt,
-        KeyCode::Char('a') if ctrl => Key::Home,
-        KeyCode::Char('e') if ctrl => Key::End,
-        KeyCode::Char('w') if ctrl => Key::DeleteWord,
-        KeyCode::Char('u') if ctrl => Key::KillToStart,
-        KeyCode::Char('k') if ctrl => Key::KillToEnd,
-        KeyCode::Char('b') if alt => Key::WordLeft,
-        KeyCode::Char('f') if alt => Key::WordRight,
-        KeyCode::Char(_) if ctrl || alt => return None,
-        KeyCode::Char(c) => Key::Char(c),
-        KeyCode::Enter => Key::Enter,
-        KeyCode::Backspace if alt || ctrl => Key::DeleteWord,
-        KeyCode::Backspace => Key::Backspace,
-        KeyCode::Delete => Key::Delete,
-        KeyCode::Esc => Key::Esc,
-        KeyCode::Tab | KeyCode::BackTab => Key::Tab,
-        KeyCode::Left if ctrl || alt => Key::WordLeft,
-        KeyCode::Right if ctrl || alt => Key::WordRight,
-        KeyCode::Left => Key::Left,
-        KeyCode::Right => Key::Right,
-        KeyCode::Home => Key::Home,
-        KeyCode::End => Key::End,
-        KeyCode::Up if alt || ctrl => Key::PrevContact,
-        KeyCode::Down if alt || ctrl => Key::NextContact,
-        KeyCode::Up => Key::Up,
-        KeyCode::Down => Key::Down,
-        KeyCode::PageUp => Key::PageUp,
-        KeyCode::PageDown => Key::PageDown,
-        _ => return None,
-    })
-}
-
-/// How the serving of one connection ended.
-enum End {
-    Quit,
-    Lost(String),
-}
-
-/// Owns the connection: logs in (again after every loss), serves actions and events.
-async fn network(opts: Options, mut actions: mpsc::Receiver<Action>, out: mpsc::Sender<Net>) {
-    // Messages are end-to-end encrypted and relayed (`docs/messaging.md`); the Olm state and
-    // the history live in the profile's database.
-    let e2e = match crate::open_e2e(&opts.profile) {
-        Ok(e) => Arc::new(tokio::sync::Mutex::new(e)),
-        Err(e) => {
-            let _ = out
-                .send(Net::Lost(format!(
-                    "cannot open the message database: {e:#}"
-                )))
-                .await;
-            return;
-        }
-    };
-    loop {
-        let end = match login(&opts).await {
-            Ok((client, events, listener)) => {
-                let client = Arc::new(client);
-                if let Err(e) = client.publish_keys(&*e2e.lock().await).await {
-                    let _ = out
-                        .send(Net::Notice(format!("encryption keys not published: {e}")))
-                        .await;
-                }
-                let _ = out
-                    .send(Net::LoggedIn {
-                        server: client.server().to_owned(),
-                        me: client.me(),
-                        ids: client.contact_ids(),
-                        contacts: client.contacts(),
-                    })
-                    .await;
-                let end = serve(&client, &e2e, events, &mut actions, &out, opts.uid).await;
-                drop(listener);
-                if let (End::Quit, Ok(client)) = (&end, Arc::try_unwrap(client)) {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), client.logout()).await;
-                }
-                end
-            }
-            Err(e) => End::Lost(format!("cannot log in: {e:#}")),
-        };
-        match end {
-            End::Quit => {
-                let _ = out.send(Net::Quitted).await;
-                return;
-            }
-            End::Lost(why) => {
-                let _ = out.send(Net::Lost(why)).await;
-            }
-        }
-        // Retry in a while; keep answering the UI meanwhile.
-        let retry = tokio::time::sleep(Duration::from_secs(2));
-        tokio::pin!(retry);
-        loop {
-            tokio::select! {
-                _ = &mut retry => break,
-                a = actions.recv() => match a {
-                    None | Some(Action::Quit) => {
-                        let _ = out.send(Net::Quitted).await;
-                        return;
-                    }
-                    Some(Action::Send { line, .. }) => {
-                        let _ = out.send(Net::Sent { line, outcome: Err("not connected".into()) }).await;
-                    }
-                    Some(_) => {
-                        let _ = out.send(Net::Notice("not connected; try again once back".into())).await;
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// A person as the directory results show them.
-fn person(r: &UserInfo) -> Person {
-    Person {
-        uid: r.user_id,
-        about: crate::people::describe(r),
-    }
-}
-
-/// `/add WHO`: resolved through the directory (a UserID, a card, a nickname or e-mail); one
-/// person is added and named with their fingerprint, several are listed to choose from.
-async fn add(client: &GossipClient, who: &str, me: UserId) -> Vec<Net> {
-    use gossip_client::directory::{Found, Who};
-    let notice = |text: String| vec![Net::Notice(text)];
-    match client.resolve(&Who::parse(who)).await {
-        Err(e) => notice(format!("could not look {who:?} up: {e}")),
-        Ok(Err(mismatch)) => notice(mismatch.to_string()),
-        Ok(Ok(Found::NoOne)) => notice(format!("nobody found for {who:?}; try /find")),
-        Ok(Ok(Found::Several(list))) => vec![Net::Found {
-            query: who.to_owned(),
-            people: list.iter().map(|r| person(r)).collect(),
-        }],
-        Ok(Ok(Found::One(r))) if r.user_id == me => notice("that is you".into()),
-        Ok(Ok(Found::One(r))) => match client.add_contacts(&[r.user_id]).await {
-            Ok(()) => vec![
-                Net::Contacts {
-                    ids: client.contact_ids(),
-                    contacts: client.contacts(),
-                },
-                Net::Notice(format!("added {}", crate::people::describe(&r))),
-            ],
-            Err(e) => notice(format!("contact list not changed: {e}")),
-        },
-    }
-}
-
-async fn login(
-    opts: &Options,
-) -> anyhow::Result<(
-    GossipClient,
-    gossip_client::Events,
-    gossip_client::DirectListener,
-)> {
-    let (client, events, _server) =
-        crate::connect(&opts.profile, &opts.servers, opts.key.clone(), true).await?;
-    client.login(opts.uid).await?;
-    let listener = client.listen_direct(opts.listen).await?;
-    client
-        .go_online(&opts.status, Some(listener.local_addr()))
-        .await?;
-    Ok((client, events, listener))
-}
-
-async fn serve(
-    client: &Arc<GossipClient>,
-    e2e: &Arc<tokio::sync::Mutex<gossip_client::e2e::E2e>>,
-    mut events: gossip_client::Events,
-    actions: &mut mpsc::Receiver<Action>,
-    out: &mpsc::Sender<Net>,
-    me: UserId,
-) -> End {
-    let mut ping = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            a = actions.recv() => match a {
-                None | Some(Action::Quit) => return End::Quit,
-                Some(Action::Send { to, text, line }) => {
-                    // Delivery takes a while (or times out): not in this loop.
-                    let (c, out, e2e) = (Arc::clone(client), out.clone(), Arc::clone(e2e));
-                    tokio::spawn(async move {
-                        let mut e2e = e2e.lock().await;
-                        let outcome = match c.send_encrypted(&mut e2e, to, text.as_bytes()).await {
-                            Ok(id) => e2e
-                                .history()
-                                .record(&gossip_client::history::Entry {
-                                    id: id.clone(),
-                                    peer: to,
-                                    outgoing: true,
-                                    text: text.clone(),
-                                    sent_ms: crate::now_ms(),
-                                    state: "sent".into(),
-                                })
-                                .map(|()| id)
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        let _ = out.send(Net::Sent { line, outcome }).await;
-                    });
-                }
-                Some(Action::SetStatus { status, message }) => {
-                    let report = match client.set_status(&status, message.as_deref()).await {
-                        Ok(()) => client.me().map(Net::Me),
-                        Err(e) => Some(Net::Notice(format!("status not set: {e}"))),
-                    };
-                    if let Some(r) = report {
-                        let _ = out.send(r).await;
-                    }
-                }
-                Some(Action::Remove(uid)) => {
-                    let report = match client.remove_contacts(&[uid]).await {
-                        Ok(()) => Net::Contacts { ids: client.contact_ids(), contacts: client.contacts() },
-                        Err(e) => Net::Notice(format!("contact list not changed: {e}")),
-                    };
-                    let _ = out.send(report).await;
-                }
-                Some(Action::Add(who)) => {
-                    for report in add(client, &who, me).await {
-                        let _ = out.send(report).await;
-                    }
-                }
-                Some(Action::Find(query)) => {
-                    let report = match client.find(&query, None).await {
-                        Ok(found) => Net::Found { people: found.iter().map(|r| person(r)).collect(), query },
-                        Err(e) => Net::Notice(format!("search failed: {e}")),
-                    };
-                    let _ = out.send(report).await;
-                }
-                Some(a @ (Action::LoadHistory { .. } | Action::SearchHistory { .. } | Action::SaveNotify(_))) => {
-                    unreachable!("{a:?} is done by the UI loop")
-                }
-            },
-            ev = events.next() => match ev {
-                Some(Event::Presence(r)) => {
-                    if r.user_id == me {
-                        // Another client of ours changed our record: the last will follows it.
-                        let _ = client.refresh_last_will().await;
-                    }
-                    let _ = out.send(Net::Presence(r)).await;
-                }
-                Some(Event::Message(m)) => {
-                    let _ = out.send(Net::Message { from: m.from, text: m.text.clone(), at: m.sent_ms / 1000, key: None }).await;
-                }
-                Some(Event::Unreachable(u)) => {
-                    let _ = out.send(Net::Notice(format!("{u} is unreachable; shown offline"))).await;
-                }
-                Some(Event::ServerMessage(t)) => {
-                    let _ = out.send(Net::Notice(format!("server: {t}"))).await;
-                }
-                Some(Event::Error { code, text }) => {
-                    let _ = out.send(Net::Notice(format!("server error {code:?}: {text}"))).await;
-                }
-                Some(Event::Relayed { message, request }) => {
-                    let mut e2e = e2e.lock().await;
-                    match client.open_relayed(&mut e2e, &message).await {
-                        Ok(plain) => {
-                            let text = String::from_utf8_lossy(&plain).to_string();
-                            let _ = e2e.history().record(&gossip_client::history::Entry {
-                                id: message.id.clone(),
-                                peer: message.from,
-                                outgoing: false,
-                                text: text.clone(),
-                                sent_ms: message.sent,
-                                state: "received".into(),
-                            });
-                            if request {
-                                let note = format!("message request from {} (not a contact)", message.from);
-                                let _ = out.send(Net::Notice(note)).await;
-                            }
-                            let _ = out.send(Net::Message { from: message.from, text, at: message.sent / 1000, key: Some(message.id.clone()) }).await;
-                        }
-                        Err(e) => {
-                            let _ = out.send(Net::Notice(format!("a message from {} could not be opened: {e}", message.from))).await;
-                        }
-                    }
-                }
-                Some(Event::Delivered { id, to }) => {
-                    if e2e.lock().await.history().delivered(&id).unwrap_or(false) {
-                        let _ = out.send(Net::Notice(format!("delivered to {to}"))).await;
-                    }
-                    let _ = out.send(Net::DeliveredTo(id)).await;
-                }
-                Some(Event::Disconnected(why)) => return End::Lost(format!("disconnected: {why}")),
-                None => return End::Lost("connection lost".into()),
-            },
-            _ = ping.tick() => match client.ping().await {
-                Ok(rtt) => {
-                    let _ = out.send(Net::Rtt(rtt.as_secs_f64() * 1000.0)).await;
-                }
-                Err(e) => return End::Lost(format!("server not answering: {e}")),
-            },
         }
     }
 }

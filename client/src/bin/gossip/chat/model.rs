@@ -3,73 +3,23 @@
 //! marker at the first unread line), the composer, directory results, and the status line.
 //! Keys and network events go in; [`Action`]s for the network task come out of
 //! [`Model::take_actions`]. Nothing here does I/O, so every rule (focus, scrolling, history
-//! paging, search, commands, unread counts) is unit-tested without a terminal.
+//! paging, search, commands, unread counts) is unit-tested without a terminal. The state and
+//! the keys are here; the pane's rows in `rows`, what Enter and the `/commands` do in
+//! `commands`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gossip_client::directory::fingerprint;
 use gossip_common::{UserId, UserInfo};
 
-use super::command::{parse_command, Command};
 use super::composer::Composer;
 use super::conversation::rows_of;
 pub(crate) use super::conversation::{Conversation, Cursor, Delivery, Line, Past, PAGE};
+pub(crate) use super::keys::Key;
+pub(crate) use rows::{clock, CONTACTS_WIDTH};
 
-/// A key press (or a paste, or a turn of the mouse wheel), as the model understands it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Key {
-    /// A printable character.
-    Char(char),
-    /// Pasted text (bracketed paste).
-    Paste(String),
-    /// Enter: send the message or run the command.
-    Enter,
-    /// Delete the character before the cursor.
-    Backspace,
-    /// Delete the character under the cursor.
-    Delete,
-    /// Clear the composer, close the directory results, leave the contact list.
-    Esc,
-    /// Move the focus between the composer and the contact list.
-    Tab,
-    /// ←.
-    Left,
-    /// →.
-    Right,
-    /// Ctrl-←, Alt-B.
-    WordLeft,
-    /// Ctrl-→, Alt-F.
-    WordRight,
-    /// Home, Ctrl-A.
-    Home,
-    /// End, Ctrl-E.
-    End,
-    /// Ctrl-W, Alt-Backspace.
-    DeleteWord,
-    /// Ctrl-U.
-    KillToStart,
-    /// Ctrl-K.
-    KillToEnd,
-    /// ↑: the input history, or the previous contact when the list has the focus.
-    Up,
-    /// ↓: the input history forward, or the next contact.
-    Down,
-    /// Alt-↑: the previous contact, whatever has the focus.
-    PrevContact,
-    /// Alt-↓: the next contact.
-    NextContact,
-    /// Page Up: a screen back in the conversation.
-    PageUp,
-    /// Page Down: a screen forward.
-    PageDown,
-    /// The mouse wheel turned up.
-    WheelUp,
-    /// The mouse wheel turned down.
-    WheelDown,
-    /// Ctrl-C: quit.
-    Interrupt,
-}
+mod commands;
+mod rows;
 
 /// What has the keyboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,24 +135,6 @@ pub(crate) struct Found {
     pub(crate) people: Vec<Person>,
 }
 
-/// One row of the conversation pane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Row {
-    /// The text of the row.
-    pub(crate) text: String,
-    /// The line it belongs to (`None`: the unread marker).
-    pub(crate) line: Option<u64>,
-    /// Columns of the row that are the line's prefix (time and name), on its first row.
-    pub(crate) prefix: usize,
-    /// Whether the line is one's own.
-    pub(crate) mine: bool,
-}
-
-/// Columns of the contact pane.
-pub(crate) const CONTACTS_WIDTH: u16 = 30;
-/// Rows the composer grows to at most (a longer text scrolls inside it).
-pub(crate) const COMPOSER_ROWS: usize = 5;
-
 /// Everything on screen.
 #[derive(Debug, Default)]
 pub(crate) struct Model {
@@ -258,18 +190,6 @@ pub(crate) fn now_s() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// `HH:MM` (UTC) of a time in seconds since the epoch.
-pub(crate) fn clock(at: u64) -> String {
-    let day = at % 86_400;
-    format!("{:02}:{:02}", day / 3600, day % 3600 / 60)
-}
-
-/// `YYYY-MM-DD` (UTC) of a time in seconds since the epoch.
-pub(crate) fn date(at: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at as i64)
-        .map_or_else(|_| "?".to_owned(), |t| t.date().to_string())
 }
 
 /// The help bar.
@@ -358,93 +278,6 @@ impl Model {
         self.contacts
             .get(&uid)
             .map_or_else(|| uid.to_string(), |c| c.nick.clone())
-    }
-
-    /// The conversation pane's text area (columns, rows), for the terminal's size.
-    pub(crate) fn conversation_area(&self) -> (usize, usize) {
-        let (w, h) = self.size;
-        let width = w.saturating_sub(CONTACTS_WIDTH + 2).max(10) as usize;
-        let below = self.composer_rows() as u16 + 2 + 2;
-        let height = h.saturating_sub(below + 2).max(2) as usize;
-        (width, height)
-    }
-
-    /// Rows the composer takes (without its border).
-    pub(crate) fn composer_rows(&self) -> usize {
-        let width = self.size.0.saturating_sub(2) as usize;
-        self.composer.layout(width).0.len().clamp(1, COMPOSER_ROWS)
-    }
-
-    /// A line as it is drawn: prefix, then text with its delivery mark.
-    fn line_text(&self, peer: UserId, l: &Line) -> (String, String) {
-        let who = if l.system {
-            "*".to_owned()
-        } else if l.mine {
-            "me".to_owned()
-        } else {
-            self.nick_of(peer)
-        };
-        let mark = match &l.delivery {
-            Some(Delivery::Sending) => " …".to_owned(),
-            Some(Delivery::Sent) => " ✓".to_owned(),
-            Some(Delivery::Delivered) => " ✓✓".to_owned(),
-            Some(Delivery::Failed(why)) => format!(" ✗ {why}"),
-            None => String::new(),
-        };
-        (
-            format!("{} {who}: ", clock(l.at)),
-            format!("{}{mark}", l.text),
-        )
-    }
-
-    /// Every row of `peer`'s conversation at the pane's width, oldest first.
-    pub(crate) fn rows(&self, peer: UserId) -> Vec<Row> {
-        let (width, _) = self.conversation_area();
-        let Some(c) = self.conversations.get(&peer) else {
-            return Vec::new();
-        };
-        let mut rows = Vec::new();
-        let mut day = None;
-        for l in &c.lines {
-            // A rule with the date where a new day starts (the lines show only the time).
-            if !l.system && day != Some(l.at / 86_400) {
-                day = Some(l.at / 86_400);
-                rows.push(Row {
-                    text: format!("{:─^width$}", format!(" {} ", date(l.at))),
-                    line: None,
-                    prefix: 0,
-                    mine: false,
-                });
-            }
-            if c.marker == Some(l.id) {
-                rows.push(Row {
-                    text: format!("{:─^width$}", " new "),
-                    line: None,
-                    prefix: 0,
-                    mine: false,
-                });
-            }
-            let (prefix, text) = self.line_text(peer, l);
-            for (i, text) in rows_of(&prefix, &text, width).into_iter().enumerate() {
-                rows.push(Row {
-                    text,
-                    line: Some(l.id),
-                    prefix: if i == 0 { prefix.chars().count() } else { 0 },
-                    mine: l.mine,
-                });
-            }
-        }
-        rows
-    }
-
-    /// The rows on screen for `peer`: the window the scroll position shows.
-    pub(crate) fn visible_rows(&self, peer: UserId) -> Vec<Row> {
-        let (_, height) = self.conversation_area();
-        let rows = self.rows(peer);
-        let scroll = self.conversations.get(&peer).map_or(0, |c| c.scroll);
-        let end = rows.len().saturating_sub(scroll);
-        let start = end.saturating_sub(height);
-        rows[start..end].to_vec()
     }
 
     fn conversation(&mut self, peer: UserId) -> &mut Conversation {
@@ -653,206 +486,6 @@ impl Model {
         conversation.scroll_to_end();
         if let Some(cursor) = conversation.wants_first_page() {
             self.outbox.push(Action::LoadHistory { peer: uid, cursor });
-        }
-    }
-
-    /// Who `typed` names among the contacts: a UserID, or a contact's nickname.
-    fn contact_named(&self, typed: &str) -> Option<UserId> {
-        if let Ok(uid) = typed.parse::<u64>() {
-            return Some(UserId(uid));
-        }
-        self.contacts
-            .values()
-            .find(|c| c.nick.eq_ignore_ascii_case(typed))
-            .map(|c| c.uid)
-    }
-
-    fn submit(&mut self) {
-        let text = self.composer.take();
-        let text = text.trim();
-        if text.is_empty() {
-            return;
-        }
-        if let Some(cmd) = text.strip_prefix('/') {
-            match parse_command(cmd) {
-                Ok(cmd) => self.command(cmd),
-                Err(e) => self.notice = Some(e),
-            }
-            return;
-        }
-        let Some(to) = self.selected else {
-            self.notice = Some("no contact selected: /find NAME, then /add".into());
-            return;
-        };
-        let id = self.line_id();
-        self.push_line(
-            to,
-            Line {
-                id,
-                key: None,
-                at: now_s(),
-                mine: true,
-                system: false,
-                text: text.to_owned(),
-                delivery: Some(Delivery::Sending),
-            },
-        );
-        let conversation = self.conversation(to);
-        conversation.marker = None;
-        conversation.scroll_to_end();
-        self.outbox.push(Action::Send {
-            to,
-            text: text.to_owned(),
-            line: id,
-        });
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Quit => {
-                self.quitting = true;
-                self.outbox.push(Action::Quit);
-            }
-            Command::Help => self.notice = Some(LONG_HELP.into()),
-            Command::Status { status, message } => {
-                self.notice = Some(format!("setting status to {status}…"));
-                self.outbox.push(Action::SetStatus { status, message });
-            }
-            Command::Add(who) => {
-                // A small number picks a result of the last /find (UserIDs are far larger).
-                let picked = self.found.as_ref().and_then(|f| {
-                    let n: usize = who.parse().ok()?;
-                    f.people.get(n.checked_sub(1)?).map(|p| p.uid.to_string())
-                });
-                if picked.is_some() {
-                    self.found = None;
-                }
-                self.outbox.push(Action::Add(picked.unwrap_or(who)));
-            }
-            Command::Remove(who) => match self.contact_named(&who) {
-                Some(uid) => self.outbox.push(Action::Remove(uid)),
-                None => self.notice = Some(format!("no contact {who:?}")),
-            },
-            Command::Info(who) => {
-                let uid = match who {
-                    Some(w) => self.contact_named(&w),
-                    None => self.selected,
-                };
-                match uid {
-                    Some(uid) => self.info(uid),
-                    None => self.notice = Some("usage: /info [UID or nickname]".into()),
-                }
-            }
-            Command::Find(text) => {
-                self.notice = Some(format!("looking for {text:?}…"));
-                self.outbox.push(Action::Find(text));
-            }
-            Command::Search(text) => {
-                let Some(peer) = self.selected else {
-                    self.notice = Some("no conversation to search".into());
-                    return;
-                };
-                let again = self
-                    .last_search
-                    .as_ref()
-                    .filter(|(p, t)| *p == peer && text.as_ref().is_none_or(|n| n == t))
-                    .map(|(_, t)| t.clone());
-                let Some(text) = text.or_else(|| again.clone()) else {
-                    self.notice = Some("usage: /search TEXT".into());
-                    return;
-                };
-                self.last_search = Some((peer, text.clone()));
-                self.search_in(peer, &text, again.is_none());
-            }
-            Command::Notify(on) => {
-                self.notify = on;
-                self.notice = Some(
-                    if on {
-                        "a bell for messages from contacts not on screen"
-                    } else {
-                        "no bell"
-                    }
-                    .into(),
-                );
-                self.outbox.push(Action::SaveNotify(on));
-            }
-        }
-    }
-
-    /// Jumps to the newest line holding `text` above the current hit (from the end when
-    /// `fresh`), asking the history for older ones when the loaded lines have none.
-    fn search_in(&mut self, peer: UserId, text: &str, fresh: bool) {
-        let conversation = self.conversation(peer);
-        if fresh {
-            conversation.hit = None;
-        }
-        match conversation.find_before(text, conversation.hit) {
-            Some(hit) => {
-                conversation.hit = Some(hit);
-                self.show_line(peer, hit);
-                self.notice = Some(format!("found {text:?}; /search again for older"));
-            }
-            None if conversation.history_done => {
-                self.notice = Some(format!("no older message holds {text:?}"));
-            }
-            None => {
-                let cursor = conversation.cursor();
-                self.notice = Some(format!("searching the history for {text:?}…"));
-                self.outbox.push(Action::SearchHistory {
-                    peer,
-                    text: text.to_owned(),
-                    cursor,
-                });
-            }
-        }
-    }
-
-    /// Scrolls so that line `id` is in the middle of the pane.
-    fn show_line(&mut self, peer: UserId, id: u64) {
-        let rows = self.rows(peer);
-        let height = self.conversation_area().1;
-        let Some(at) = rows.iter().position(|r| r.line == Some(id)) else {
-            return;
-        };
-        let total = rows.len();
-        let top = total.saturating_sub(height);
-        let scroll = total.saturating_sub(at + height / 2 + 1).min(top);
-        self.conversation(peer).scroll = scroll;
-    }
-
-    /// Shows what is known of `uid` in its conversation (and selects it).
-    fn info(&mut self, uid: UserId) {
-        let lines: Vec<String> = match self.contacts.get(&uid).and_then(|c| c.record.as_ref()) {
-            Some(r) => vec![
-                format!(
-                    "{} ({}) — {} {}",
-                    r.nick_name, r.user_id, r.status, r.status_message
-                ),
-                format!("name: {}  e-mail: {}", r.name, r.email),
-                format!("location: {}  web: {}", r.location, r.website),
-                format!("key fingerprint: {}", fingerprint(&r.public_key)),
-            ],
-            None => vec![format!(
-                "{uid}: no record known (not a contact, or not seen yet)"
-            )],
-        };
-        for text in lines {
-            let id = self.line_id();
-            self.push_line(
-                uid,
-                Line {
-                    id,
-                    key: None,
-                    at: now_s(),
-                    mine: false,
-                    system: true,
-                    text,
-                    delivery: None,
-                },
-            );
-        }
-        if self.contacts.contains_key(&uid) {
-            self.select(uid);
         }
     }
 

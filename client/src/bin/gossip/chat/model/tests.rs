@@ -1,4 +1,5 @@
 use super::*;
+use gossip_client::directory::fingerprint;
 use gossip_common::Keypair;
 
 fn info(uid: u64, nick: &str, status: &str) -> UserInfo {
