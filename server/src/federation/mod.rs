@@ -24,6 +24,11 @@
 //! ever be opened to carry the fresh ones. Three rules break that for good:
 //! * servers this node's row marks dead are re-probed every probe interval (one packet each),
 //!   and a reply is published at once (`probe::revival_loop`);
+//! * a server another row newly marks dead, or a link peer silent for two thirds of the idle
+//!   timeout, is probed here at once (`probe::confirm_loop`), until the dead timeout counted
+//!   from when it went silent has passed, and for two probe intervals at least: a death
+//!   leaves every tree within one timeout and a few seconds, while a server that still
+//!   answers here (a partition elsewhere, or a lying measurer) keeps its edges to this node;
 //! * a server this node measures alive but that the tree puts outside its component means the
 //!   rows disagree: this node dials the nearest such server of each other component (a repair
 //!   link), and rows are exchanged on every link-up;
@@ -183,6 +188,13 @@ pub struct Federation {
     probe_now: Notify,
     /// Wakes the revival loop (a link came up to a server our row may mark dead).
     revive_now: Notify,
+    /// Servers another's row newly marks dead while ours says alive, or whose link has gone
+    /// silent, with when they went silent: probed at once by `probe::confirm_loop`.
+    suspects: Mutex<std::collections::BTreeMap<ServerId, tokio::time::Instant>>,
+    /// Servers a confirmation is probing now (not probed twice at once).
+    confirming: Mutex<BTreeSet<ServerId>>,
+    /// Wakes the confirmation loop.
+    confirm_now: Notify,
     next_link: AtomicU64,
     recomputations: AtomicU64,
     link_drops: AtomicU64,
@@ -240,6 +252,9 @@ impl Federation {
             changed: Notify::new(),
             probe_now: Notify::new(),
             revive_now: Notify::new(),
+            suspects: Mutex::new(std::collections::BTreeMap::new()),
+            confirming: Mutex::new(BTreeSet::new()),
+            confirm_now: Notify::new(),
             next_link: AtomicU64::new(1),
             recomputations: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
@@ -496,6 +511,12 @@ pub(crate) fn start_loops(
         stop.clone(),
     ));
     tasks.spawn(probe::revival_loop(Arc::clone(fed), stop.clone()));
+    tasks.spawn(probe::confirm_loop(
+        Arc::clone(fed),
+        Arc::clone(&hooks),
+        stop.clone(),
+        tasks.clone(),
+    ));
     tasks.spawn(repair::repair_loop(
         Arc::clone(fed),
         Arc::clone(&hooks),

@@ -131,26 +131,52 @@ impl Federation {
             }
             return false;
         }
-        let (newer, hint) = {
+        let (newer, suspects) = {
             let mut st = self.state.lock();
-            // A server someone else now finds dead while our row says alive: a hint to measure
-            // it ourselves now (never taken on their word: our own measurement decides), so a
-            // death leaves every edge, and the tree, within one dead timeout rather than after
-            // everyone's next round.
-            let hint = st.members.my_row().is_some_and(|mine| {
-                row.rtts
-                    .iter()
-                    .any(|(s, v)| v.is_none() && matches!(mine.rtts.get(s), Some(Some(_))))
-            });
-            (st.members.store_row(measurer, row), hint)
+            // Servers someone else now finds dead while our row says alive. Never taken on
+            // their word: our own probe decides. But their measurer already waited out a dead
+            // timeout, so ours is a short confirmation (`probe::confirm_loop`), not a second
+            // full timeout: a death leaves every edge, and the tree, within one dead timeout
+            // and a few seconds.
+            let suspects: Vec<ServerId> = st
+                .members
+                .my_row()
+                .map(|mine| {
+                    row.rtts
+                        .iter()
+                        .filter(|(s, v)| v.is_none() && matches!(mine.rtts.get(*s), Some(Some(_))))
+                        .map(|(s, _)| s.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (st.members.store_row(measurer, row), suspects)
         };
         if newer {
             self.changed.notify_one();
-            if hint {
-                self.probe_now.notify_one();
+            if !suspects.is_empty() {
+                // Their measurer has already seen them silent for a dead timeout.
+                let since = tokio::time::Instant::now()
+                    .checked_sub(self.probing.probe.dead_after)
+                    .unwrap_or_else(tokio::time::Instant::now);
+                self.suspect(suspects, since);
             }
         }
         newer
+    }
+
+    /// Asks the confirmation loop to probe `servers`, silent since `since`, now. Bounded: a
+    /// server is held once (with the earliest silence), and only known servers are named.
+    pub(crate) fn suspect(&self, servers: Vec<ServerId>, since: tokio::time::Instant) {
+        let mut held = self.suspects.lock();
+        for s in servers {
+            if held.len() >= membership::MAX_SERVERS && !held.contains_key(&s) {
+                break;
+            }
+            let at = held.entry(s).or_insert(since);
+            *at = (*at).min(since);
+        }
+        drop(held);
+        self.confirm_now.notify_one();
     }
 
     /// Folds measurements into this node's row (with damping) and, if the row changed,

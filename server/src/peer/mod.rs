@@ -355,6 +355,7 @@ async fn read_loop(
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let mut last_rx = Instant::now();
     let mut pinged = false;
+    let mut suspected = false;
     let mut inbound = Inbound::new(LINK_INBOUND, last_rx);
     loop {
         tokio::select! {
@@ -367,6 +368,14 @@ async fn read_loop(
             _ = tokio::time::sleep_until(last_rx + idle / 3), if !pinged => {
                 pinged = true;
                 let _ = link.tx.try_send((Instant::now(), encode(m::Ping {})));
+            }
+            _ = tokio::time::sleep_until(last_rx + idle * 2 / 3), if !suspected => {
+                // The ping got no answer: a frozen process or a pulled cable (a killed one
+                // would have closed the link). Its probes decide, counted from the silence,
+                // so that a death costs one dead timeout here, not an idle timeout and then
+                // a whole measurement round.
+                suspected = true;
+                door.federation.suspect(vec![link.peer.clone()], last_rx);
             }
             _ = tokio::time::sleep_until(last_rx + idle) => {
                 tracing::info!("server link silent too long; closing");
@@ -384,6 +393,7 @@ async fn read_loop(
             item = frames.next() => {
                 last_rx = Instant::now();
                 pinged = false;
+                suspected = false;
                 if let Err(e) = inbound.spend_item(&item, last_rx) {
                     tracing::warn!(over = %e, "peer over its inbound budget; closing the link");
                     door.metrics.inbound_cut.inc();

@@ -369,3 +369,44 @@ async fn a_cut_off_server_gets_the_messages_it_missed_and_learns_of_their_delive
     );
     c.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_leaves_every_tree_within_one_dead_timeout_and_a_few_seconds() {
+    let dir = root();
+    let c = formed(dir.path(), 20, 4).await;
+    let want = c.expected_tree();
+    c.wait(Duration::from_secs(300), |c| {
+        c.one_tree() && c.running().all(|(_, n)| n.federation.status().tree == want)
+    })
+    .await
+    .expect("the MST first");
+    // A server in the middle of the tree goes silent: a frozen process or a pulled cable, so
+    // nothing refuses a connection and its links just stall. Its neighbours need the dead
+    // timeout (30 s by default) to call it dead; everyone else, once their rows arrive, only
+    // confirms it briefly instead of waiting out a timeout of their own.
+    let dead_after = Duration::from_secs(30);
+    let victim = Cluster::key(10);
+    let v = crate::mst::id_string(&victim);
+    let t0 = tokio::time::Instant::now();
+    c.net.cut(&victim);
+    let left = |c: &Cluster| {
+        let mut trees = c
+            .running()
+            .filter(|(k, _)| **k != victim)
+            .map(|(_, n)| n.federation.status().tree);
+        let first = trees.next().expect("servers");
+        first.len() == 18
+            && !first.iter().any(|(a, b)| *a == v || *b == v)
+            && trees.all(|t| t == first)
+    };
+    c.wait(Duration::from_secs(300), left)
+        .await
+        .expect("a tree without the silent server");
+    let took = t0.elapsed();
+    eprintln!("the silent server left every tree {took:?} after it went silent (simulated)");
+    assert!(
+        took <= dead_after + Duration::from_secs(5),
+        "took {took:?}: more than one dead timeout and 5 s"
+    );
+    c.stop().await;
+}

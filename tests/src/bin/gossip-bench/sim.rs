@@ -32,6 +32,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "tree after start s",
             "after RTT change s",
             "after a death s",
+            "after a silence s",
             "control B/server/min",
             "matrix cells/server",
             "matrix MB/server",
@@ -101,14 +102,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             }
         };
         println!(
-            "sim: {n} servers: tree after start {:.1} s, after an RTT change {:.1} s, after a death {:.1} s (simulated); {:.0} control bytes/server/min; {} matrix cells/server; {wall:.1} s wall, {cpu:.1} s CPU, peak {:.2} GB resident",
-            r.start_s, r.rtt_change_s, r.death_s, r.control_bytes_per_server_min, r.cells_per_server, peak_kib as f64 / 1e6
+            "sim: {n} servers: tree after start {:.1} s, after an RTT change {:.1} s, after a death {:.1} s, after a silence {:.1} s (simulated); {:.0} control bytes/server/min; {} matrix cells/server; {wall:.1} s wall, {cpu:.1} s CPU, peak {:.2} GB resident",
+            r.start_s, r.rtt_change_s, r.death_s, r.silence_s, r.control_bytes_per_server_min, r.cells_per_server, peak_kib as f64 / 1e6
         );
         t.row(vec![
             n.to_string(),
             format!("{:.1}", r.start_s),
             format!("{:.1}", r.rtt_change_s),
             format!("{:.1}", r.death_s),
+            format!("{:.1}", r.silence_s),
             format!("{:.0}", r.control_bytes_per_server_min),
             r.cells_per_server.to_string(),
             format!("{:.2}", r.cells_per_server as f64 * CELL_BYTES as f64 / 1e6),
@@ -120,6 +122,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             "tree_after_start_s": r.start_s,
             "tree_after_rtt_change_s": r.rtt_change_s,
             "tree_after_death_s": r.death_s,
+            "tree_after_silence_s": r.silence_s,
             "control_bytes_per_server_per_min": r.control_bytes_per_server_min,
             "matrix_cells_per_server": r.cells_per_server,
             "matrix_bytes_per_server_est": r.cells_per_server * CELL_BYTES,
@@ -144,6 +147,7 @@ struct One {
     start_s: f64,
     rtt_change_s: f64,
     death_s: f64,
+    silence_s: f64,
     control_bytes_per_server_min: f64,
     cells_per_server: usize,
 }
@@ -289,13 +293,44 @@ async fn one(args: &Args, n: usize, stop: &AtomicBool) -> anyhow::Result<One> {
     let rtt_change_s = settle(&c, "after an RTT change", stop).await?;
     // One server dies (not server 0, which everyone joined through).
     let victim = Cluster::key(n / 2);
+    let died = tokio::time::Instant::now();
     c.crash(&victim).await;
-    let death_s = settle(&c, "after a server died", stop).await?;
+    settle(&c, "after a server died", stop).await?;
+    let death_s = died.elapsed().as_secs_f64();
+    // Another one goes silent (a frozen process, a pulled cable: nothing refuses, links stall):
+    // the time until every other server's tree leaves it out, and they agree.
+    let silent = Cluster::key(n / 3);
+    let gone = gossip_server::mst::id_string(&silent);
+    let quiet = tokio::time::Instant::now();
+    c.net.cut(&silent);
+    c.wait(Duration::from_secs(3600), |c| {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut trees = c
+            .running()
+            .filter(|(k, _)| **k != silent)
+            .map(|(_, n)| n.federation.status().tree);
+        let Some(first) = trees.next() else {
+            return true;
+        };
+        first.len() + 2 == c.running().count()
+            && !first.iter().any(|(a, b)| *a == gone || *b == gone)
+            && trees.all(|t| t == first)
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("the silent server never left the tree"))?;
+    anyhow::ensure!(
+        !stop.load(Ordering::Relaxed),
+        "resident memory passed the limit after a silence"
+    );
+    let silence_s = quiet.elapsed().as_secs_f64();
     c.stop().await;
     Ok(One {
         start_s,
         rtt_change_s,
         death_s,
+        silence_s,
         control_bytes_per_server_min: control,
         cells_per_server: cells,
     })
