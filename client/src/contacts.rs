@@ -107,12 +107,18 @@ impl GossipClient {
                 uids: uids.to_vec(),
             })
             .await?;
-        Ok(answers
-            .into_iter()
-            .filter_map(|m| match m.body {
-                Body::UserInfo(u) => u.record.verify_self().is_ok().then_some(u.record),
-                _ => None,
-            })
-            .collect())
+        Ok(verified_users(answers))
     }
+}
+
+/// The `UserInfo` records among a request's answers whose signatures verify (the others are
+/// dropped: a server cannot hand a client a record its user did not sign).
+pub(crate) fn verified_users(answers: Vec<gossip_common::Message>) -> Vec<Signed<UserInfo>> {
+    answers
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Body::UserInfo(u) => u.record.verify_self().is_ok().then_some(u.record),
+            _ => None,
+        })
+        .collect()
 }

@@ -9,7 +9,7 @@
 //! hold is refused (a forged or stale card), never silently accepted.
 
 use gossip_common::message as m;
-use gossip_common::{Body, PublicKey, Signed, UserId, UserInfo};
+use gossip_common::{PublicKey, Signed, UserId, UserInfo};
 
 use crate::{ClientError, GossipClient};
 
@@ -192,13 +192,7 @@ impl GossipClient {
                 limit,
             })
             .await?;
-        Ok(answers
-            .into_iter()
-            .filter_map(|m| match m.body {
-                Body::UserInfo(u) => u.record.verify_self().is_ok().then_some(u.record),
-                _ => None,
-            })
-            .collect())
+        Ok(crate::contacts::verified_users(answers))
     }
 
     /// Who `who` names: a UserID's or a card's record (a card's fingerprint checked against
