@@ -8,7 +8,9 @@ use std::process::Command;
 use gossip_tests::bin_path;
 use gossip_tests::gossipd::Gossipd;
 
-use crate::processes::{gossip, json, keygen_and_register, spec, start, wait_json, wait_tree};
+use crate::processes::{
+    gossip, json, keygen_and_register, keygen_and_register_with, spec, start, wait_json, wait_tree,
+};
 
 /// Runs `gossip` expecting it to fail; its stderr.
 fn gossip_fails(home: &Path, args: &[&str]) -> String {
@@ -42,16 +44,11 @@ fn people_are_found_by_name_and_added_by_name_or_card_from_another_node() {
     );
     let a = keygen_and_register(&alice, "alice", &nodes[0]);
     // Bob registers on the other node, with a name, an e-mail and a town.
-    gossip(&bob, &["keygen"]);
-    let b = json(&gossip(
+    let b = keygen_and_register_with(
         &bob,
+        "bob",
+        &nodes[1],
         &[
-            "--json",
-            "register",
-            "--server",
-            &nodes[1].addr(),
-            "--nick",
-            "bob",
             "--name",
             "Robert Smith",
             "--email",
@@ -59,9 +56,7 @@ fn people_are_found_by_name_and_added_by_name_or_card_from_another_node() {
             "--location",
             "Berlin",
         ],
-    ))["uid"]
-        .as_u64()
-        .unwrap();
+    );
     // Someone else whose nickname starts the same way.
     keygen_and_register(&carol, "bobby", &nodes[1]);
     let bob_key = json(&gossip(&bob, &["--json", "whoami"]))["fingerprint"]

@@ -29,19 +29,21 @@ pub(crate) fn json(s: &str) -> serde_json::Value {
 
 /// A new profile at `home`: a key, registered as `nick` on `node`; returns the UserID.
 pub(crate) fn keygen_and_register(home: &Path, nick: &str, node: &Gossipd) -> u64 {
+    keygen_and_register_with(home, nick, node, &[])
+}
+
+/// [`keygen_and_register`], with more `register` arguments (`--name`, `--email`, …).
+pub(crate) fn keygen_and_register_with(
+    home: &Path,
+    nick: &str,
+    node: &Gossipd,
+    more: &[&str],
+) -> u64 {
     gossip(home, &["keygen"]);
-    let out = gossip(
-        home,
-        &[
-            "--json",
-            "register",
-            "--server",
-            &node.addr(),
-            "--nick",
-            nick,
-        ],
-    );
-    json(&out)["uid"].as_u64().unwrap()
+    let server = node.addr();
+    let mut args = vec!["--json", "register", "--server", &server, "--nick", nick];
+    args.extend_from_slice(more);
+    json(&gossip(home, &args))["uid"].as_u64().unwrap()
 }
 
 /// Starts `gossip --json watch` for the profile at `home`, its output piped.
@@ -245,34 +247,8 @@ fn a_node_killed_with_sigkill_catches_up_after_restart() {
     let ids: Vec<String> = nodes.iter().map(Gossipd::identity).collect();
     wait_tree(&nodes, &ids, "the three nodes to form one tree");
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    gossip(&alice, &["keygen"]);
-    gossip(&bob, &["keygen"]);
-    let a = json(&gossip(
-        &alice,
-        &[
-            "--json",
-            "register",
-            "--server",
-            &nodes[0].addr(),
-            "--nick",
-            "alice",
-        ],
-    ))["uid"]
-        .as_u64()
-        .unwrap();
-    let b = json(&gossip(
-        &bob,
-        &[
-            "--json",
-            "register",
-            "--server",
-            &nodes[2].addr(),
-            "--nick",
-            "bob",
-        ],
-    ))["uid"]
-        .as_u64()
-        .unwrap();
+    let a = keygen_and_register(&alice, "alice", &nodes[0]);
+    let b = keygen_and_register(&bob, "bob", &nodes[2]);
     assert_ne!(a, b);
     gossip(&bob, &["contacts", "add", &a.to_string()]);
     // Alice's record reaches bob's node across the federation.
